@@ -1,0 +1,3 @@
+"""jssl: self-supervised learning and knowledge transfer in JAX/Flax."""
+
+__version__ = "0.1.0"
