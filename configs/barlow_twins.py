@@ -1,0 +1,46 @@
+"""Barlow Twins (Zbontar et al. 2021), solo-learn's CIFAR recipe.
+
+  python -m jssl.main --config configs/barlow_twins.py --workdir runs/barlow          # embedded MNIST
+  python -m jssl.main --config configs/barlow_twins.py:smoke --workdir /tmp/bt       # seconds
+  python -m jssl.main --config configs/barlow_twins.py:cifar10 --workdir runs/bt_c10 # paper setting
+"""
+from jssl import config as jc
+
+
+def get_config(preset: str = ""):
+    c = jc.base_config()
+    c.method = "pretrain"
+    c.loss.name = "barlow_twins"
+    c.loss.lambd = 0.0051  # solo-learn cifar/barlow.yaml (the paper: 0.0051)
+    c.loss.scale = 0.1  # solo-learn's scale_loss for CIFAR
+    c.loss.unbiased = False
+    c.loss.eps = 1e-5
+    c.model.projector_hidden_dims = (2048, 2048)
+    c.model.projector_dim = 2048
+    c.model.projector_bn = True
+    c.optimizer.name = "lars"
+    c.optimizer.lr = 0.3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.trust_coefficient = 0.02
+
+    if preset == "":
+        jc.embedded_preset(c, solarize_second_view=0.2)
+        c.model.backbone = "resnet18"
+        c.model.num_filters = 16
+        c.model.projector_hidden_dims = (512, 512)
+        c.model.projector_dim = 512
+        c.batch_size = 128
+        c.total_steps = 600
+        c.optimizer.warmup_steps = 30
+        c.log_every = 25
+        c.checkpoint_every = 200
+    elif preset == "smoke":
+        jc.smoke_preset(c)
+    elif preset == "cifar10":
+        jc.cifar10_preset(c)
+        # solo-learn augmentations/asymmetric.yaml: solarization only on the second view.
+        c.augment.view1 = jc.view_config(crop_size=32, solarize_prob=0.0)
+        c.augment.view2 = jc.view_config(crop_size=32, solarize_prob=0.2)
+    else:
+        raise jc.unknown_preset("configs/barlow_twins.py", preset)
+    return c

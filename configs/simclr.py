@@ -1,0 +1,45 @@
+"""SimCLR (Chen et al. 2020), solo-learn's CIFAR recipe.
+
+  python -m jssl.main --config configs/simclr.py --workdir runs/simclr            # embedded MNIST
+  python -m jssl.main --config configs/simclr.py:smoke --workdir /tmp/simclr      # seconds
+  python -m jssl.main --config configs/simclr.py:cifar10 --workdir runs/simclr_c10
+"""
+from jssl import config as jc
+
+
+def get_config(preset: str = ""):
+    c = jc.base_config()
+    c.method = "pretrain"
+    c.loss.name = "nt_xent"
+    c.loss.temperature = 0.2  # solo-learn cifar/simclr.yaml
+    # solo-learn's SimCLR projector: Linear-ReLU-Linear, no BatchNorm.
+    c.model.projector_hidden_dims = (2048,)
+    c.model.projector_dim = 256
+    c.model.projector_bn = False
+    c.optimizer.name = "lars"
+    c.optimizer.lr = 0.4
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.trust_coefficient = 0.02
+
+    if preset == "":
+        jc.embedded_preset(c)
+        c.model.backbone = "resnet18"
+        c.model.num_filters = 16
+        c.model.projector_hidden_dims = (512,)
+        c.model.projector_dim = 128
+        c.batch_size = 128
+        c.total_steps = 600
+        c.optimizer.warmup_steps = 30
+        c.log_every = 25
+        c.checkpoint_every = 200
+    elif preset == "smoke":
+        jc.smoke_preset(c)
+    elif preset == "cifar10":
+        jc.cifar10_preset(c)
+        # solo-learn augmentations/symmetric.yaml: stronger colour jitter, same for both views.
+        for name in ("view1", "view2"):
+            c.augment[name] = jc.view_config(crop_size=32, brightness=0.8, contrast=0.8,
+                                             saturation=0.8, hue=0.2)
+    else:
+        raise jc.unknown_preset("configs/simclr.py", preset)
+    return c

@@ -1,0 +1,103 @@
+"""Orbax checkpoints in the workdir, guarded against mixing experiments.
+
+Layout of a workdir:
+  experiment.json   the config fields that identify the experiment (jssl.config)
+  checkpoints/<step>/   orbax CheckpointManager steps (the last `keep` are kept)
+
+Orbax writes each step into a temporary directory and renames it when complete, so a run
+killed at any moment (kill -9 included) leaves the earlier steps intact and resumes from
+the last complete one. Before a manager is ever created on a workdir, `check_workdir`
+compares the experiment fields: a workdir that holds another experiment is refused and
+nothing in it is touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from jssl.config import ConfigError, experiment_fields
+
+__all__ = ["check_workdir", "Checkpointer"]
+
+EXPERIMENT_FILE = "experiment.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _differences(old: dict, new: dict, limit: int = 3) -> str:
+    keys = sorted(set(old) | set(new))
+    diff = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+            for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")]
+    more = f" (+{len(diff) - limit} more)" if len(diff) > limit else ""
+    return "; ".join(diff[:limit]) + more
+
+
+def check_workdir(workdir: str, config) -> bool:
+    """Validate `workdir` for this config; return True when it holds a run to resume.
+
+    Raises ConfigError (one line) when the workdir is a file, is not writable, or holds a
+    different experiment. Writes nothing.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} is a file, not a directory; choose a new path")
+    parent = workdir
+    while not os.path.exists(parent):
+        parent = os.path.dirname(os.path.abspath(parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir} is not writable (no write permission on "
+                          f"{parent}); choose a writable path")
+    exp_path = os.path.join(workdir, EXPERIMENT_FILE)
+    ckpt_path = os.path.join(workdir, CHECKPOINT_DIR)
+    has_checkpoints = os.path.isdir(ckpt_path) and any(
+        name.isdigit() for name in os.listdir(ckpt_path))
+    if not os.path.exists(exp_path):
+        if has_checkpoints:
+            raise ConfigError(f"--workdir {workdir} holds checkpoints but no {EXPERIMENT_FILE}; "
+                              "it is not a jssl run of this version: choose a new --workdir")
+        return False
+    try:
+        with open(exp_path) as f:
+            old = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--workdir {workdir}: cannot read {exp_path} ({e}); "
+                          "choose a new --workdir") from None
+    new = json.loads(json.dumps(experiment_fields(config)))
+    if old != new:
+        raise ConfigError(f"--workdir {workdir} holds a different experiment ({_differences(old, new)}); "
+                          "use a new --workdir, or the same config to resume")
+    return has_checkpoints
+
+
+class Checkpointer:
+    """An orbax CheckpointManager for the TrainState of one experiment."""
+
+    def __init__(self, workdir: str, config, *, keep: int):
+        self.workdir = workdir
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            exp_path = os.path.join(workdir, EXPERIMENT_FILE)
+            if not os.path.exists(exp_path):
+                tmp = exp_path + ".tmp"
+                with open(tmp, "w") as f:
+                    json.dump(experiment_fields(config), f, indent=1, sort_keys=True)
+                os.replace(tmp, exp_path)
+        self.manager = ocp.CheckpointManager(
+            os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore(self, abstract_state, step: int | None = None):
+        """Restore into the shapes, dtypes and shardings of `abstract_state`."""
+        step = self.manager.latest_step() if step is None else step
+        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def save(self, step: int, state) -> None:
+        self.manager.save(step, args=ocp.args.StandardSave(state))
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

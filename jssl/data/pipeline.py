@@ -1,0 +1,70 @@
+"""Host-side batching: a deterministic function of (seed, step), each host its own slice.
+
+The training stream walks through one seeded permutation of the split per epoch; the
+batch for step s is positions [s*B, (s+1)*B) of that stream. It depends on nothing but the
+seed and the step, so a resumed run reads exactly the batches an uninterrupted run would.
+Process p of P reads only rows [p*B/P, (p+1)*B/P) of each global batch. Images stay uint8
+until they are on the device (augmentation happens there).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from jssl import parallel
+
+__all__ = ["batch_indices", "TrainBatches"]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(step: int, *, batch_size: int, num_examples: int, seed: int,
+                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
+    """Example indices of this process's slice of the global batch at `step`."""
+    per_process = batch_size // process_count
+    start = step * batch_size + process_index * per_process
+    positions = np.arange(start, start + per_process, dtype=np.int64)
+    epochs, offsets = np.divmod(positions, num_examples)
+    out = np.empty(per_process, dtype=np.int64)
+    for epoch in np.unique(epochs):  # at most a few epochs per batch
+        sel = epochs == epoch
+        out[sel] = _epoch_permutation(seed, int(epoch), num_examples)[offsets[sel]]
+    return out
+
+
+class TrainBatches:
+    """Global training batches {"image": uint8, "label": int32}, read ahead in a thread."""
+
+    def __init__(self, source, *, batch_size: int, seed: int, mesh, prefetch: int = 2):
+        self.source = source
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mesh = mesh
+        self.prefetch = prefetch
+
+    def host_batch(self, step: int) -> dict:
+        idx = batch_indices(step, batch_size=self.batch_size, num_examples=len(self.source),
+                            seed=self.seed, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+        images, labels = self.source.read(idx)
+        return {"image": images, "label": labels.astype(np.int32)}
+
+    def __call__(self, start_step: int, end_step: int) -> Iterator[dict]:
+        """Batches for steps start_step .. end_step - 1."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pending = [pool.submit(self.host_batch, s)
+                       for s in range(start_step, min(end_step, start_step + self.prefetch))]
+            next_step = start_step + len(pending)
+            while pending:
+                host = pending.pop(0).result()
+                if next_step < end_step:
+                    pending.append(pool.submit(self.host_batch, next_step))
+                    next_step += 1
+                yield parallel.to_global(host, self.mesh)

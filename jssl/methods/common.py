@@ -1,0 +1,59 @@
+"""What every method shares: the TrainState pytree and the Method record the loop runs."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+
+__all__ = ["TrainState", "Method", "DataInfo"]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; checkpointed whole.
+
+    `rng` is a raw uint32 key (jax.random.PRNGKey) so that orbax stores it as a plain array;
+    each step folds the step number into it, so batches of randomness depend on (seed, step)
+    only and a resumed run draws exactly what an uninterrupted one would.
+    `extras` holds method state (EMA targets, queues, masks, their optimizer states ...).
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+    extras: Any = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What a method needs to know about the data to build its models."""
+
+    num_classes: int
+    image_shape: tuple[int, int, int]  # (H, W, C) as stored, before augmentation
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """The pure functions the one train loop (jssl/train.py) runs for a method.
+
+    init(rng) -> TrainState                     parameters, BN stats, optimizer state
+    train_step(state, batch) -> (state, metrics)  batch: {"image": uint8 (B,H,W,C), "label": (B,)}
+    embed(state, images) -> (B, F) float32        frozen features of uint8 images (eval mode)
+    calibrate(state, images) -> state             update BN statistics only (train-mode forward,
+                                                  no gradient); used for the random-init baseline
+    """
+
+    init: Callable[[jax.Array], TrainState]
+    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    embed: Callable[[TrainState, jax.Array], jax.Array]
+    calibrate: Callable[[TrainState, jax.Array], TrainState]
+
+
+def global_norm(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))

@@ -1,0 +1,194 @@
+"""The one training loop every method uses.
+
+Read top to bottom: set-up and validation (nothing is written before all checks pass),
+data, model and optimizer (shapes from `jax.eval_shape`, state born replicated), restore,
+the jitted step, the loop (metrics, checkpoints, evaluation), final evaluation.
+
+Resume order: the workdir's experiment.json is checked against the config, the latest
+complete orbax step is restored into the replicated shardings, the loop continues at
+`state.step`; batches and augmentation keys are functions of (seed, step), so the resumed
+run computes exactly what the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from jssl import checkpoint, evaluate, methods, parallel
+from jssl.config import ConfigError, validate
+from jssl.data import pipeline, sources
+from jssl.metric_writer import EVAL_FILE, MetricWriter
+
+__all__ = ["train_and_evaluate", "evaluate_workdir", "known_names", "RESULTS_FILE"]
+
+RESULTS_FILE = "results.json"
+
+
+def known_names() -> dict:
+    """Names config fields may take (checked by jssl.config.validate)."""
+    from jssl import models
+    from jssl.methods import pretrain
+    return {"method": list(methods.REGISTRY), "model.backbone": list(models.BACKBONES),
+            "loss.name": list(pretrain.PRETEXTS)}
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str):
+    """Every check that can fail on user input, before anything is written."""
+    validate(config, jax.device_count(), known=known_names())
+    if config.batch_size % jax.process_count():
+        raise ConfigError(f"config.batch_size: {config.batch_size} is not divisible by the "
+                          f"{jax.process_count()} processes")
+    resume = checkpoint.check_workdir(workdir, config)
+    source = sources.get_source(config.data.name, config.data.train_split,
+                                data_dir=config.data.data_dir)
+    if len(source) < config.batch_size:
+        raise ConfigError(f"config.batch_size: {config.batch_size} is larger than the "
+                          f"{len(source)} examples of {config.data.name}:{config.data.train_split}")
+    return source, resume
+
+
+class _Run:
+    """What training and evaluation of one experiment share: mesh, method, state, checkpoints."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.source, self.resume = setup(config, workdir)
+        self.mesh = parallel.make_mesh()
+        self.repl = parallel.replicated(self.mesh)
+        self.data_sharding = parallel.batch_sharding(self.mesh)
+        data_info = methods.DataInfo(num_classes=self.source.num_classes,
+                                     image_shape=self.source.image_shape)
+        self.method = methods.build(config, data_info)
+        # Shapes first; parameters are born replicated.
+        self.rng = jax.random.PRNGKey(config.seed)
+        abstract = jax.eval_shape(self.method.init, self.rng)
+        self.abstract = jax.tree_util.tree_map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.repl), abstract)
+        self.init_fn = jax.jit(self.method.init, out_shardings=self.repl)
+        self.embed_fn = jax.jit(self.method.embed, in_shardings=(self.repl, self.data_sharding),
+                                out_shardings=self.data_sharding)
+
+    def restore_or_init(self, ckpt: checkpoint.Checkpointer):
+        if ckpt.latest_step() is not None:
+            return ckpt.restore(self.abstract)
+        return self.init_fn(self.rng)
+
+    def evaluate(self, state, config) -> dict:
+        return evaluate.evaluate_encoder(self.method, self.embed_fn, state, config, self.mesh)
+
+    def random_init_eval(self, config) -> dict:
+        initial = self.init_fn(self.rng)  # the very weights training started from
+        initial = evaluate.calibrate_batch_stats(self.method, initial, self.source, config,
+                                                 self.mesh)
+        return self.evaluate(initial, config)
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Evaluate the latest checkpoint of a finished (or interrupted) run; rewrite results.json."""
+    run = _Run(config, workdir)
+    if not run.resume:
+        raise ConfigError(f"--workdir {workdir} holds no checkpoint of this experiment; "
+                          "train first (--mode=train)")
+    ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
+    state = ckpt.restore(run.abstract)
+    ckpt.close()
+    results = {"workdir": workdir, "final_step": int(jax.device_get(state.step)),
+               "eval": run.evaluate(state, config)}
+    if config.eval.random_init_baseline:
+        results["random_init_eval"] = run.random_init_eval(config)
+    _write_results(workdir, results)
+    return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train `config` in `workdir` (resuming if it holds this experiment), evaluate, return results."""
+    run = _Run(config, workdir)
+    mesh, repl, data_sharding, method = run.mesh, run.repl, run.data_sharding, run.method
+    is_main = jax.process_index() == 0
+    ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
+    state = run.restore_or_init(ckpt)
+    start_step = int(jax.device_get(state.step))
+
+    # --- The step: one jit over the mesh, state donated. ---
+    step_fn = jax.jit(method.train_step, in_shardings=(repl, data_sharding),
+                      out_shardings=(repl, repl), donate_argnums=0)
+    batches = pipeline.TrainBatches(run.source, batch_size=config.batch_size, seed=config.seed, mesh=mesh)
+    writer = MetricWriter(workdir, resume_step=start_step)
+    results = {"workdir": workdir, "resumed_from_step": start_step}
+
+    progress = None
+    if is_main and config.progress and start_step < config.total_steps:
+        import tqdm
+        progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc="train",
+                             unit="step", dynamic_ncols=True)
+    t_last, step_last = time.perf_counter(), start_step
+    train_start = time.perf_counter()
+    try:
+        step = start_step
+        for batch in batches(start_step, config.total_steps):
+            state, metrics = step_fn(state, batch)
+            step += 1
+            if progress is not None:
+                progress.update(1)
+            if step % config.log_every == 0 or step == config.total_steps:
+                # The only host round-trip of the loop: scalars every log_every steps.
+                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                scalars["steps_per_s"] = (step - step_last) / max(now - t_last, 1e-9)
+                t_last, step_last = now, step
+                if not math.isfinite(scalars["loss"]):
+                    raise FloatingPointError(
+                        f"loss is {scalars['loss']} at step {step}; lower config.optimizer.lr or "
+                        "check the data (the last checkpoint is kept)")
+                writer.write(step, scalars)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{scalars['loss']:.4f}")
+            if step % config.checkpoint_every == 0 or step == config.total_steps:
+                ckpt.save(step, state)
+            if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
+                ev = run.evaluate(state, config)
+                writer.write(step, _eval_scalars(ev), file=EVAL_FILE)
+    finally:
+        if progress is not None:
+            progress.close()
+        ckpt.close()
+    results["train_time_s"] = time.perf_counter() - train_start
+    results["train_step_compilations"] = step_fn._cache_size()
+    results["final_step"] = int(jax.device_get(state.step))
+
+    # --- Final evaluation, and the same architecture at its random initialisation. ---
+    results["eval"] = run.evaluate(state, config)
+    writer.write(results["final_step"], _eval_scalars(results["eval"]), file=EVAL_FILE)
+    if config.eval.random_init_baseline:
+        results["random_init_eval"] = run.random_init_eval(config)
+    writer.close()
+    _write_results(workdir, results)
+    return results
+
+
+def _eval_scalars(ev: dict) -> dict:
+    return {f"eval/{k}": v for k, v in ev.items() if isinstance(v, float)}
+
+
+def _write_results(workdir: str, results: dict) -> None:
+    if jax.process_index() != 0:
+        return
+    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(_jsonable(results), f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
