@@ -22,6 +22,11 @@ def _check_2d(name: str, x: jax.Array) -> None:
         raise ValueError(f"{name} must have shape (N, D), got {x.shape}")
 
 
+def _at_least_f32(x: jax.Array) -> jax.Array:
+    """Upcast half precision to float32 (loss reductions in float32); keep float64."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
     """x / max(||x||, eps) along `axis` (PyTorch's F.normalize convention)."""
     norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
@@ -70,7 +75,7 @@ def barlow_twins(
     ddof = 1 if unbiased else 0
 
     def standardise(z):
-        z = z.astype(jnp.float32)
+        z = _at_least_f32(z)
         mean = jnp.mean(z, axis=0)
         var = jnp.sum(jnp.square(z - mean), axis=0) / (n - ddof)
         return (z - mean) * jax.lax.rsqrt(var + eps)
@@ -113,7 +118,7 @@ def nt_xent(*views: jax.Array, temperature: float = 0.1, labels: jax.Array | Non
             raise ValueError(f"all views must have the same shape, got {views[0].shape} and {z.shape}")
     n = views[0].shape[0]
     num_views = len(views)
-    z = jnp.concatenate([l2_normalize(v.astype(jnp.float32)) for v in views], axis=0)
+    z = jnp.concatenate([l2_normalize(_at_least_f32(v)) for v in views], axis=0)
     logits = (z @ z.T) / temperature
     if labels is None:
         ids = jnp.arange(n)
@@ -124,7 +129,7 @@ def nt_xent(*views: jax.Array, temperature: float = 0.1, labels: jax.Array | Non
     ids = jnp.tile(ids, num_views)
     self_mask = jnp.eye(num_views * n, dtype=bool)
     pos_mask = (ids[:, None] == ids[None, :]) & ~self_mask
-    neg_inf = jnp.finfo(jnp.float32).min
+    neg_inf = jnp.finfo(logits.dtype).min
     log_denominator = jax.nn.logsumexp(jnp.where(self_mask, neg_inf, logits), axis=1)
     log_numerator = jax.nn.logsumexp(jnp.where(pos_mask, logits, neg_inf), axis=1)
     return jnp.mean(log_denominator - log_numerator)
