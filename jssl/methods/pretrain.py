@@ -19,7 +19,7 @@ from jssl import augment, losses, models
 from jssl.methods.common import DataInfo, Method, TrainState, global_norm
 from jssl.optim import build_optimizer
 
-__all__ = ["SSLModel", "PRETEXTS", "build", "build_model"]
+__all__ = ["SSLModel", "PRETEXTS", "build", "build_parts", "build_model"]
 
 
 def _barlow_twins(projections: Sequence[jax.Array], **kw) -> jax.Array:
@@ -68,8 +68,9 @@ def loss_kwargs(config: ml_collections.ConfigDict) -> dict:
     return {k: v for k, v in config.loss.to_dict().items() if k != "name"}
 
 
-def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
-    """The pretrain method's pure functions for this config."""
+def build_parts(config: ml_collections.ConfigDict, data: DataInfo):
+    """(Method, update(state, views), make_views(state, images)): the step in its two parts,
+    so that benchmarks can time the update on device-resident views alone."""
     model = build_model(config)
     pretext = functools.partial(PRETEXTS[config.loss.name], **loss_kwargs(config))
     tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
@@ -87,10 +88,8 @@ def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
                           batch_stats=variables.get("batch_stats", {}),
                           opt_state=tx.init(params), rng=state_rng)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(state.rng, state.step)
-        keys = jax.random.split(rng, len(views))
-        inputs = [augment.augment_view(k, batch["image"], v) for k, v in zip(keys, views)]
+    def update(state: TrainState, inputs: Sequence[jax.Array]) -> tuple[TrainState, dict]:
+        """One optimizer step on already augmented views (float32, normalised)."""
 
         def loss_fn(params):
             batch_stats = state.batch_stats
@@ -122,6 +121,15 @@ def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
                                   opt_state=opt_state)
         return new_state, metrics
 
+    def make_views(state: TrainState, images: jax.Array) -> list[jax.Array]:
+        """The augmented views of a uint8 batch; keys depend on (state.rng, state.step) only."""
+        rng = jax.random.fold_in(state.rng, state.step)
+        keys = jax.random.split(rng, len(views))
+        return [augment.augment_view(k, images, v) for k, v in zip(keys, views)]
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        return update(state, make_views(state, batch["image"]))
+
     def embed(state: TrainState, images: jax.Array) -> jax.Array:
         x = augment.center_view(images, size=size, mean=mean, std=std)
         h = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
@@ -134,4 +142,10 @@ def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
                                  train=True, mutable=["batch_stats"])
         return state.replace(batch_stats=updates["batch_stats"])
 
-    return Method(init=init, train_step=train_step, embed=embed, calibrate=calibrate)
+    method = Method(init=init, train_step=train_step, embed=embed, calibrate=calibrate)
+    return method, update, make_views
+
+
+def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
+    """The pretrain method's pure functions for this config."""
+    return build_parts(config, data)[0]

@@ -1,0 +1,181 @@
+"""Benchmarks: `python -m jssl.bench --method barlow_twins ...` prints one JSON line.
+
+The train step is timed on device-resident data (random uint8 images put on the mesh
+once), after compilation, with `block_until_ready` around each step; the median is
+reported. `--augment` also times the on-device augmentation alone and the full step
+with augmentation. `--torch PATH` runs PyTorch's version of the same step
+(shared/bench/torch_barlow_step.py) in a subprocess, alternating with jssl's timing
+`--repeats` times in one run, and reports the ratio of medians: these machines are shared
+and noisy, so only ratios measured together mean anything.
+
+The Barlow Twins step mirrors the PyTorch reference: ResNet backbone, 3-layer 2048
+projector with BatchNorm, `barlow_twins(unbiased=True, eps=0)` (torch's z.std(0)), SGD
+momentum 0.9, lr 0.1, weight decay 1e-4 on every parameter, `--batch` images per view.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+__all__ = ["bench_pretrain", "main"]
+
+
+def _pretrain_config(args):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "configs", f"{args.method}.py")
+    if not os.path.exists(path):
+        raise SystemExit(f"jssl.bench: no config {path} for --method {args.method}")
+    spec = importlib.util.spec_from_file_location(args.method, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("")
+    c.batch_size = args.batch
+    c.data.image_size = c.augment.view1.crop_size = c.augment.view2.crop_size = args.image_size
+    c.model.backbone = args.backbone
+    c.model.stem = args.stem
+    c.model.num_filters = 64
+    c.model.conv_impl = args.conv_impl
+    c.dtype = args.dtype
+    c.model.projector_hidden_dims = (args.proj, args.proj)
+    c.model.projector_dim = args.proj
+    c.model.projector_bn = True
+    if args.method == "barlow_twins":
+        c.loss.lambd, c.loss.scale, c.loss.unbiased, c.loss.eps = 0.0051, 1.0, True, 0.0
+    c.optimizer.name = "sgd"
+    c.optimizer.lr = 0.1
+    c.optimizer.scale_lr_with_batch = False
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.exclude_bias_and_norm = False  # torch's SGD decays every parameter
+    c.optimizer.warmup_steps = 0
+    c.optimizer.schedule = "constant"
+    c.total_steps = args.steps + args.warmup
+    return c
+
+
+def _time_steps(fn, state, *args, steps: int, warmup: int):
+    """Run `state, _ = fn(state, *args)` warmup + steps times; per-step seconds (post warm-up)."""
+    import jax
+
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        state, metrics = fn(state, *args)
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return state, times
+
+
+def bench_pretrain(args) -> dict:
+    import jax
+    import numpy as np
+
+    from jssl import methods, parallel
+    from jssl.methods import pretrain
+
+    config = _pretrain_config(args)
+    mesh = parallel.make_mesh()
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    info = methods.DataInfo(num_classes=10, image_shape=(args.image_size, args.image_size, 3))
+    method, update, make_views = pretrain.build_parts(config, info)
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(args.batch, args.image_size, args.image_size, 3),
+                          dtype=np.uint8)
+    images = jax.device_put(images, data)
+    state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
+    views_fn = jax.jit(make_views, in_shardings=(repl, data), out_shardings=data)
+    views = views_fn(state, images)
+    update_fn = jax.jit(update, in_shardings=(repl, data), out_shardings=(repl, repl),
+                        donate_argnums=0)
+
+    t = time.perf_counter()
+    compiled = update_fn.lower(state, views).compile()
+    compile_s = time.perf_counter() - t
+    del compiled
+
+    out = {"impl": "jssl", "method": args.method, "backbone": args.backbone, "stem": args.stem,
+           "batch": args.batch, "image_size": args.image_size, "dtype": args.dtype,
+           "conv_impl": args.conv_impl, "devices": jax.device_count(),
+           "backend": jax.default_backend(), "compile_s": round(compile_s, 3),
+           "jax": jax.__version__}
+    step_times, torch_runs = [], []
+    for _ in range(args.repeats):
+        state, times = _time_steps(update_fn, state, views, steps=args.steps, warmup=args.warmup)
+        step_times.extend(times)
+        if args.torch:
+            torch_runs.append(_run_torch(args))
+    med = statistics.median(step_times)
+    out.update(step_s_median=round(med, 4), img_per_s=round(args.batch / med, 2))
+    if torch_runs:
+        torch_med = statistics.median(r["step_s_median"] for r in torch_runs)
+        out.update(torch_step_s_median=round(torch_med, 4),
+                   torch_img_per_s=round(args.batch / torch_med, 2),
+                   torch_threads=torch_runs[0].get("threads"),
+                   speed_vs_torch=round(torch_med / med, 3))
+    if args.augment:
+        def aug_only(s, imgs):
+            return s, views_fn(s, imgs)
+
+        _, aug_times = _time_steps(aug_only, state, images, steps=args.steps, warmup=1)
+        step_fn = jax.jit(method.train_step, in_shardings=(repl, data),
+                          out_shardings=(repl, repl), donate_argnums=0)
+        batch = {"image": images,
+                 "label": jax.device_put(np.zeros(args.batch, np.int32), data)}
+        state, full_times = _time_steps(step_fn, state, batch, steps=args.steps, warmup=1)
+        aug_med = statistics.median(aug_times)
+        full_med = statistics.median(full_times)
+        out.update(augment_img_per_s=round(args.batch / aug_med, 2),
+                   step_with_augment_img_per_s=round(args.batch / full_med, 2),
+                   augment_share_of_step=round(aug_med / full_med, 3))
+    return out
+
+
+def _run_torch(args) -> dict:
+    cmd = [sys.executable, args.torch, "--batch", str(args.batch), "--image", str(args.image_size),
+           "--proj", str(args.proj), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"jssl.bench: the torch reference failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+BENCHES = {"barlow_twins": bench_pretrain, "simclr": bench_pretrain}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jssl.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--method", default="barlow_twins", choices=sorted(BENCHES))
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
+    p.add_argument("--batch", type=int, default=64, help="images per view (global)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--proj", type=int, default=2048, help="projector width")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per repeat")
+    p.add_argument("--repeats", type=int, default=1, help="timing blocks (alternating with --torch)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "tapped"])
+    p.add_argument("--augment", action="store_true", help="also time on-device augmentation")
+    p.add_argument("--torch", metavar="PATH", help="PyTorch reference script to alternate with")
+    p.add_argument("--out", metavar="FILE", help="also append the JSON line to FILE")
+    args = p.parse_args(argv)
+    result = BENCHES[args.method](args)
+    line = json.dumps(result)
+    print(line)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
