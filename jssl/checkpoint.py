@@ -42,12 +42,6 @@ def check_workdir(workdir: str, config) -> bool:
     """
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory; choose a new path")
-    parent = workdir
-    while not os.path.exists(parent):
-        parent = os.path.dirname(os.path.abspath(parent))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--workdir {workdir} is not writable (no write permission on "
-                          f"{parent}); choose a writable path")
     exp_path = os.path.join(workdir, EXPERIMENT_FILE)
     ckpt_path = os.path.join(workdir, CHECKPOINT_DIR)
     has_checkpoints = os.path.isdir(ckpt_path) and any(
@@ -56,6 +50,7 @@ def check_workdir(workdir: str, config) -> bool:
         if has_checkpoints:
             raise ConfigError(f"--workdir {workdir} holds checkpoints but no {EXPERIMENT_FILE}; "
                               "it is not a jssl run of this version: choose a new --workdir")
+        _check_writable(workdir)
         return False
     try:
         with open(exp_path) as f:
@@ -67,7 +62,23 @@ def check_workdir(workdir: str, config) -> bool:
     if old != new:
         raise ConfigError(f"--workdir {workdir} holds a different experiment ({_differences(old, new)}); "
                           "use a new --workdir, or the same config to resume")
+    _check_writable(workdir)
     return has_checkpoints
+
+
+def _check_writable(workdir: str) -> None:
+    """Probe with a temporary directory in the workdir or its nearest existing ancestor
+    (permission bits alone say nothing for root or read-only file systems)."""
+    import tempfile
+
+    parent = os.path.abspath(workdir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".jssl-probe-", dir=parent))
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir} is not writable ({e.strerror} in {parent}); "
+                          "choose a writable path") from None
 
 
 class Checkpointer:

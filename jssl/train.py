@@ -38,9 +38,9 @@ def known_names() -> dict:
             "loss.name": list(pretrain.PRETEXTS)}
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str):
+def setup(config: ml_collections.ConfigDict, workdir: str, devices=None):
     """Every check that can fail on user input, before anything is written."""
-    validate(config, jax.device_count(), known=known_names())
+    validate(config, len(devices) if devices else jax.device_count(), known=known_names())
     if config.batch_size % jax.process_count():
         raise ConfigError(f"config.batch_size: {config.batch_size} is not divisible by the "
                           f"{jax.process_count()} processes")
@@ -56,9 +56,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str):
 class _Run:
     """What training and evaluation of one experiment share: mesh, method, state, checkpoints."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        self.source, self.resume = setup(config, workdir)
-        self.mesh = parallel.make_mesh()
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
+        self.source, self.resume = setup(config, workdir, devices)
+        self.mesh = parallel.make_mesh(devices)
         self.repl = parallel.replicated(self.mesh)
         self.data_sharding = parallel.batch_sharding(self.mesh)
         data_info = methods.DataInfo(num_classes=self.source.num_classes,
@@ -88,9 +88,9 @@ class _Run:
         return self.evaluate(initial, config)
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
     """Evaluate the latest checkpoint of a finished (or interrupted) run; rewrite results.json."""
-    run = _Run(config, workdir)
+    run = _Run(config, workdir, devices)
     if not run.resume:
         raise ConfigError(f"--workdir {workdir} holds no checkpoint of this experiment; "
                           "train first (--mode=train)")
@@ -105,9 +105,12 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train `config` in `workdir` (resuming if it holds this experiment), evaluate, return results."""
-    run = _Run(config, workdir)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+    """Train `config` in `workdir` (resuming if it holds this experiment), evaluate, return results.
+
+    `devices` (default: all devices of all processes) are the mesh the step runs on.
+    """
+    run = _Run(config, workdir, devices)
     mesh, repl, data_sharding, method = run.mesh, run.repl, run.data_sharding, run.method
     is_main = jax.process_index() == 0
     ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
