@@ -38,9 +38,7 @@ def get_config(preset: str = ""):
         jc.smoke_preset(c)
     elif preset == "cifar10":
         jc.cifar10_preset(c)
-        # solo-learn augmentations/asymmetric.yaml: solarization only on the second view.
-        c.augment.view1 = jc.view_config(crop_size=32, solarize_prob=0.0)
-        c.augment.view2 = jc.view_config(crop_size=32, solarize_prob=0.2)
+        jc.solo_cifar_augment(c, "barlow_twins")
     else:
         raise jc.unknown_preset("configs/barlow_twins.py", preset)
     return c

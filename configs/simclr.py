@@ -36,10 +36,7 @@ def get_config(preset: str = ""):
         jc.smoke_preset(c)
     elif preset == "cifar10":
         jc.cifar10_preset(c)
-        # solo-learn augmentations/symmetric.yaml: stronger colour jitter, same for both views.
-        for name in ("view1", "view2"):
-            c.augment[name] = jc.view_config(crop_size=32, brightness=0.8, contrast=0.8,
-                                             saturation=0.8, hue=0.2)
+        jc.solo_cifar_augment(c, "simclr")
     else:
         raise jc.unknown_preset("configs/simclr.py", preset)
     return c

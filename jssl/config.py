@@ -12,11 +12,10 @@ from typing import Any, Iterable
 import ml_collections
 from ml_collections import config_dict
 
+from jssl.augment import CIFAR10_MEAN as CIFAR_MEAN, CIFAR10_STD as CIFAR_STD
+
 __all__ = ["ConfigError", "base_config", "validate", "view_config", "experiment_fields"]
 
-# The solo-learn CIFAR-10 normalisation (also what the CIFAR presets use).
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 # MNIST, broadcast to the 3 channels the models take.
 MNIST_MEAN = (0.1307, 0.1307, 0.1307)
 MNIST_STD = (0.3081, 0.3081, 0.3081)
@@ -277,6 +276,15 @@ def cifar10_preset(c: ml_collections.ConfigDict, *, epochs: int = 1000) -> None:
     c.checkpoint_every = steps_per_epoch * 10
     c.eval_every = steps_per_epoch * 50
     c.eval.knn_k = 20
+
+
+def solo_cifar_augment(c: ml_collections.ConfigDict, method: str) -> None:
+    """solo-learn's CIFAR augmentation views for `method` (jssl.augment.solo_cifar_views)."""
+    from jssl.augment import solo_cifar_views
+
+    view1, view2 = solo_cifar_views(method, crop_size=c.data.image_size)[:2]
+    c.augment.view1 = ml_collections.ConfigDict(view1)
+    c.augment.view2 = ml_collections.ConfigDict(view2)
 
 
 def unknown_preset(path: str, preset: str) -> ConfigError:
