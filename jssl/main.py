@@ -8,6 +8,7 @@ line on stderr and exit status 2; no traceback.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 from absl import flags
@@ -34,15 +35,12 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
 def _parse(argv: list[str]):
     try:
         FLAGS(argv)
-    except flags.IllegalFlagValueError as e:  # unknown field, bad value type, missing file
-        _fail(_explain_flag_error(e))
+        if FLAGS.config is not None:
+            FLAGS.config.to_dict()  # config_flags defers some load errors to first use
     except flags.UnrecognizedFlagError as e:
-        _fail(f"unknown flag {e.flagname!r}; fields are set as --config.<field>=<value>")
-    except flags.Error as e:
-        _fail(str(e))
-    except Exception as e:  # errors raised while loading the config file (get_config)
-        _fail(f"--config {_config_arg(argv)}: {type(e).__name__}: {e}"
-              if not _is_user_error(e) else str(e))
+        _fail(f"unknown flag --{e.flagname}; config fields are set as --config.<field>=<value>")
+    except Exception as e:  # noqa: BLE001 - every parse error becomes one line
+        _fail(_explain(e, argv))
     if FLAGS.config is None:
         _fail("--config is required, e.g. --config configs/barlow_twins.py")
     if not FLAGS.workdir:
@@ -59,17 +57,28 @@ def _config_arg(argv) -> str:
     return "?"
 
 
-def _is_user_error(e: Exception) -> bool:
-    from jssl.config import ConfigError
-    return isinstance(e, ConfigError)
-
-
-def _explain_flag_error(e: Exception) -> str:
+def _explain(e: Exception, argv: list[str]) -> str:
+    """One line for an error from parsing the flags or loading the config file."""
     text = " ".join(str(e).split())
-    # ml_collections' messages are long; keep the informative part.
-    if "Could not find" in text or "No such file" in text or "does not exist" in text:
-        return f"config file not found: {text.split(':', 1)[-1].strip()}"
-    return text
+    config_arg = _config_arg(argv)
+    if "ConfigError: " in text:  # raised by get_config (e.g. an unknown preset)
+        return text.rsplit("ConfigError: ", 1)[1]
+    if "No such file or directory" in text or "Failed loading config file" in text:
+        path = config_arg.split(":", 1)[0]
+        return f"--config {config_arg}: config file {path} not found; use configs/<method>.py[:<preset>]"
+    if isinstance(e, (AttributeError, KeyError)) or "AttributeError" in text:
+        found = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(e.args[0]) if e.args else "")
+        name = found[0] if found else "?"
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        for a in argv:
+            if a.startswith("--config.") and name in a.split("=", 1)[0].split("."):
+                field = a.split("=", 1)[0][len("--config."):]
+                fix = f"did you mean {hint.group(1)!r}?" if hint else "check the spelling"
+                return f"--config.{field}: no field {name!r} in {config_arg}; {fix}"
+        return f"--config {config_arg}: no field {name!r}"
+    if text.startswith("flag --config"):
+        return text[len("flag "):]
+    return f"--config {config_arg}: {type(e).__name__}: {text}"
 
 
 def main(argv: list[str] | None = None) -> int:

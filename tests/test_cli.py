@@ -27,9 +27,11 @@ def assert_one_line_error(done, *needles):
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["--config", SMOKE, "--config.no_such_field=1"], ["no_such_field"]),
+    (["--config", SMOKE, "--config.no_such_field=1"], ["--config.no_such_field", "no field"]),
+    (["--config", SMOKE, "--config.loss.lamb=1"], ["--config.loss.lamb", "did you mean 'lambd'"]),
+    (["--config", SMOKE, "--bogus_flag=1"], ["unknown flag --bogus_flag"]),
     (["--config", SMOKE, "--config.batch_size=abc"], ["batch_size"]),
-    (["--config", "configs/no_such_method.py"], ["configs/no_such_method.py"]),
+    (["--config", "configs/no_such_method.py"], ["config file configs/no_such_method.py not found"]),
     (["--config", "configs/barlow_twins.py:nope"], ["unknown preset 'nope'", "smoke"]),
     (["--config", SMOKE, "--config.batch_size=30"], ["config.batch_size", "not divisible by the 8 devices"]),
     (["--config", SMOKE, "--config.total_steps=0"], ["config.total_steps", "positive"]),
