@@ -40,7 +40,7 @@ def _pretrain_config(args):
     c.data.image_size = c.augment.view1.crop_size = c.augment.view2.crop_size = args.image_size
     c.model.backbone = args.backbone
     c.model.stem = args.stem
-    c.model.num_filters = 64
+    c.model.num_filters = args.width
     c.model.conv_impl = args.conv_impl
     c.dtype = args.dtype
     c.model.projector_hidden_dims = (args.proj, args.proj)
@@ -102,7 +102,8 @@ def bench_pretrain(args) -> dict:
     compile_s = time.perf_counter() - t
     del compiled
 
-    out = {"impl": "jssl", "method": args.method, "backbone": args.backbone, "stem": args.stem,
+    out = {"impl": "jssl", "method": args.method, "backbone": args.backbone, "width": args.width,
+           "stem": args.stem,
            "batch": args.batch, "image_size": args.image_size, "dtype": args.dtype,
            "conv_impl": args.conv_impl, "devices": jax.device_count(),
            "backend": jax.default_backend(), "compile_s": round(compile_s, 3),
@@ -156,6 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--method", default="barlow_twins", choices=sorted(BENCHES))
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
+    p.add_argument("--width", type=int, default=64, help="backbone num_filters (64: standard)")
     p.add_argument("--batch", type=int, default=64, help="images per view (global)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--proj", type=int, default=2048, help="projector width")
