@@ -1,21 +1,63 @@
-"""Evaluation on frozen features: weighted k-NN and a linear probe (METHODS.md section 6).
+"""Evaluation on frozen features: weighted k-NN, a linear probe, few-label subsets.
 
-The protocols are pure functions on (N, D) feature arrays (top of the file); below them,
-feature extraction from the data sources and `evaluate_encoder`, which the train loop
-calls every `eval_every` steps and at the end.
+METHODS.md section 6. The protocols are pure, jitted functions on (N, D) feature arrays
+(which may be sharded over the mesh's "data" axis); below them, feature extraction from
+the data sources and `evaluate_encoder`, which the train loop calls every `eval_every`
+steps and at the end. Nothing here is ever selected on the test split.
 """
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["knn_predict", "knn_accuracy", "linear_probe", "few_label_subset",
-           "extract_features", "calibrate_batch_stats", "evaluate_encoder"]
+__all__ = ["knn_predict", "knn_accuracy", "knn_accuracies", "linear_probe", "LinearProbe",
+           "linear_probe_logits", "few_label_subset", "extract_features",
+           "calibrate_batch_stats", "evaluate_encoder"]
+
+
+# --- Input checks (one line naming the argument) ---------------------------------------
+
+
+def _check_features(name: str, x, dim: int | None = None) -> tuple[int, int]:
+    shape = np.shape(x)
+    if len(shape) != 2 or shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty (N, D) feature array, got shape {shape}")
+    if dim is not None and shape[1] != dim:
+        raise ValueError(f"{name} has {shape[1]} feature dimensions but the training features "
+                         f"have {dim}; extract both with the same encoder")
+    return shape
+
+
+@jax.jit
+def _min_max(y):
+    return jnp.min(y), jnp.max(y)
+
+
+def _check_labels(name: str, y, n: int, num_classes: int) -> None:
+    shape = np.shape(y)
+    if shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), one label per feature row, got {shape}")
+    dtype = np.dtype(y.dtype) if hasattr(y, "dtype") else np.asarray(y).dtype
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class ids, got dtype {dtype}")
+    lo, hi = (int(v) for v in _min_max(jnp.asarray(y)))
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name} must be class ids in [0, {num_classes}), got values in "
+                         f"[{lo}, {hi}]; check num_classes")
+
+
+def _check_num_classes(num_classes) -> None:
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+
+
+# --- Weighted k-NN (Wu et al. 2018) ----------------------------------------------------
 
 
 def _normalize(x):
@@ -23,59 +65,132 @@ def _normalize(x):
     return x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk_size"))
-def _knn_scores(train_features, train_labels, query_features, temperature, *, num_classes, k,
+@functools.partial(jax.jit, static_argnames=("num_classes", "ks", "chunk_size"))
+def _knn_scores(train_features, train_labels, query_features, temperature, *, num_classes, ks,
                 chunk_size):
+    """(N_query, len(ks), num_classes) vote sums, one top-max(ks) pass for every k."""
     bank = _normalize(train_features)
     labels = jnp.asarray(train_labels, jnp.int32)
     query = _normalize(query_features)
     n = query.shape[0]
     pad = (-n) % chunk_size
     chunks = jnp.pad(query, ((0, pad), (0, 0))).reshape(-1, chunk_size, query.shape[1])
+    # top_k sorts descending, so the k nearest for a smaller k are a prefix of the max(ks).
+    prefix = jnp.arange(max(ks))[None, :] < jnp.asarray(ks)[:, None]  # (len(ks), kmax)
+
+    def vote(idx, weights):  # one query: scatter-add weights into class bins, (C,)
+        return jnp.zeros((num_classes,), jnp.float32).at[labels[idx]].add(weights)
 
     def scores(q):
         sims = q @ bank.T  # (chunk, N_train): the only large intermediate
-        top, idx = jax.lax.top_k(sims, k)
-        weights = jnp.exp(top / temperature)
-        votes = jax.nn.one_hot(labels[idx], num_classes, dtype=jnp.float32)
-        return jnp.sum(weights[..., None] * votes, axis=1)
+        top, idx = jax.lax.top_k(sims, max(ks))
+        weights = jnp.exp(top / temperature)[:, None, :] * prefix  # (chunk, len(ks), kmax)
+        # A scatter, not a (chunk, k, C) one-hot, which is large for k=200 and 1000 classes.
+        return jax.vmap(jax.vmap(vote, (None, 0)))(idx, weights)
 
-    return jax.lax.map(scores, chunks).reshape(-1, num_classes)[:n]
+    return jax.lax.map(scores, chunks).reshape(-1, len(ks), num_classes)[:n]
+
+
+def _knn_checked(train_features, train_labels, query_features, *, num_classes, ks, temperature,
+                 chunk_size):
+    _check_num_classes(num_classes)
+    n_train, dim = _check_features("train_features", train_features)
+    n_query, _ = _check_features("query_features", query_features, dim)
+    _check_labels("train_labels", train_labels, n_train, num_classes)
+    ks = tuple(int(k) for k in ks)
+    if not ks:
+        raise ValueError("ks must name at least one k, e.g. ks=(20,)")
+    for k in ks:
+        if not 0 < k <= n_train:
+            raise ValueError(f"k={k} must be in [1, {n_train}] (the number of training "
+                             "features); lower k or pass more training features")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    chunk_size = int(min(chunk_size, n_query))  # no padding beyond the queries there are
+    return _knn_scores(train_features, train_labels, query_features, jnp.float32(temperature),
+                       num_classes=int(num_classes), ks=ks, chunk_size=chunk_size)
 
 
 def knn_predict(train_features, train_labels, query_features, *, num_classes: int, k: int = 20,
                 temperature: float = 0.07, chunk_size: int = 1024) -> jax.Array:
-    """Class scores (N_query, num_classes) of the weighted k-NN of Wu et al. 2018 (InstDisc).
+    """Class scores of the weighted k-NN classifier of Wu et al. 2018 (InstDisc).
 
     Features are L2-normalised; each query's k most cosine-similar training features vote
-    for their class with weight exp(similarity / temperature) (solo-learn's and MetaMask's
-    monitor). Queries are processed `chunk_size` at a time, so at most
-    chunk_size x N_train similarities exist at once.
+    for their class with weight exp(similarity / temperature), and the prediction is the
+    argmax of the summed votes (the monitor of solo-learn and of MetaMask; k=20 or 200 with
+    T=0.07 in the literature, k=5 in MetaMask). Queries are processed `chunk_size` at a time
+    (the last chunk padded), so at most chunk_size x N_train similarities exist at once.
+
+    Args:
+      train_features: (N_train, D) memory bank. train_labels: (N_train,) ints in
+        [0, num_classes). query_features: (N_query, D).
+    Returns:
+      (N_query, num_classes) float32 summed votes.
+    References: Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance
+      Discrimination", CVPR 2018, https://arxiv.org/abs/1805.01978
     """
-    n_train = np.shape(train_features)[0]
-    if not 0 < k <= n_train:
-        raise ValueError(f"k={k} must be in [1, {n_train}] (the number of training features)")
-    chunk_size = int(min(chunk_size, max(1, np.shape(query_features)[0])))
-    return _knn_scores(train_features, train_labels, query_features, temperature,
-                       num_classes=num_classes, k=k, chunk_size=chunk_size)
+    return _knn_checked(train_features, train_labels, query_features, num_classes=num_classes,
+                        ks=(k,), temperature=temperature, chunk_size=chunk_size)[:, 0]
+
+
+@jax.jit
+def _top1_correct(scores, labels):  # scores (..., N, C) -> correct counts (...)
+    return jnp.sum(jnp.argmax(scores, axis=-1) == labels, axis=-1)
 
 
 def knn_accuracy(train_features, train_labels, query_features, query_labels, *,
                  num_classes: int, k: int = 20, temperature: float = 0.07,
                  chunk_size: int = 1024) -> float:
-    """Top-1 accuracy of `knn_predict` on labelled queries."""
-    scores = knn_predict(train_features, train_labels, query_features, num_classes=num_classes,
-                         k=k, temperature=temperature, chunk_size=chunk_size)
-    return float(np.mean(np.asarray(jnp.argmax(scores, axis=1)) == np.asarray(query_labels)))
+    """Top-1 accuracy of `knn_predict` on labelled queries (query_labels: (N_query,))."""
+    return knn_accuracies(train_features, train_labels, query_features, query_labels,
+                          num_classes=num_classes, ks=(k,), temperature=temperature,
+                          chunk_size=chunk_size)[int(k)]
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "max_steps"))
-def _fit_logistic(x, y, weight_decays, *, num_classes, max_steps):
-    """Multinomial logistic regression, one fit per weight decay (vmapped), L-BFGS.
+def knn_accuracies(train_features, train_labels, query_features, query_labels, *,
+                   num_classes: int, ks: Sequence[int] = (5, 20, 200), temperature: float = 0.07,
+                   chunk_size: int = 1024) -> dict[int, float]:
+    """{k: top-1 accuracy} of the weighted k-NN for every k in `ks`, from one top-max(ks) pass."""
+    _check_num_classes(num_classes)
+    n_query, _ = _check_features("query_features", query_features)
+    _check_labels("query_labels", query_labels, n_query, num_classes)
+    scores = _knn_checked(train_features, train_labels, query_features, num_classes=num_classes,
+                          ks=ks, temperature=temperature, chunk_size=chunk_size)
+    correct = _top1_correct(jnp.moveaxis(scores, 1, 0), jnp.asarray(query_labels, jnp.int32))
+    return {int(k): int(c) / n_query for k, c in zip(ks, np.asarray(correct))}
 
-    Objective: mean cross-entropy + weight_decay / 2 * ||W||^2 (the bias is not decayed).
+
+# --- Linear probe: multinomial logistic regression, full-batch L-BFGS --------------------
+
+
+class LinearProbe(NamedTuple):
+    """A fitted probe: logits = ((x - mean) / std) @ weights + bias."""
+    mean: np.ndarray  # (D,) training-feature mean
+    std: np.ndarray  # (D,) training-feature std (1 where a feature is constant)
+    weights: np.ndarray  # (D, num_classes)
+    bias: np.ndarray  # (num_classes,)
+
+
+def linear_probe_logits(probe: LinearProbe, x) -> jax.Array:
+    """(N, num_classes) logits of a fitted `LinearProbe` on features x (N, D)."""
+    return ((jnp.asarray(x, jnp.float32) - probe.mean) / probe.std) @ probe.weights + probe.bias
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _fit_logistic(x, y, weight_decays, tol, max_steps, *, num_classes):
+    """Standardise x, then one L-BFGS fit per weight decay (vmapped).
+
+    Objective per weight decay wd: mean cross-entropy + wd / 2 * ||W||^2, bias not decayed.
+    Returns mean (D,), std (D,), W (n_wd, D, C), b (n_wd, C), iterations (n_wd,).
     """
+    x = jnp.asarray(x, jnp.float32)
+    mean, std = jnp.mean(x, axis=0), jnp.std(x, axis=0)
+    std = jnp.where(std > 1e-6 * jnp.maximum(jnp.abs(mean), 1.0), std, 1.0)  # constant features
+    x = (x - mean) / std
     onehot = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
+    opt = optax.lbfgs()  # memory 10, optax's zoom (strong Wolfe) line search
 
     def fit(wd):
         def objective(p):
@@ -83,76 +198,125 @@ def _fit_logistic(x, y, weight_decays, *, num_classes, max_steps):
             logp = jax.nn.log_softmax(x @ w + b)
             return -jnp.mean(jnp.sum(onehot * logp, axis=1)) + 0.5 * wd * jnp.sum(w * w)
 
-        params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
-        opt = optax.lbfgs()
         value_and_grad = optax.value_and_grad_from_state(objective)
 
-        def step(carry, _):
+        def step(carry):
             p, s = carry
             value, grad = value_and_grad(p, state=s)
             updates, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=objective)
-            return (optax.apply_updates(p, updates), s), value
+            return optax.apply_updates(p, updates), s
 
-        (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=max_steps)
-        return params
+        def running(carry):
+            _, s = carry
+            count = optax.tree.get(s, "count")
+            # The line search stores the gradient at the new iterate; at count 0 it is unset.
+            grad_norm = optax.tree.norm(optax.tree.get(s, "grad"))
+            return (count == 0) | ((count < max_steps) & (grad_norm >= tol))
 
-    return jax.vmap(fit)(weight_decays)
+        p0 = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
+        (w, b), s = jax.lax.while_loop(running, step, (p0, opt.init(p0)))
+        return w, b, optax.tree.get(s, "count")
+
+    w, b, steps = jax.vmap(fit)(weight_decays)
+    return mean, std, w, b, steps
 
 
-def _correct(params, x, y):
-    w, b = params
-    return jnp.sum(jnp.argmax(x @ w + b, axis=1) == y)
+@jax.jit
+def _probe_correct(mean, std, w, b, x, y):  # correct counts of every fit, (n_wd,)
+    x = (jnp.asarray(x, jnp.float32) - mean) / std
+    logits = jnp.einsum("nd,wdc->wnc", x, w) + b[:, None, :]
+    return _top1_correct(logits, y)
 
 
 def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, *, num_classes: int,
                  weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2),
-                 max_steps: int = 500, seed: int = 0) -> dict:
+                 max_steps: int = 500, seed: int = 0, tol: float = 1e-6,
+                 return_probe: bool = False) -> dict:
     """Linear probe on frozen features, weight decay chosen on validation (never on test).
 
-    Features are standardised with the training mean and std; one multinomial logistic
-    regression per weight decay is fitted with full-batch L-BFGS (`max_steps` iterations);
-    the weight decay with the best validation accuracy is reported with its test accuracy.
-    Without validation data (val_x None) the choice is made on the training accuracy.
+    Features are standardised with the training mean and std. For every weight decay wd a
+    multinomial logistic regression minimising
+
+        mean_i CE(softmax(W^T x_i + b), y_i) + wd / 2 * ||W||_F^2      (b not decayed)
+
+    is fitted by full-batch L-BFGS (optax.lbfgs with its zoom line search, zero init) until
+    the gradient norm falls below `tol` or `max_steps` iterations; the fits are vmapped
+    over the weight decays. This is scikit-learn's LogisticRegression(C=1 / (N_train * wd)).
+    The weight decay with the best validation accuracy (the first on ties) is reported with
+    its train and test accuracies. With val_x and val_y both None the choice is made on
+    the TRAINING accuracy, and "val_accuracy" then holds that training accuracy.
     `seed` is accepted for API stability; the fit is deterministic (zero init, full batch).
+
+    Args:
+      train_x, val_x, test_x: (N, D) features; train_y, val_y, test_y: (N,) ints in
+        [0, num_classes). May be numpy or (sharded) jax arrays.
+    Returns:
+      {"val_accuracy", "test_accuracy", "train_accuracy", "weight_decay" (python floats),
+       "val_accuracy_per_wd": {str(wd): float}, "steps_per_wd": {str(wd): int}}, plus
+      "probe": LinearProbe of the chosen fit if `return_probe`.
     """
     del seed
-    train_x = np.asarray(train_x, np.float32)
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    prep = lambda a: jnp.asarray((np.asarray(a, np.float32) - mean) / std)  # noqa: E731
-    xtr, ytr = prep(train_x), jnp.asarray(train_y, jnp.int32)
-    wds = jnp.asarray(weight_decays, jnp.float32)
-    fits = _fit_logistic(xtr, ytr, wds, num_classes=num_classes, max_steps=max_steps)
-    def per(x, y):  # accuracy of every fit, counted exactly
-        correct = jax.vmap(_correct, (0, None, None))(fits, prep(x), jnp.asarray(y, jnp.int32))
-        return np.asarray(correct, np.float64) / len(y)
+    _check_num_classes(num_classes)
+    if (val_x is None) != (val_y is None):
+        raise ValueError("val_x and val_y must both be given or both be None")
+    n_train, dim = _check_features("train_x", train_x)
+    _check_labels("train_y", train_y, n_train, num_classes)
+    splits = {"train": (train_x, train_y), "test": (test_x, test_y)}
+    if val_x is not None:
+        splits["val"] = (val_x, val_y)
+    for name, (x, y) in splits.items():
+        n, _ = _check_features(f"{name}_x", x, dim)
+        _check_labels(f"{name}_y", y, n, num_classes)
+    weight_decays = tuple(float(w) for w in weight_decays)
+    if not weight_decays or min(weight_decays) < 0:
+        raise ValueError(f"weight_decays must be a non-empty list of values >= 0, got "
+                         f"{weight_decays}")
+    if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
 
-    train_acc = per(train_x, train_y)
-    val_acc = per(val_x, val_y) if val_x is not None else train_acc
-    test_acc = per(test_x, test_y)
-    best = int(np.argmax(val_acc))
-    return {"val_accuracy": float(val_acc[best]), "test_accuracy": float(test_acc[best]),
-            "train_accuracy": float(train_acc[best]), "weight_decay": float(weight_decays[best]),
-            "val_accuracy_per_wd": {str(w): float(a) for w, a in zip(weight_decays, val_acc)}}
+    mean, std, w, b, steps = _fit_logistic(
+        train_x, jnp.asarray(train_y, jnp.int32), jnp.asarray(weight_decays, jnp.float32),
+        jnp.float32(tol), jnp.int32(max_steps), num_classes=int(num_classes))
+    acc = {name: np.asarray(_probe_correct(mean, std, w, b, x, jnp.asarray(y, jnp.int32)))
+           / np.shape(y)[0] for name, (x, y) in splits.items()}
+    select = acc.get("val", acc["train"])
+    best = int(np.argmax(select))  # first maximum: ties go to the earlier weight decay
+    out = {"val_accuracy": float(select[best]), "test_accuracy": float(acc["test"][best]),
+           "train_accuracy": float(acc["train"][best]), "weight_decay": weight_decays[best],
+           "val_accuracy_per_wd": {str(wd): float(a) for wd, a in zip(weight_decays, select)},
+           "steps_per_wd": {str(wd): int(s) for wd, s in zip(weight_decays, np.asarray(steps))}}
+    if return_probe:
+        out["probe"] = LinearProbe(np.asarray(mean), np.asarray(std), np.asarray(w[best]),
+                                   np.asarray(b[best]))
+    return out
+
+
+# --- Few-label subsets ------------------------------------------------------------------
 
 
 def few_label_subset(labels, fraction: float, *, seed: int, num_classes: int) -> np.ndarray:
-    """Sorted indices of a seeded, class-balanced `fraction` of `labels` (>= 1 per class).
+    """Sorted indices of a seeded, class-balanced `fraction` of `labels`.
 
-    Each class contributes round(fraction * its count) examples (at least one), drawn
-    without replacement with numpy's generator seeded by `seed`.
+    Every class present contributes max(1, round(fraction * its count)) examples (half
+    rounds up), drawn without replacement by numpy's generator seeded with `seed`: the same
+    arguments give the same indices on every host. A class absent from `labels` contributes
+    nothing. fraction=1 returns every index. Used for 1% / 10% few-label evaluation.
+    (Host-side numpy: the result indexes a data source, not a device array.)
     """
+    _check_num_classes(num_classes)
     labels = np.asarray(labels)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
-        if len(members) == 0:
-            continue
-        take = max(1, int(round(fraction * len(members))))
-        chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
-    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array of class ids, got shape "
+                         f"{labels.shape}")
+    _check_labels("labels", labels, labels.shape[0], num_classes)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]  # grouped by class, random within
+    counts = np.bincount(labels, minlength=num_classes)
+    take = np.where(counts > 0, np.maximum(1, np.floor(fraction * counts + 0.5)), 0)
+    rank = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.sort(order[rank < np.repeat(take, counts)])
 
 
 # --- Evaluating an encoder of the train loop (features from the data sources) ---------
@@ -233,5 +397,5 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
     out["linear_accuracy"] = float(probe["test_accuracy"])
     out["linear_val_accuracy"] = float(probe["val_accuracy"])
     out["linear_weight_decay"] = float(probe["weight_decay"])
-    out["num_train"], out["num_test"] = int(len(xtr)), int(len(xte))
+    out["num_train"], out["num_test"] = len(xtr), len(xte)
     return out

@@ -157,3 +157,14 @@ def test_kill_9_at_any_moment_then_resume_is_exact(tmp_path):
     got = read_metrics(work)
     assert [r["step"] for r in got] == list(range(1, 25))
     assert [r["loss"] for r in got] == [r["loss"] for r in want]
+
+
+def test_bfloat16_run(tmp_path):
+    """dtype=bfloat16: the model computes in bfloat16, parameters and losses stay float32."""
+    c = smoke(dtype="bfloat16", total_steps=4, log_every=2, checkpoint_every=4)
+    workdir = str(tmp_path / "bf16")
+    results = train.train_and_evaluate(c, workdir)
+    assert all(np.isfinite(r["loss"]) for r in read_metrics(workdir))
+    run = train._Run(c, workdir)
+    assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(run.abstract.params))
+    assert results["eval"]["knn_accuracy"] > 0.0
