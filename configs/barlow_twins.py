@@ -25,16 +25,8 @@ def get_config(preset: str = ""):
 
     if preset == "":
         jc.embedded_preset(c, solarize_second_view=0.2)
-        c.model.backbone = "resnet18"
-        c.model.num_filters = 16
         c.model.projector_hidden_dims = (512, 512)
         c.model.projector_dim = 512
-        # Sized to finish (train + evaluation) in under 10 minutes on 2 CPU cores.
-        c.batch_size = 64
-        c.total_steps = 500
-        c.optimizer.warmup_steps = 25
-        c.log_every = 25
-        c.checkpoint_every = 100
     elif preset == "smoke":
         jc.smoke_preset(c)
     elif preset == "cifar10":
