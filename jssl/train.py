@@ -134,7 +134,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     try:
         step = start_step
         for batch in batches(start_step, config.total_steps):
-            state, metrics = step_fn(state, batch)
+            # The step itself moves nothing between host and device (the batch is already
+            # a global array): any implicit transfer here is a bug and raises.
+            with jax.transfer_guard("disallow"):
+                state, metrics = step_fn(state, batch)
             step += 1
             if progress is not None:
                 progress.update(1)
