@@ -1,50 +1,80 @@
-"""Flax models: backbones (`build_backbone`) and heads.
+"""Flax models: backbones (`build_backbone`) and heads (`Projector`, `Classifier`).
 
-Backbones take NHWC images and `train`, and return (N, num_features) float32 features.
-`dtype=jnp.bfloat16` computes in bfloat16 with float32 parameters.
+Backbones take NHWC float images and `train`, and return (N, num_features) float32
+features; `dtype=jnp.bfloat16` computes in bfloat16 with float32 parameters. BatchNorm
+has PyTorch's defaults and no axis name: under the sharded jit train step its statistics
+span the global batch without collectives.
 """
 from __future__ import annotations
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.models.conv import Conv, conv2d
 from jssl.models.convnet import ConvNet
 from jssl.models.heads import Classifier, Projector
-from jssl.models.resnet import ResNet
+from jssl.models.resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ["BACKBONES", "build_backbone", "ResNet", "ConvNet", "Projector", "Classifier"]
+__all__ = ["BACKBONES", "CONV_IMPLS", "build_backbone", "num_features", "conv_module", "ResNet",
+           "BasicBlock", "Bottleneck", "ConvNet", "Projector", "Classifier", "Conv", "conv2d"]
 
-# name -> (module class, fixed fields)
-BACKBONES = {
+# name -> (module class, fields it fixes). Overrides may change the other fields
+# (e.g. stem=, num_filters=, zero_init_residual=). The *_tiny variants are for tests.
+BACKBONES: dict[str, tuple[type, dict]] = {
     "resnet18": (ResNet, dict(stage_sizes=(2, 2, 2, 2), block="basic")),
     "resnet34": (ResNet, dict(stage_sizes=(3, 4, 6, 3), block="basic")),
     "resnet50": (ResNet, dict(stage_sizes=(3, 4, 6, 3), block="bottleneck")),
+    "resnet18_tiny": (ResNet, dict(stage_sizes=(1, 1, 1, 1), block="basic", num_filters=8)),
+    "resnet50_tiny": (ResNet, dict(stage_sizes=(1, 1, 1, 1), block="bottleneck", num_filters=4)),
     "convnet": (ConvNet, {}),
+    "convnet_tiny": (ConvNet, dict(num_filters=8)),
 }
+CONV_IMPLS = ("auto", "xla", "tapped")
 
 
-def _conv_module(conv_impl: str):
-    import flax.linen as nn
-
+def conv_module(conv_impl: str = "auto") -> type[nn.Module]:
+    """The convolution class for `conv_impl`: "xla" is flax's `nn.Conv`; "tapped" is
+    `jssl.models.conv.Conv` (weight gradients as per-tap GEMMs, faster on CPU); "auto" is
+    "tapped" when JAX's default backend is the CPU and "xla" on GPUs and TPUs."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {conv_impl!r}")
     if conv_impl == "auto":
         conv_impl = "tapped" if jax.default_backend() == "cpu" else "xla"
-    if conv_impl == "xla":
-        return nn.Conv
-    if conv_impl == "tapped":
-        from jssl.models.conv import Conv
-        return Conv
-    raise ValueError(f"conv_impl must be 'auto', 'xla' or 'tapped', got {conv_impl!r}")
+    return Conv if conv_impl == "tapped" else nn.Conv
 
 
-def build_backbone(name: str, *, dtype=jnp.float32, conv_impl: str = "auto", **overrides):
-    """The backbone called `name` (see BACKBONES), e.g. build_backbone("resnet18", stem="cifar").
+def build_backbone(name: str, *, dtype=jnp.float32, conv_impl: str = "auto",
+                   **overrides) -> nn.Module:
+    """The backbone called `name` (a key of BACKBONES), e.g.
+    `build_backbone("resnet18", stem="cifar")` or `build_backbone("resnet18_tiny")`.
 
-    `conv_impl`: "xla" (flax's nn.Conv), "tapped" (jssl.models.conv: convolution weight
-    gradients as one matmul per kernel tap, faster on CPU) or "auto" (tapped on CPU).
+    Args:
+      name: backbone name; unknown names raise ValueError listing the known ones.
+      dtype: computation dtype (parameters stay float32, features are float32).
+      conv_impl: "auto", "xla" or "tapped" (see `conv_module`).
+      **overrides: module fields, e.g. stem="imagenet", num_filters=32,
+        zero_init_residual=True; a field the backbone does not have raises ValueError.
+
+    Returns:
+      An unbound Flax module, called as `module.apply(variables, x, train=...)` on (N, H, W, C)
+      images and returning (N, module.num_features) float32 features.
     """
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}")
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     cls, fixed = BACKBONES[name]
-    if cls is ConvNet:
-        overrides.pop("stem", None)
-    return cls(dtype=dtype, conv=_conv_module(conv_impl), **fixed, **overrides)
+    allowed = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "dtype", "conv"}
+    for key in overrides:
+        if key not in allowed:
+            raise ValueError(f"backbone {name!r} has no field {key!r}; it takes "
+                             f"{', '.join(sorted(allowed))}")
+    fields = {**fixed, **overrides}
+    return cls(dtype=dtype, conv=conv_module(conv_impl), **fields)
+
+
+def num_features(name: str, **overrides) -> int:
+    """Width of the features `build_backbone(name, **overrides)` returns (512 for resnet18,
+    2048 for resnet50), without building parameters."""
+    return build_backbone(name, conv_impl="xla", **overrides).num_features

@@ -11,11 +11,14 @@ __all__ = ["Projector", "Classifier"]
 
 
 class Projector(nn.Module):
-    """MLP: per hidden width, Linear (no bias when BN follows) - BN - ReLU; then a Linear.
+    """MLP head: per hidden width, Linear (no bias when BN follows) - BN - ReLU; then a Linear.
 
-    solo-learn's Barlow Twins projector is hidden_dims=(2048, 2048), out_dim=2048 with BN;
-    its SimCLR projector hidden_dims=(2048,), out_dim=256 without BN. `last_bn` adds an
-    affine-free BN after the output layer (SimSiam / MoCo v3 style).
+    (N, F) -> (N, out_dim) float32. BatchNorm has PyTorch's defaults (momentum 0.1 there,
+    0.9 here; eps 1e-5). Instances: the Barlow Twins projector (Zbontar et al. 2021;
+    solo-learn) is hidden_dims=(2048, 2048), out_dim=2048; SimCLR's (Chen et al. 2020) is
+    hidden_dims=(2048,), out_dim=128 (solo-learn: 256), use_bn=False in the paper's
+    version. `last_bn` adds an affine-free BN after the output layer (SimSiam / MoCo v3
+    style); `last_bias=False` drops the output layer's bias.
     """
 
     hidden_dims: Sequence[int]
@@ -27,6 +30,9 @@ class Projector(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if any(int(d) < 1 for d in (*self.hidden_dims, self.out_dim)):
+            raise ValueError(f"Projector widths must be positive, got hidden_dims="
+                             f"{tuple(self.hidden_dims)}, out_dim={self.out_dim}")
         for width in self.hidden_dims:
             x = nn.Dense(width, use_bias=not self.use_bn, dtype=self.dtype, param_dtype=jnp.float32)(x)
             if self.use_bn:

@@ -70,7 +70,16 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A ResNet trunk with global average pooling: (N, H, W, C) -> (N, num_features) float32."""
+    """A ResNet trunk with global average pooling: (N, H, W, C) -> (N, num_features) float32.
+
+    Fields: `stage_sizes` blocks per stage (stage k has num_filters * 2**k filters, stride 2
+    at the start of every stage but the first); `block` "basic" (ResNet-18/34) or
+    "bottleneck" (ResNet-50, 4x expansion); `num_filters` width of the first stage (64 in
+    the paper; small values give test-sized networks); `stem` "cifar" or "imagenet";
+    `zero_init_residual` starts the last BatchNorm scale of every block at zero (Goyal et al.
+    2017; off by default, as torchvision); `conv` the convolution class (`nn.Conv` or
+    `jssl.models.conv.Conv`).
+    """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     block: str = "basic"  # "basic" (18/34) or "bottleneck" (50)
@@ -89,6 +98,10 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.stem not in ("cifar", "imagenet"):
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
+        if self.block not in ("basic", "bottleneck"):
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+        if x.ndim != 4:
+            raise ValueError(f"ResNet takes NHWC images (N, H, W, C), got shape {x.shape}")
         x = x.astype(self.dtype)
         conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype,
                                  param_dtype=jnp.float32, kernel_init=conv_init)
