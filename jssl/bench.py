@@ -6,7 +6,9 @@ reported. `--augment` also times the on-device augmentation alone and the full s
 with augmentation. `--torch PATH` runs PyTorch's version of the same step
 (shared/bench/torch_barlow_step.py) in a subprocess, alternating with jssl's timing
 `--repeats` times in one run, and reports the ratio of medians: these machines are shared
-and noisy, so only ratios measured together mean anything.
+and noisy, so only ratios measured together mean anything. `flops_per_step` counts the
+matmul and convolution FLOPs of the step (`count_flops`); `mfu` divides the achieved FLOP/s by the device's data-sheet
+peak (`--peak-tflops` to give another).
 
 The Barlow Twins step mirrors the PyTorch reference: ResNet backbone, 3-layer 2048
 projector with BatchNorm, `barlow_twins(unbiased=True, eps=0)` (torch's z.std(0)), SGD
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import time
 
-__all__ = ["bench_pretrain", "main"]
+__all__ = ["bench_pretrain", "count_flops", "main"]
 
 
 def _pretrain_config(args):
@@ -100,6 +102,8 @@ def bench_pretrain(args) -> dict:
     t = time.perf_counter()
     compiled = update_fn.lower(state, views).compile()
     compile_s = time.perf_counter() - t
+    flops = count_flops(update, state, views)
+    out_xla_flops = _flops(compiled)
     del compiled
 
     out = {"impl": "jssl", "method": args.method, "backbone": args.backbone, "width": args.width,
@@ -108,6 +112,8 @@ def bench_pretrain(args) -> dict:
            "conv_impl": args.conv_impl, "devices": jax.device_count(),
            "backend": jax.default_backend(), "compile_s": round(compile_s, 3),
            "jax": jax.__version__}
+    if out_xla_flops:
+        out["xla_cost_flops_per_step"] = out_xla_flops
     step_times, torch_runs = [], []
     for _ in range(args.repeats):
         state, times = _time_steps(update_fn, state, views, steps=args.steps, warmup=args.warmup)
@@ -116,6 +122,12 @@ def bench_pretrain(args) -> dict:
             torch_runs.append(_run_torch(args))
     med = statistics.median(step_times)
     out.update(step_s_median=round(med, 4), img_per_s=round(args.batch / med, 2))
+    if flops:
+        out.update(flops_per_step=flops, tflop_per_s=round(flops / med / 1e12, 3))
+        peak = args.peak_tflops or _peak_tflops(jax.devices()[0], args.dtype)
+        if peak:
+            out.update(peak_tflop_per_s=peak,
+                       mfu=float(f"{flops / med / 1e12 / (peak * jax.device_count()):.4g}"))
     if torch_runs:
         torch_med = statistics.median(r["step_s_median"] for r in torch_runs)
         out.update(torch_step_s_median=round(torch_med, 4),
@@ -138,6 +150,79 @@ def bench_pretrain(args) -> dict:
                    step_with_augment_img_per_s=round(args.batch / full_med, 2),
                    augment_share_of_step=round(aug_med / full_med, 3))
     return out
+
+
+# Dense peak TFLOP/s per chip from the vendors' data sheets (no sparsity), by device kind.
+_PEAKS = {"bfloat16": {"H100": 989.4, "H200": 989.4, "A100": 312.0, "TPU v4": 275.0,
+                       "TPU v5 lite": 197.0, "TPU v5": 459.0, "TPU v6 lite": 918.0},
+          # float32 matmuls and convolutions run in TF32 on NVIDIA tensor cores at JAX's
+          # default precision, so the TF32 dense peak is the honest denominator there.
+          "float32": {"H100": 494.7, "H200": 494.7, "A100": 156.0}}
+
+
+def _peak_tflops(device, dtype: str) -> float | None:
+    kind = getattr(device, "device_kind", "")
+    for name, peak in _PEAKS.get(dtype, {}).items():
+        if name in kind:
+            return peak
+    return None
+
+
+def _flops(compiled) -> int | None:
+    """FLOPs of one compiled step by XLA's cost analysis, or None where the backend has none.
+    On GPUs it leaves out the convolutions that run as cuDNN calls: use `count_flops`."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends have no cost model
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return int(flops) if flops and flops > 0 else None
+
+
+def _eqn_flops(eqn) -> int:
+    import numpy as np
+
+    name = eqn.primitive.name
+    if name == "dot_general":
+        (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        k = int(np.prod([lhs[d] for d in lhs_contract], dtype=np.int64))
+        return 2 * int(np.prod(eqn.outvars[0].aval.shape, dtype=np.int64)) * k
+    if name == "conv_general_dilated":
+        dn = eqn.params["dimension_numbers"]
+        rhs = eqn.invars[1].aval.shape
+        # Per output element: the kernel's spatial taps times its input features per group.
+        taps = int(np.prod([rhs[d] for d in dn.rhs_spec[2:]], dtype=np.int64))
+        cin = rhs[dn.rhs_spec[1]]
+        out = int(np.prod(eqn.outvars[0].aval.shape, dtype=np.int64))
+        # An input dilation (the input gradient of a strided convolution) multiplies by
+        # inserted zeros: only 1 / prod(lhs_dilation) of the taps do work.
+        zeros = int(np.prod(eqn.params["lhs_dilation"], dtype=np.int64))
+        return 2 * out * taps * cin // max(1, eqn.params["batch_group_count"]) // zeros
+    return 0
+
+
+def _jaxpr_flops(jaxpr) -> int:
+    from jax.extend import core
+
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += _eqn_flops(eqn)
+        for sub in core.jaxprs_in_params(eqn.params):
+            total += _jaxpr_flops(sub)
+    return total
+
+
+def count_flops(fn, *args) -> int:
+    """Matrix FLOPs (2 per multiply-add) of the matmuls and convolutions `fn(*args)` runs,
+    forward, backward and update included, read off its jaxpr: the model FLOPs behind an
+    MFU figure, the same on every backend. Elementwise work is not counted. Loops
+    (scan/while) count one iteration."""
+    import jax
+
+    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def _run_torch(args) -> dict:
@@ -168,6 +253,9 @@ def main(argv=None) -> int:
     p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "tapped"])
     p.add_argument("--augment", action="store_true", help="also time on-device augmentation")
     p.add_argument("--torch", metavar="PATH", help="PyTorch reference script to alternate with")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="per-device peak for the MFU figure (default: the data sheet's for "
+                        "H100/H200/A100/TPU v4-v6 in the run's dtype)")
     p.add_argument("--out", metavar="FILE", help="also append the JSON line to FILE")
     args = p.parse_args(argv)
     result = BENCHES[args.method](args)

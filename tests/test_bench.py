@@ -1,0 +1,50 @@
+"""The benchmark's FLOP counter and its JSON line (tiny sizes; timing is not tested)."""
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import lax
+
+from jssl import bench
+from jssl.models.conv import conv2d
+
+
+def _conv(x, w, stride=1):
+    return lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_count_flops_matmul_and_batched():
+    a, b = jnp.ones((5, 7)), jnp.ones((7, 6))
+    assert bench.count_flops(lambda a, b: a @ b, a, b) == 2 * 5 * 7 * 6
+    x, y = jnp.ones((3, 5, 7)), jnp.ones((3, 7, 2))
+    assert bench.count_flops(lambda x, y: jnp.einsum("bij,bjk->bik", x, y), x, y) == 2 * 3 * 5 * 7 * 2
+    # Inside jit (a nested jaxpr) it is counted once.
+    assert bench.count_flops(jax.jit(lambda a, b: a @ b), a, b) == 2 * 5 * 7 * 6
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_count_flops_conv_forward_and_backward(stride):
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+    ho = 8 // stride
+    forward = 2 * 2 * ho * ho * 4 * (3 * 3 * 3)  # 2 * outputs * taps * input channels
+    assert bench.count_flops(lambda x, w: _conv(x, w, stride), x, w) == forward
+    grads = jax.grad(lambda x, w: _conv(x, w, stride).sum(), argnums=(0, 1))
+    assert bench.count_flops(grads, x, w) == 3 * forward
+    # The tapped weight gradient does the same multiply-adds (and no dead forward).
+    tapped = jax.grad(lambda x, w: conv2d(x, w, stride=stride, padding="SAME").sum(),
+                      argnums=(0, 1))
+    assert bench.count_flops(tapped, x, w) == 3 * forward
+
+
+def test_bench_json_line(capsys):
+    assert bench.main(["--backbone", "resnet18_tiny", "--width", "4", "--batch", "8",
+                       "--image-size", "16", "--proj", "16", "--steps", "1", "--warmup", "0",
+                       "--peak-tflops", "1.0"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("img_per_s", "step_s_median", "compile_s", "devices", "backend", "flops_per_step",
+                "mfu"):
+        assert key in out, key
+    assert out["devices"] == jax.device_count() and out["backend"] == "cpu"
+    assert out["flops_per_step"] > 0 and 0 < out["mfu"]
