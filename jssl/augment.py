@@ -396,21 +396,29 @@ def solo_cifar_views(method: str, *, crop_size: int = 32,
                      std: Sequence[float] = CIFAR10_STD) -> list[dict[str, Any]]:
     """The two views of solo-learn's CIFAR pretraining recipes, as `augment_view` dicts.
 
-    From `scripts/pretrain/cifar/` in github.com/vturrisi/solo-learn:
-    - "barlow_twins", "byol": `augmentations/asymmetric.yaml` (barlow.yaml, byol.yaml): crop
+    From `scripts/pretrain/cifar/` in github.com/vturrisi/solo-learn (commit 9187ea3):
+    - asymmetric (`augmentations/asymmetric.yaml`: barlow_twins, byol, mocov3, dino): crop
       scale (0.08, 1), jitter p 0.8 with (0.4, 0.4, 0.2, 0.1), grayscale 0.2, no blur, flip
       0.5; solarization 0.0 in view 1 and 0.2 in view 2.
-    - "simclr": `augmentations/symmetric.yaml` (simclr.yaml): jitter p 0.8 with (0.8, 0.8,
-      0.8, 0.2), grayscale 0.2, blur 0.5, no solarization, flip 0.5, in both views.
-    - "vicreg": inline in vicreg.yaml: crop scale (0.2, 1), jitter p 0.8 with (0.4, 0.4,
+    - symmetric (`symmetric.yaml`: simclr, supcon, swav): jitter p 0.8 with (0.8, 0.8, 0.8,
+      0.2), grayscale 0.2, blur 0.5, no solarization, flip 0.5, in both views.
+    - symmetric_weak (`symmetric_weak.yaml`: mocov2 (mocov2plus), simsiam): as symmetric
+      with jitter (0.4, 0.4, 0.4, 0.1).
+    - vicreg (inline in vicreg.yaml): crop scale (0.2, 1), jitter p 0.8 with (0.4, 0.4,
       0.2, 0.1), grayscale 0.2, no blur, solarization 0.1, flip 0.5, in both views.
+    - wmse (inline in wmse.yaml): crop scale (0.2, 1), jitter p 0.8 with (0.8, 0.8, 0.8,
+      0.2), grayscale 0.2, no blur, no solarization, flip 0.5, in both views.
     solo-learn resamples with bicubic interpolation; jssl's crop is bilinear.
     """
     asymmetric = ({}, {"solarize_prob": 0.2})
     strong = {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2, "blur_prob": 0.5}
+    weak = {**strong, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}
     vicreg = {"crop_scale": (0.2, 1.0), "solarize_prob": 0.1}
-    recipes = {"barlow_twins": asymmetric, "byol": asymmetric, "simclr": (strong, strong),
-               "vicreg": (vicreg, vicreg)}
+    wmse = {**strong, "crop_scale": (0.2, 1.0), "blur_prob": 0.0}
+    recipes = {"barlow_twins": asymmetric, "byol": asymmetric, "mocov3": asymmetric,
+               "dino": asymmetric, "simclr": (strong, strong), "supcon": (strong, strong),
+               "swav": (strong, strong), "mocov2": (weak, weak), "simsiam": (weak, weak),
+               "vicreg": (vicreg, vicreg), "wmse": (wmse, wmse)}
     if method not in recipes:
         raise ValueError(f"method {method!r} has no solo-learn CIFAR views; choose one of "
                          f"{', '.join(sorted(recipes))}")

@@ -79,6 +79,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.projector_dim = 2048
     c.model.projector_bn = True  # BatchNorm after each hidden projector layer
     c.model.num_filters = 64  # backbone width (64 = the standard ResNet)
+    c.model.projector_last_bn = False  # affine-free BN after the projector's output (SimSiam)
+    c.model.projector_activation = "relu"  # "relu", or "gelu" (DINO's head)
+    c.model.predictor_hidden_dims = ()  # BYOL / SimSiam / MoCo v3 predictor MLP
+    c.model.predictor_dim = 0  # 0: no predictor
+    c.model.num_prototypes = 0  # SwAV prototypes / DINO output dimension; 0: none
+    c.model.normalize_prototypes = False  # True: DINO's weight-normalised last layer
+    c.model.freeze_prototypes_steps = 0  # no updates of the prototypes for these first steps
+
+    # Momentum (EMA) target network: tau goes from base to final by a cosine over the run
+    # (BYOL's schedule); base_momentum 0 means no target network.
+    c.ema = ml_collections.ConfigDict()
+    c.ema.base_momentum = 0.0
+    c.ema.final_momentum = 1.0
+    c.queue_size = 0  # MoCo negatives queue length; 0: none
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "barlow_twins"
@@ -86,6 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict()
     c.augment.view1 = view_config()
     c.augment.view2 = view_config()
+    c.augment.num_small_crops = 0  # multi-crop (SwAV, DINO): extra low-resolution crops
+    c.augment.small_view = view_config(crop_size=16, crop_scale=(0.05, 0.14))
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "lars"  # "lars", "sgd" or "adamw"
@@ -97,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.exclude_bias_and_norm = True  # from weight decay and LARS adaptation
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "cosine"  # "cosine" or "constant"
+    c.optimizer.clip_grad_norm = 0.0  # >0: clip the global gradient norm (DINO)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.train_split = "train"
@@ -197,6 +214,32 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
              and 0 <= config.optimizer.warmup_steps < config.total_steps,
              "optimizer.warmup_steps", f"must be an integer in [0, total_steps), got "
              f"{config.optimizer.warmup_steps!r}")
+    _require(config.model.projector_activation in ("relu", "gelu"), "model.projector_activation",
+             f"must be 'relu' or 'gelu', got {config.model.projector_activation!r}")
+    for field in ("predictor_dim", "num_prototypes", "freeze_prototypes_steps"):
+        value = config.model[field]
+        _require(_is_int(value) and value >= 0, f"model.{field}",
+                 f"must be an integer >= 0 (0 = none), got {value!r}")
+    for field in ("base_momentum", "final_momentum"):
+        value = config.ema[field]
+        _require(0.0 <= value <= 1.0, f"ema.{field}", f"must be in [0, 1], got {value!r}")
+    _require(_is_int(config.queue_size) and config.queue_size >= 0, "queue_size",
+             f"must be an integer >= 0 (0 = no queue), got {config.queue_size!r}")
+    per_step = 2 * config.batch_size  # the keys of both views are enqueued every step
+    _require(config.queue_size % per_step == 0 if config.queue_size else True,
+             "queue_size", f"{config.queue_size} is not a multiple of 2 * batch_size = "
+             f"{per_step} (each step enqueues the keys of both views); use "
+             f"{per_step * max(1, config.queue_size // per_step)}")
+    _require(config.optimizer.clip_grad_norm >= 0, "optimizer.clip_grad_norm",
+             f"must be >= 0 (0 = no clipping), got {config.optimizer.clip_grad_norm!r}")
+    _require(_is_int(config.augment.num_small_crops) and config.augment.num_small_crops >= 0,
+             "augment.num_small_crops", f"must be an integer >= 0, got "
+             f"{config.augment.num_small_crops!r}")
+    if config.augment.num_small_crops:
+        small = config.augment.small_view.crop_size
+        _require(_is_int(small) and 8 <= small <= config.data.image_size,
+                 "augment.small_view.crop_size", f"must be an integer in [8, data.image_size="
+                 f"{config.data.image_size}], got {small!r}")
     for name in ("view1", "view2"):
         size = config.augment[name].crop_size
         _require(size == config.data.image_size, f"augment.{name}.crop_size",

@@ -49,4 +49,7 @@ def build_optimizer(opt: ml_collections.ConfigDict, *, total_steps: int,
     else:
         raise ValueError(f"config.optimizer.name: unknown optimizer {opt.name!r}; "
                          "choose lars, sgd or adamw")
+    if opt.get("clip_grad_norm", 0.0):
+        # Clip before everything else (DINO's clip_grad; solo-learn clips the raw gradients).
+        tx = optax.chain(optax.clip_by_global_norm(opt.clip_grad_norm), tx)
     return tx, schedule

@@ -30,17 +30,19 @@ __all__ = ["train_and_evaluate", "evaluate_workdir", "known_names", "RESULTS_FIL
 RESULTS_FILE = "results.json"
 
 
-def known_names() -> dict:
-    """Names config fields may take (checked by jssl.config.validate)."""
+def known_names(config: ml_collections.ConfigDict) -> dict:
+    """Names config fields may take (checked by jssl.config.validate, in this order)."""
     from jssl import models
-    from jssl.methods import pretrain
-    return {"method": list(methods.REGISTRY), "model.backbone": list(models.BACKBONES),
-            "loss.name": list(pretrain.PRETEXTS)}
+    known = {"method": list(methods.REGISTRY), "model.backbone": list(models.BACKBONES)}
+    names = methods.loss_names(config.method)
+    if names:
+        known["loss.name"] = names
+    return known
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, devices=None):
     """Every check that can fail on user input, before anything is written."""
-    validate(config, len(devices) if devices else jax.device_count(), known=known_names())
+    validate(config, len(devices) if devices else jax.device_count(), known=known_names(config))
     if config.batch_size % jax.process_count():
         raise ConfigError(f"config.batch_size: {config.batch_size} is not divisible by the "
                           f"{jax.process_count()} processes")

@@ -7,7 +7,8 @@ import pytest
 from jssl import config as jc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["barlow_twins", "simclr"]
+CONFIGS = ["simclr", "mocov2", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "swav", "dino",
+           "wmse", "dcl", "supcon", "rotation", "jigsaw", "jigsaw_pp"]
 
 
 def load(name, preset=""):

@@ -8,12 +8,21 @@ import importlib
 
 from jssl.methods.common import DataInfo, Method, TrainState
 
-__all__ = ["REGISTRY", "build", "DataInfo", "Method", "TrainState"]
+__all__ = ["REGISTRY", "build", "loss_names", "DataInfo", "Method", "TrainState"]
 
 # method name -> module path; modules are imported on use.
 REGISTRY = {
     "pretrain": "jssl.methods.pretrain",
+    "puzzle": "jssl.methods.puzzle",
 }
+
+
+def loss_names(method: str) -> list[str]:
+    """The `config.loss.name` values a method accepts (its PRETEXTS), [] if it has none."""
+    if method not in REGISTRY:
+        return []
+    module = importlib.import_module(REGISTRY[method])
+    return sorted(getattr(module, "PRETEXTS", {}))
 
 
 def build(config, data_info: DataInfo) -> Method:

@@ -7,7 +7,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Projector", "Classifier"]
+__all__ = ["Projector", "Classifier", "Prototypes", "ACTIVATIONS"]
+
+ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
 
 
 class Projector(nn.Module):
@@ -18,7 +20,8 @@ class Projector(nn.Module):
     solo-learn) is hidden_dims=(2048, 2048), out_dim=2048; SimCLR's (Chen et al. 2020) is
     hidden_dims=(2048,), out_dim=128 (solo-learn: 256), use_bn=False in the paper's
     version. `last_bn` adds an affine-free BN after the output layer (SimSiam / MoCo v3
-    style); `last_bias=False` drops the output layer's bias.
+    style); `last_bias=False` drops the output layer's bias. `activation="gelu"` (exact
+    GELU, PyTorch's default) is DINO's head (Caron et al. 2021).
     """
 
     hidden_dims: Sequence[int]
@@ -26,6 +29,7 @@ class Projector(nn.Module):
     use_bn: bool = True
     last_bn: bool = False
     last_bias: bool = True
+    activation: str = "relu"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -33,12 +37,16 @@ class Projector(nn.Module):
         if any(int(d) < 1 for d in (*self.hidden_dims, self.out_dim)):
             raise ValueError(f"Projector widths must be positive, got hidden_dims="
                              f"{tuple(self.hidden_dims)}, out_dim={self.out_dim}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"Projector.activation must be one of {', '.join(ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
+        act = ACTIVATIONS[self.activation]
         for width in self.hidden_dims:
             x = nn.Dense(width, use_bias=not self.use_bn, dtype=self.dtype, param_dtype=jnp.float32)(x)
             if self.use_bn:
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                  dtype=self.dtype, param_dtype=jnp.float32)(x)
-            x = nn.relu(x)
+            x = act(x)
         x = nn.Dense(self.out_dim, use_bias=self.last_bias, dtype=self.dtype, param_dtype=jnp.float32)(x)
         if self.last_bn:
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -55,3 +63,31 @@ class Classifier(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(x).astype(jnp.float32)
+
+
+class Prototypes(nn.Module):
+    """Scores of L2-normalised embeddings against K prototype vectors (no bias).
+
+    (N, D) -> (N, K) float32: ``l2norm(z) @ W`` with W of shape (D, K) (param "kernel").
+
+    * SwAV (Caron et al. 2020): ``normalize_weights=False``; the method renormalises the
+      columns of W after every optimizer step (the official code normalises the prototypes
+      in place before each step), so the forward sees unit prototypes and the gradient is
+      that of a plain linear layer.
+    * DINO (Caron et al. 2021): ``normalize_weights=True`` is its weight-normalised last
+      layer with the norm fixed to 1 (``norm_last_layer=True``): ``W / ||W||`` per column
+      inside the forward, gradient through the normalisation.
+    """
+
+    num_prototypes: int
+    normalize_weights: bool = False
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        z = z.astype(jnp.float32)
+        z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        w = self.param("kernel", nn.initializers.lecun_normal(), (z.shape[-1], self.num_prototypes),
+                       jnp.float32)
+        if self.normalize_weights:
+            w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+        return z @ w

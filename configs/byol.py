@@ -1,0 +1,39 @@
+"""BYOL (Grill et al. 2020), solo-learn's CIFAR recipe.
+
+  python -m jssl.main --config configs/byol.py --workdir runs/byol             # embedded MNIST
+  python -m jssl.main --config configs/byol.py:smoke --workdir /tmp/byol       # seconds
+  python -m jssl.main --config configs/byol.py:cifar10 --workdir runs/byol_c10 # paper setting
+"""
+from jssl import config as jc
+
+
+def get_config(preset: str = ""):
+    c = jc.base_config()
+    c.method = "pretrain"
+    c.loss.name = "byol"
+    # solo-learn cifar/byol.yaml: projector 4096 -> 256, predictor 4096 -> 256.
+    c.model.projector_hidden_dims = (4096,)
+    c.model.projector_dim = 256
+    c.model.predictor_hidden_dims = (4096,)
+    c.model.predictor_dim = 256
+    c.ema.base_momentum = 0.99
+    c.ema.final_momentum = 1.0
+    c.optimizer.name = "lars"
+    c.optimizer.lr = 1.0
+    c.optimizer.weight_decay = 1e-5
+    c.optimizer.trust_coefficient = 0.02
+
+    if preset == "":
+        jc.embedded_preset(c, solarize_second_view=0.2)
+        c.model.projector_hidden_dims = c.model.predictor_hidden_dims = (512,)
+        c.model.projector_dim = c.model.predictor_dim = 128
+    elif preset == "smoke":
+        jc.smoke_preset(c)
+        c.model.predictor_hidden_dims = (32,)
+        c.model.predictor_dim = 16
+    elif preset == "cifar10":
+        jc.cifar10_preset(c)
+        jc.solo_cifar_augment(c, "byol")
+    else:
+        raise jc.unknown_preset("configs/byol.py", preset)
+    return c

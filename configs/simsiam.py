@@ -1,0 +1,39 @@
+"""SimSiam (Chen & He 2021), solo-learn's CIFAR recipe.
+
+  python -m jssl.main --config configs/simsiam.py --workdir runs/simsiam             # embedded MNIST
+  python -m jssl.main --config configs/simsiam.py:smoke --workdir /tmp/simsiam       # seconds
+  python -m jssl.main --config configs/simsiam.py:cifar10 --workdir runs/simsiam_c10 # paper setting
+"""
+from jssl import config as jc
+
+
+def get_config(preset: str = ""):
+    c = jc.base_config()
+    c.method = "pretrain"
+    c.loss.name = "simsiam"
+    # solo-learn cifar/simsiam.yaml: projector 2048 -> 2048 with a final BN, predictor 512.
+    c.model.projector_hidden_dims = (2048, 2048)
+    c.model.projector_dim = 2048
+    c.model.projector_last_bn = True
+    c.model.predictor_hidden_dims = (512,)
+    c.model.predictor_dim = 2048
+    c.optimizer.name = "sgd"
+    c.optimizer.lr = 0.5
+    c.optimizer.weight_decay = 1e-5
+
+    if preset == "":
+        jc.embedded_preset(c)
+        c.model.projector_hidden_dims = (512, 512)
+        c.model.projector_dim = c.model.predictor_dim = 512
+        c.model.predictor_hidden_dims = (128,)
+    elif preset == "smoke":
+        jc.smoke_preset(c)
+        c.model.predictor_hidden_dims = (8,)
+        c.model.predictor_dim = 16
+    elif preset == "cifar10":
+        jc.cifar10_preset(c)
+        c.optimizer.exclude_bias_and_norm = False  # solo-learn's SGD decays every parameter
+        jc.solo_cifar_augment(c, "simsiam")
+    else:
+        raise jc.unknown_preset("configs/simsiam.py", preset)
+    return c

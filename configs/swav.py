@@ -1,0 +1,45 @@
+"""SwAV (Caron et al. 2020), solo-learn's CIFAR recipe.
+
+  python -m jssl.main --config configs/swav.py --workdir runs/swav             # embedded MNIST
+  python -m jssl.main --config configs/swav.py:smoke --workdir /tmp/swav       # seconds
+  python -m jssl.main --config configs/swav.py:cifar10 --workdir runs/swav_c10 # paper setting
+"""
+from jssl import config as jc
+
+
+def get_config(preset: str = ""):
+    c = jc.base_config()
+    c.method = "pretrain"
+    c.loss.name = "swav"
+    c.loss.temperature = 0.1
+    c.loss.sinkhorn_iters = 3
+    c.loss.epsilon = 0.05
+    c.loss.num_large_crops = 2
+    # solo-learn cifar/swav.yaml: projector 2048 -> 128, 3000 prototypes.
+    c.model.projector_hidden_dims = (2048,)
+    c.model.projector_dim = 128
+    c.model.num_prototypes = 3000
+    c.optimizer.name = "lars"
+    c.optimizer.lr = 0.6
+    c.optimizer.weight_decay = 1e-6
+    c.optimizer.trust_coefficient = 0.02
+
+    if preset == "":
+        jc.embedded_preset(c)
+        c.model.projector_hidden_dims = (512,)
+        c.model.projector_dim = 64
+        c.model.num_prototypes = 100
+        c.model.freeze_prototypes_steps = 25
+    elif preset == "smoke":
+        jc.smoke_preset(c)
+        c.model.num_prototypes = 20
+        c.augment.num_small_crops = 2  # exercises multi-crop
+        c.augment.small_view = jc.view_config(
+            **{**c.augment.view1.to_dict(), "crop_size": 8, "crop_scale": (0.05, 0.3)})
+    elif preset == "cifar10":
+        jc.cifar10_preset(c)
+        jc.solo_cifar_augment(c, "swav")
+        c.model.freeze_prototypes_steps = 2 * (50000 // 256)  # 2 epochs
+    else:
+        raise jc.unknown_preset("configs/swav.py", preset)
+    return c

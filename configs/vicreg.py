@@ -1,0 +1,37 @@
+"""VICReg (Bardes, Ponce & LeCun 2022), solo-learn's CIFAR recipe.
+
+  python -m jssl.main --config configs/vicreg.py --workdir runs/vicreg             # embedded MNIST
+  python -m jssl.main --config configs/vicreg.py:smoke --workdir /tmp/vicreg       # seconds
+  python -m jssl.main --config configs/vicreg.py:cifar10 --workdir runs/vicreg_c10 # paper setting
+"""
+from jssl import config as jc
+
+
+def get_config(preset: str = ""):
+    c = jc.base_config()
+    c.method = "pretrain"
+    c.loss.name = "vicreg"
+    c.loss.sim_weight = 25.0
+    c.loss.var_weight = 25.0
+    c.loss.cov_weight = 1.0
+    c.loss.eps = 1e-4
+    c.loss.variance_reduction = "mean"  # the paper's code; "sum" is solo-learn's
+    c.model.projector_hidden_dims = (2048, 2048)
+    c.model.projector_dim = 2048
+    c.optimizer.name = "lars"
+    c.optimizer.lr = 0.3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.trust_coefficient = 0.02
+
+    if preset == "":
+        jc.embedded_preset(c, solarize_second_view=0.1)
+        c.model.projector_hidden_dims = (512, 512)
+        c.model.projector_dim = 512
+    elif preset == "smoke":
+        jc.smoke_preset(c)
+    elif preset == "cifar10":
+        jc.cifar10_preset(c)
+        jc.solo_cifar_augment(c, "vicreg")
+    else:
+        raise jc.unknown_preset("configs/vicreg.py", preset)
+    return c

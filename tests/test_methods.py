@@ -1,0 +1,150 @@
+"""Every method config trains: a few sharded steps per config, and the method state
+(momentum targets, queues, prototypes, centres) behaves as the papers say."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jssl import config as jc
+from jssl import methods, parallel
+from jssl.methods import pretrain
+from tests.test_config import CONFIGS, load
+
+
+def _batch(config, n=None, seed=0):
+    n = n or config.batch_size
+    rng = np.random.default_rng(seed)
+    size = config.data.image_size
+    images = rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+    return {"image": images, "label": rng.integers(0, 10, (n,)).astype(np.int32)}
+
+
+def _run(config, steps, devices=None, batch_seed=0):
+    """`steps` jitted steps over a mesh of `devices`; (states, metrics) after each."""
+    jc.validate(config, len(devices or jax.devices()))
+    mesh = parallel.make_mesh(devices)
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    method = methods.build(config, methods.DataInfo(10, (config.data.image_size,) * 2 + (1,)))
+    state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(config.seed))
+    step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
+    states, logs = [state], []
+    for i in range(steps):
+        batch = jax.device_put(_batch(config, seed=batch_seed + i), data)
+        state, metrics = step(state, batch)
+        states.append(state)
+        logs.append(jax.device_get(metrics))
+    assert step._cache_size() == 1  # no recompilation after the first step
+    return states, logs
+
+
+def _changed(a, b):
+    return any(not np.array_equal(x, y) for x, y in
+               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_trains(name):
+    """Three steps of the smoke preset on 8 devices: finite loss, parameters move."""
+    c = load(name, "smoke")
+    states, logs = _run(c, 3)
+    assert all(np.isfinite(m["loss"]) for m in logs), [m["loss"] for m in logs]
+    assert all(m["grad_norm"] > 0 for m in logs)
+    assert _changed(states[0].params, states[-1].params)
+    assert int(states[-1].step) == 3
+    extras = states[-1].extras
+    if c.ema.base_momentum:
+        assert _changed(states[0].extras["target"]["params"], extras["target"]["params"])
+    if c.queue_size:
+        assert int(extras["queue_ptr"]) == (3 * 2 * c.batch_size) % c.queue_size
+
+
+def test_ema_schedule():
+    tau = [float(pretrain.ema_momentum(jnp.asarray(s), 100, 0.99, 1.0)) for s in (0, 50, 100)]
+    np.testing.assert_allclose(tau, [0.99, 0.995, 1.0], rtol=0, atol=1e-7)
+
+
+def test_target_is_ema_of_online_and_gets_no_gradient():
+    """After a step, target = tau * old target + (1 - tau) * new online, exactly."""
+    c = load("byol", "smoke")
+    states, logs = _run(c, 2)
+    s0, s1, s2 = states
+    tau = logs[1]["ema_momentum"]
+    expect = jax.tree_util.tree_map(lambda t, o: tau * t + (1 - tau) * o,
+                                    s1.extras["target"]["params"], s2.params)
+    for a, b in zip(jax.tree_util.tree_leaves(expect),
+                    jax.tree_util.tree_leaves(s2.extras["target"]["params"])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # The target starts as a copy of the online network.
+    for a, b in zip(jax.tree_util.tree_leaves(s0.params),
+                    jax.tree_util.tree_leaves(s0.extras["target"]["params"])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_moco_queue_holds_the_latest_normalised_keys():
+    c = load("mocov2", "smoke")
+    states, _ = _run(c, 1)
+    queue0, queue1 = states[0].extras["queue"], states[1].extras["queue"]
+    n = 2 * c.batch_size
+    np.testing.assert_allclose(np.linalg.norm(queue1, axis=1), 1.0, rtol=1e-5)
+    # The first 2N rows were overwritten, the rest kept.
+    assert not np.allclose(queue0[:n], queue1[:n])
+    np.testing.assert_array_equal(queue0[n:], queue1[n:])
+    assert int(states[1].extras["queue_ptr"]) == n % c.queue_size
+
+
+def test_swav_prototypes_stay_unit_norm_and_freeze():
+    c = load("swav", "smoke")
+    c.model.freeze_prototypes_steps = 1
+    states, _ = _run(c, 2)
+    for s in states:
+        w = np.asarray(s.params["prototypes"]["kernel"])
+        np.testing.assert_allclose(np.linalg.norm(w, axis=0), 1.0, rtol=1e-5)
+    # Frozen for the first step: only rounding of the renormalisation moves them.
+    np.testing.assert_allclose(states[0].params["prototypes"]["kernel"],
+                               states[1].params["prototypes"]["kernel"], rtol=1e-6, atol=1e-7)
+    assert _changed(states[1].params["prototypes"], states[2].params["prototypes"])
+
+
+def test_dino_center_is_ema_of_teacher_logits():
+    c = load("dino", "smoke")
+    states, _ = _run(c, 1)
+    assert states[0].extras["center"].shape == (1, c.model.num_prototypes)
+    assert _changed(states[0].extras["center"], states[1].extras["center"])
+
+
+@pytest.mark.parametrize("name", ["mocov2", "dino", "jigsaw_pp"])
+def test_one_device_equals_eight(name):
+    """Global-batch semantics with method state: the same losses on 1 and on 8 devices."""
+    c = load(name, "smoke")
+    _, logs1 = _run(c, 2, devices=jax.devices()[:1])
+    _, logs8 = _run(c, 2)
+    np.testing.assert_allclose([m["loss"] for m in logs1], [m["loss"] for m in logs8],
+                               rtol=2e-4, atol=1e-5)
+
+
+def test_missing_method_state_is_a_config_error():
+    c = load("byol", "smoke")
+    c.ema.base_momentum = 0.0
+    with pytest.raises(jc.ConfigError, match="config.ema.base_momentum: loss 'byol' needs a target"):
+        methods.build(c, methods.DataInfo(10, (16, 16, 1)))
+
+
+def test_puzzle_tile_too_small_is_a_config_error():
+    c = load("jigsaw", "smoke")
+    c.model.backbone = "resnet18"
+    c.puzzle.input_size = 16
+    with pytest.raises(jc.ConfigError, match="config.puzzle.tile_size"):
+        methods.build(c, methods.DataInfo(10, (16, 16, 1)))
+
+
+def test_supcon_uses_labels():
+    """SupCon's loss depends on the labels of the batch (positives are same-label samples)."""
+    c = load("supcon", "smoke")
+    method = methods.build(c, methods.DataInfo(10, (16, 16, 1)))
+    state = method.init(jax.random.PRNGKey(0))
+    batch = _batch(c)
+    _, m1 = jax.jit(method.train_step)(state, batch)
+    batch2 = dict(batch, label=np.zeros_like(batch["label"]))
+    _, m2 = jax.jit(method.train_step)(state, batch2)
+    assert not np.isclose(float(m1["loss"]), float(m2["loss"]))
+
