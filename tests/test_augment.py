@@ -383,5 +383,15 @@ def test_solo_cifar_views_match_solo_learn_yamls():
     for view in (b1, b2, s1, v1):
         assert jax.eval_shape(lambda k, x, v=view: A.augment_view(k, x, v), jax.random.key(0),
                               _uint8(2)).shape == (2, view["crop_size"], view["crop_size"], 3)
-    with pytest.raises(ValueError, match="barlow_twins, byol, simclr, vicreg"):
+    w1, w2 = A.solo_cifar_views("mocov2")  # symmetric_weak.yaml
+    assert w1 == w2 and (w1["brightness"], w1["saturation"], w1["hue"], w1["blur_prob"]) == \
+        (0.4, 0.4, 0.1, 0.5)
+    assert A.solo_cifar_views("simsiam") == [w1, w2]
+    m1, _ = A.solo_cifar_views("wmse")  # inline in wmse.yaml
+    assert m1["crop_scale"] == (0.2, 1.0) and m1["blur_prob"] == 0 and m1["brightness"] == 0.8
+    for name in ("mocov3", "dino"):
+        assert A.solo_cifar_views(name) == [b1, b2]
+    for name in ("supcon", "swav"):
+        assert A.solo_cifar_views(name) == [s1 | {"crop_size": 32}, s2 | {"crop_size": 32}]
+    with pytest.raises(ValueError, match="barlow_twins, byol, dino, mocov2, mocov3, simclr"):
         A.solo_cifar_views("moco")
