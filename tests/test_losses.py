@@ -104,10 +104,11 @@ def test_barlow_twins_shape_errors():
 # --- NT-Xent --------------------------------------------------------------------------
 
 
-def nt_xent_reference(views, temperature, labels=None):
+def nt_xent_reference(views, temperature, labels=None, normalize=True):
     """Anchor by anchor, in float64, straight from the definition."""
     z = np.concatenate([np.float64(v) for v in views])
-    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    if normalize:
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
     n = views[0].shape[0]
     ids = np.tile(np.arange(n) if labels is None else labels, len(views))
     total = 0.0
@@ -124,6 +125,14 @@ def test_nt_xent_two_views_matches_reference(temperature):
     z1, z2 = _rand((8, 5), 6), _rand((8, 5), 7)
     got = jax.jit(lambda a, b: L.nt_xent(a, b, temperature=temperature))(z1, z2)
     np.testing.assert_allclose(got, nt_xent_reference([z1, z2], temperature), rtol=1e-5)
+
+
+def test_nt_xent_raw_projections():
+    """normalize=False (FKT's official code): raw dot products, not cosine similarities."""
+    z1, z2 = 0.3 * _rand((6, 4), 8), 0.3 * _rand((6, 4), 9)
+    got = jax.jit(lambda a, b: L.nt_xent(a, b, temperature=0.5, normalize=False))(z1, z2)
+    np.testing.assert_allclose(got, nt_xent_reference([z1, z2], 0.5, normalize=False), rtol=1e-5)
+    assert not np.isclose(got, L.nt_xent(z1, z2, temperature=0.5))
 
 
 def test_nt_xent_equals_simclr_cross_entropy_form():

@@ -14,7 +14,7 @@ from jssl.losses._common import (
 
 
 def nt_xent(*views: jax.Array, temperature: float = 0.1,
-            labels: jax.Array | None = None) -> jax.Array:
+            labels: jax.Array | None = None, normalize: bool = True) -> jax.Array:
     r"""NT-Xent / InfoNCE of SimCLR (Chen et al. 2020, arXiv 2002.05709), multi-view and SupCon.
 
     All V views of shape (N, D) are L2-normalised and stacked into VN anchors. For anchor i
@@ -33,6 +33,8 @@ def nt_xent(*views: jax.Array, temperature: float = 0.1,
       *views: V >= 2 arrays of shape (N, D).
       temperature: softmax temperature tau.
       labels: optional (N,) integer class labels (supervised contrastive).
+      normalize: L2-normalise the views first (the paper). ``False`` uses raw dot products,
+        as the official code of Functional Knowledge Transfer (Chhipa et al. 2023) does.
 
     Returns:
       Scalar float32 loss.
@@ -57,7 +59,8 @@ def nt_xent(*views: jax.Array, temperature: float = 0.1,
     else:
         _check_labels("labels", labels, n)
         ids = jnp.asarray(labels)
-    z = jnp.concatenate([l2_normalize(_at_least_f32(v)) for v in views], axis=0)
+    prep = l2_normalize if normalize else (lambda x: x)
+    z = jnp.concatenate([prep(_at_least_f32(v)) for v in views], axis=0)
     logits = (z @ z.T) / temperature
     ids = jnp.tile(ids, num_views)
     self_mask = jnp.eye(num_views * n, dtype=bool)
