@@ -18,7 +18,7 @@ import optax
 
 __all__ = ["knn_predict", "knn_accuracy", "knn_accuracies", "linear_probe", "LinearProbe",
            "linear_probe_logits", "few_label_subset", "extract_features",
-           "calibrate_batch_stats", "evaluate_encoder"]
+           "calibrate_batch_stats", "evaluate_encoder", "evaluate_classifier"]
 
 
 # --- Input checks (one line naming the argument) ---------------------------------------
@@ -398,4 +398,20 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
     out["linear_val_accuracy"] = float(probe["val_accuracy"])
     out["linear_weight_decay"] = float(probe["weight_decay"])
     out["num_train"], out["num_test"] = len(xtr), len(xte)
+    return out
+
+
+def evaluate_classifier(predict_fn, state, config, mesh) -> dict:
+    """Accuracy of a method's own classifier (`predict_fn(state, images) -> logits`) on the
+    config's validation and test splits: "classifier_val_accuracy" is for model selection,
+    "classifier_accuracy" (test) is reported, never selected on."""
+    from jssl.data import sources
+
+    ev, out = config.eval, {}
+    for key, split in (("classifier_val_accuracy", ev.val_split),
+                       ("classifier_accuracy", ev.test_split)):
+        src = sources.get_source(config.data.name, split, data_dir=config.data.data_dir)
+        logits, labels = extract_features(predict_fn, state, src, batch_size=ev.batch_size,
+                                          mesh=mesh, max_examples=ev.max_examples)
+        out[key] = float(np.mean(np.argmax(logits, axis=1) == labels))
     return out

@@ -74,6 +74,11 @@ class _Run:
         self.init_fn = jax.jit(self.method.init, out_shardings=self.repl)
         self.embed_fn = jax.jit(self.method.embed, in_shardings=(self.repl, self.data_sharding),
                                 out_shardings=self.data_sharding)
+        self.predict_fn = None
+        if self.method.predict is not None:
+            self.predict_fn = jax.jit(self.method.predict,
+                                      in_shardings=(self.repl, self.data_sharding),
+                                      out_shardings=self.data_sharding)
 
     def restore_or_init(self, ckpt: checkpoint.Checkpointer):
         if ckpt.latest_step() is not None:
@@ -81,7 +86,10 @@ class _Run:
         return self.init_fn(self.rng)
 
     def evaluate(self, state, config) -> dict:
-        return evaluate.evaluate_encoder(self.method, self.embed_fn, state, config, self.mesh)
+        out = evaluate.evaluate_encoder(self.method, self.embed_fn, state, config, self.mesh)
+        if self.predict_fn is not None:
+            out.update(evaluate.evaluate_classifier(self.predict_fn, state, config, self.mesh))
+        return out
 
     def random_init_eval(self, config) -> dict:
         initial = self.init_fn(self.rng)  # the very weights training started from
@@ -122,7 +130,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     # --- The step: one jit over the mesh, state donated. ---
     step_fn = jax.jit(method.train_step, in_shardings=(repl, data_sharding),
                       out_shardings=(repl, repl), donate_argnums=0)
-    batches = pipeline.TrainBatches(run.source, batch_size=config.batch_size, seed=config.seed, mesh=mesh)
+    if method.batches is not None:
+        batches = method.batches(run.source, mesh)
+    else:
+        batches = pipeline.TrainBatches(run.source, batch_size=config.batch_size,
+                                        seed=config.seed, mesh=mesh)
     writer = MetricWriter(workdir, resume_step=start_step)
     results = {"workdir": workdir, "resumed_from_step": start_step}
 

@@ -18,7 +18,7 @@ def load(name, preset=""):
     return module.get_config(preset)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", CONFIGS + ["fkt"])
 @pytest.mark.parametrize("preset", ["", "smoke", "cifar10"])
 def test_presets_are_valid(name, preset):
     c = load(name, preset)

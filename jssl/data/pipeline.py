@@ -17,7 +17,7 @@ import numpy as np
 
 from jssl import parallel
 
-__all__ = ["batch_indices", "TrainBatches"]
+__all__ = ["batch_indices", "TrainBatches", "SubsetSource", "JointBatches", "source_labels"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -68,3 +68,59 @@ class TrainBatches:
                     pending.append(pool.submit(self.host_batch, next_step))
                     next_step += 1
                 yield parallel.to_global(host, self.mesh)
+
+
+class SubsetSource:
+    """The examples `indices` of `source`, as a source of their own (position i reads
+    `source[indices[i]]`)."""
+
+    def __init__(self, source, indices):
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        if self.indices.ndim != 1 or self.indices.size == 0:
+            raise ValueError("SubsetSource needs a non-empty 1-D array of indices")
+        if self.indices.min() < 0 or self.indices.max() >= len(source):
+            raise ValueError(f"SubsetSource indices must be in [0, {len(source)})")
+        self.num_classes = source.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.source.image_shape
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.source.read(self.indices[np.asarray(indices, dtype=np.int64)])
+
+
+def source_labels(source, chunk: int = 4096) -> np.ndarray:
+    """All labels of a source, in order (reads the images too, in chunks: host memory only
+    ever holds one chunk)."""
+    out = []
+    for start in range(0, len(source), chunk):
+        _, labels = source.read(np.arange(start, min(start + chunk, len(source))))
+        out.append(np.asarray(labels))
+    return np.concatenate(out).astype(np.int64)
+
+
+class JointBatches(TrainBatches):
+    """Two streams per step for joint SSL + supervised training (Functional Knowledge
+    Transfer): {"image", "label"} from the unlabelled stream and {"labelled_image",
+    "labelled_label"} from the labelled one, of their own batch sizes, each a function of
+    (seed, step) through its own seeded permutation."""
+
+    def __init__(self, unlabelled, labelled, *, batch_size: int, labelled_batch_size: int,
+                 seed: int, mesh, prefetch: int = 2):
+        super().__init__(unlabelled, batch_size=batch_size, seed=seed, mesh=mesh,
+                         prefetch=prefetch)
+        # A different seed for the second stream, so the two never walk in lockstep.
+        self.labelled = TrainBatches(labelled, batch_size=labelled_batch_size,
+                                     seed=seed + 1_000_003, mesh=mesh)
+
+    def host_batch(self, step: int) -> dict:
+        batch = super().host_batch(step)
+        labelled = self.labelled.host_batch(step)
+        batch["labelled_image"] = labelled["image"]
+        batch["labelled_label"] = labelled["label"]
+        return batch

@@ -14,6 +14,7 @@ __all__ = ["REGISTRY", "build", "loss_names", "DataInfo", "Method", "TrainState"
 REGISTRY = {
     "pretrain": "jssl.methods.pretrain",
     "puzzle": "jssl.methods.puzzle",
+    "joint": "jssl.methods.joint",
 }
 
 

@@ -46,12 +46,18 @@ class Method:
     embed(state, images) -> (B, F) float32        frozen features of uint8 images (eval mode)
     calibrate(state, images) -> state             update BN statistics only (train-mode forward,
                                                   no gradient); used for the random-init baseline
+    predict(state, images) -> (B, C) logits       optional: a trained classifier (joint methods);
+                                                  evaluation adds its val/test accuracy
+    batches(source, mesh) -> TrainBatches-like    optional: the training stream (default: one
+                                                  stream of config.batch_size from the train split)
     """
 
     init: Callable[[jax.Array], TrainState]
     train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
     embed: Callable[[TrainState, jax.Array], jax.Array]
     calibrate: Callable[[TrainState, jax.Array], TrainState]
+    predict: Callable[[TrainState, jax.Array], jax.Array] | None = None
+    batches: Callable[[Any, Any], Any] | None = None
 
 
 def global_norm(tree) -> jax.Array:

@@ -1,0 +1,141 @@
+"""Functional Knowledge Transfer (jssl/methods/joint.py): where the gradients go, lambda = 0,
+the labelled subset, 1 vs 8 devices, and a run end to end."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jssl import config as jc
+from jssl import methods, parallel, train
+from jssl.data import pipeline, sources
+from jssl.methods import joint
+from tests.test_config import load
+
+
+def _smoke(**joint_fields):
+    c = load("fkt", "smoke")
+    for k, v in joint_fields.items():
+        c.joint[k] = v
+    return c
+
+
+def _info(c):
+    return methods.DataInfo(10, (c.data.image_size,) * 2 + (1,))
+
+
+def _batch(c, seed=0):
+    rng = np.random.default_rng(seed)
+    s = c.data.image_size
+    n, m = c.batch_size, c.joint.labelled_batch_size
+    return {"image": rng.integers(0, 256, (n, s, s, 1), dtype=np.uint8),
+            "label": np.zeros((n,), np.int32),
+            "labelled_image": rng.integers(0, 256, (m, s, s, 1), dtype=np.uint8),
+            "labelled_label": rng.integers(0, 10, (m,)).astype(np.int32)}
+
+
+def _norms(tree):
+    return {k: float(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(v)))
+            for k, v in tree.items()}
+
+
+def test_gradients_of_each_term_reach_the_right_parameters():
+    """CE reaches backbone and classifier, not the projector; L_SSL reaches backbone and
+    projector, not the classifier."""
+    c = _smoke()
+    method, loss_terms, make_inputs = joint.build_parts(c, _info(c))
+    state = method.init(jax.random.PRNGKey(0))
+    views, clean, labels = make_inputs(state, _batch(c))
+    ce_grads = jax.grad(lambda p: loss_terms(p, state.batch_stats, views, clean, labels)[0])(
+        state.params)
+    ssl_grads = jax.grad(lambda p: loss_terms(p, state.batch_stats, views, clean, labels)[1])(
+        state.params)
+    ce, ssl = _norms(ce_grads), _norms(ssl_grads)
+    assert ce["backbone"] > 0 and ce["classifier"] > 0 and ce["projector"] == 0
+    assert ssl["backbone"] > 0 and ssl["projector"] > 0 and ssl["classifier"] == 0
+
+
+def test_one_step_is_ce_plus_lambda_ssl():
+    c = _smoke(ssl_weight=0.5)
+    method = methods.build(c, _info(c))
+    state = method.init(jax.random.PRNGKey(0))
+    _, m = jax.jit(method.train_step)(state, _batch(c))
+    np.testing.assert_allclose(m["loss"], m["ce_loss"] + 0.5 * m["ssl_loss"], rtol=1e-6)
+    assert m["ssl_loss"] > 0 and m["ce_loss"] > 0
+
+
+def test_lambda_zero_is_supervised_training():
+    """ssl_weight = 0 gives the same steps as a supervised-only objective: loss = CE, the
+    projector never moves, and the unlabelled images do not matter."""
+    c = _smoke(ssl_weight=0.0)
+    c.optimizer.weight_decay = 0.0
+    method = methods.build(c, _info(c))
+    step = jax.jit(method.train_step)
+    state0 = method.init(jax.random.PRNGKey(0))
+    b1, b2 = _batch(c, 0), _batch(c, 0)
+    b2["image"] = 255 - b2["image"]  # different unlabelled images, same labelled batch
+    s1, m1 = step(state0, b1)
+    s2, m2 = step(state0, b2)
+    assert float(m1["loss"]) == float(m1["ce_loss"]) and float(m1["ssl_loss"]) == 0.0
+    for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s2.params)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree_util.tree_leaves(state0.params["projector"]),
+                    jax.tree_util.tree_leaves(s1.params["projector"])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_labelled_subset_deterministic_balanced_and_disjoint_from_validation():
+    train_src = sources.get_source("mnist_embedded", "train")
+    lab, unl = joint.labelled_split(train_src, 0.1, seed=0)
+    lab2, _ = joint.labelled_split(train_src, 0.1, seed=0)
+    np.testing.assert_array_equal(lab, lab2)
+    assert not np.array_equal(lab, joint.labelled_split(train_src, 0.1, seed=1)[0])
+    labels = pipeline.source_labels(train_src)
+    counts = np.bincount(labels[lab], minlength=10)
+    expect = np.floor(0.1 * np.bincount(labels, minlength=10) + 0.5)
+    np.testing.assert_array_equal(counts, expect)  # class-balanced: 10% of every class
+    assert np.intersect1d(lab, unl).size == 0 and len(lab) + len(unl) == len(train_src)
+    # The subset indexes the train split, which shares no example with validation.
+    train_ids = sources.embedded_split_indices("mnist_embedded", "train")
+    val_ids = sources.embedded_split_indices("mnist_embedded", "validation")
+    assert np.intersect1d(train_ids[lab], val_ids).size == 0
+    _, everything = joint.labelled_split(train_src, 1.0, seed=0)
+    assert len(everything) == len(train_src)  # 100% labelled: SSL on the whole split
+
+
+def test_training_on_the_validation_split_is_refused():
+    c = _smoke()
+    c.data.train_split = c.eval.val_split
+    with pytest.raises(jc.ConfigError, match="config.data.train_split"):
+        methods.build(c, _info(c))
+
+
+def _losses(c, devices):
+    mesh = parallel.make_mesh(devices)
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    method = methods.build(c, _info(c))
+    state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
+    src = sources.get_source(c.data.name, c.data.train_split)
+    stream = method.batches(src, mesh)
+    step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
+    out = []
+    for batch in stream(0, 2):
+        assert batch["labelled_image"].shape[0] == c.joint.labelled_batch_size
+        state, m = step(state, batch)
+        out.append(float(m["loss"]))
+    return out
+
+
+def test_one_device_equals_eight():
+    c = _smoke()
+    np.testing.assert_allclose(_losses(c, jax.devices()[:1]), _losses(c, jax.devices()),
+                               rtol=2e-4)
+
+
+@pytest.mark.slow
+def test_smoke_run_reports_classifier_accuracy(tmp_path):
+    c = _smoke()
+    c.eval.random_init_baseline = False
+    results = train.train_and_evaluate(c, str(tmp_path / "fkt"))
+    ev = results["eval"]
+    assert 0 <= ev["classifier_accuracy"] <= 1 and 0 <= ev["classifier_val_accuracy"] <= 1
+    assert "knn_accuracy" in ev and results["train_step_compilations"] == 1
