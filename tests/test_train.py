@@ -79,7 +79,13 @@ def test_one_device_equals_eight(tmp_path, name):
     r8 = train.train_and_evaluate(c, str(tmp_path / "eight"), devices=jax.devices())
     l1 = [r["loss"] for r in read_metrics(str(tmp_path / "one"))]
     l8 = [r["loss"] for r in read_metrics(str(tmp_path / "eight"))]
-    np.testing.assert_allclose(l1, l8, rtol=2e-4)
+    # Same global-batch step: the first updates agree to float32 rounding (per-device
+    # BatchNorm statistics or losses would differ at the percent level at once). Later
+    # steps are compared looser: Barlow Twins' per-dimension standardisation divides by
+    # std + eps, which amplifies the reduction-order rounding (1e-7) of low-variance
+    # dimensions by up to ~1e3 within a step (measured: 1e-6 at step 2, 5e-4 at step 3).
+    np.testing.assert_allclose(l1[:2], l8[:2], rtol=1e-5)
+    np.testing.assert_allclose(l1, l8, rtol=2e-3)
     assert r1["eval"]["knn_accuracy"] == pytest.approx(r8["eval"]["knn_accuracy"], abs=0.02)
 
 
