@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 
 from jssl.config import ConfigError, experiment_fields
 
-__all__ = ["check_workdir", "Checkpointer"]
+__all__ = ["check_workdir", "Checkpointer", "load_backbone", "restore_host"]
 
 EXPERIMENT_FILE = "experiment.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -112,3 +112,51 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def restore_host(path: str, step: int | None = None) -> tuple[int, dict]:
+    """(step, tree) of a checkpoint of the jssl workdir `path` (the latest when `step` is None)
+    as NumPy arrays on the host, whatever mesh wrote it; read-only, nothing is written.
+
+    Raises ConfigError (one line) when `path` holds no complete checkpoint.
+    """
+    import numpy as np
+
+    ckpt_dir = os.path.abspath(os.path.join(path, CHECKPOINT_DIR))
+    if not os.path.isdir(ckpt_dir):
+        raise ConfigError(f"{path}: no {CHECKPOINT_DIR}/ here; give the --workdir of a "
+                          "finished jssl run")
+    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise ConfigError(f"{path}: no complete checkpoint"
+                              + ("" if step is None else f" at step {step}"))
+        meta = manager.item_metadata(step)
+        meta = getattr(meta, "tree", meta)
+        device = jax.local_devices(backend="cpu")[0]
+        sharding = jax.sharding.SingleDeviceSharding(device)
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), meta)
+        tree = manager.restore(step, args=ocp.args.StandardRestore(target))
+    finally:
+        manager.close()
+    return step, jax.tree_util.tree_map(np.asarray, tree)
+
+
+def load_backbone(path: str) -> tuple[dict, dict]:
+    """(params, batch_stats) of the backbone in the latest checkpoint of the jssl workdir
+    `path` (any method whose model has a "backbone"), as host arrays; nothing is written.
+
+    Raises ConfigError (one line, naming config.model.init_from) when `path` holds no
+    complete checkpoint or no backbone.
+    """
+    try:
+        _, tree = restore_host(path)
+    except ConfigError as e:
+        raise ConfigError(f"config.model.init_from: {e}") from None
+    params, stats = tree.get("params", {}), tree.get("batch_stats", {})
+    if "backbone" not in params:
+        raise ConfigError(f"config.model.init_from: the checkpoint in {path} has no backbone "
+                          f"(top-level parameters: {', '.join(sorted(params))})")
+    return params["backbone"], stats.get("backbone", {})

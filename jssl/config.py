@@ -79,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.projector_dim = 2048
     c.model.projector_bn = True  # BatchNorm after each hidden projector layer
     c.model.num_filters = 64  # backbone width (64 = the standard ResNet)
+    # A jssl workdir whose latest checkpoint's backbone initialises this run (joint method:
+    # fine-tuning after pretraining); None: random initialisation.
+    c.model.init_from = config_dict.placeholder(str)
     c.model.projector_last_bn = False  # affine-free BN after the projector's output (SimSiam)
     c.model.projector_activation = "relu"  # "relu", or "gelu" (DINO's head)
     c.model.predictor_hidden_dims = ()  # BYOL / SimSiam / MoCo v3 predictor MLP

@@ -63,3 +63,27 @@ class Method:
 def global_norm(tree) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def compute_dtype(config):
+    """The computation dtype of `config.dtype` (parameters stay float32)."""
+    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+def backbone_from_config(config, dtype=None):
+    """The backbone `config.model` describes (name, width, stem for ResNets, conv_impl)."""
+    from jssl import models
+
+    m = config.model
+    overrides = {"num_filters": m.num_filters}
+    if m.backbone.startswith("resnet"):
+        overrides["stem"] = m.stem
+    return models.build_backbone(m.backbone, dtype=compute_dtype(config) if dtype is None else dtype,
+                                 conv_impl=m.get("conv_impl", "auto"), **overrides)
+
+
+def eval_transform(config) -> dict:
+    """Keywords of `augment.center_view` for evaluation-time features of this config: the
+    data's image size and the first view's normalisation."""
+    v = config.augment.view1
+    return {"size": int(config.data.image_size), "mean": tuple(v.mean), "std": tuple(v.std)}

@@ -83,6 +83,28 @@ def labelled_split(source, fraction: float, seed: int) -> tuple[np.ndarray, np.n
     return labelled, (rest if rest.size else np.arange(len(labels)))
 
 
+def _with_backbone(variables: dict, params: dict, batch_stats: dict, path: str) -> dict:
+    """`variables` with the backbone's parameters and statistics replaced by loaded ones,
+    which must have the same structure and shapes (ConfigError naming the first mismatch)."""
+    from jssl.config import ConfigError
+
+    out = dict(variables)
+    for collection, new in (("params", params), ("batch_stats", batch_stats)):
+        if collection not in variables or "backbone" not in variables[collection]:
+            continue
+        old = variables[collection]["backbone"]
+        old_shapes = jax.tree_util.tree_map(jnp.shape, old)
+        new_shapes = jax.tree_util.tree_map(np.shape, new)
+        if old_shapes != new_shapes:
+            raise ConfigError(f"config.model.init_from: the backbone in {path} does not match "
+                              f"config.model ({collection} differ in structure or shapes); "
+                              "use the same backbone, width and stem")
+        out[collection] = {**variables[collection],
+                           "backbone": jax.tree_util.tree_map(
+                               lambda o, n: jnp.asarray(n, o.dtype), old, new)}
+    return out
+
+
 def _validate(config: ml_collections.ConfigDict, pretext: pretrain.Pretext,
               num_devices: int = 1) -> None:
     from jssl.config import ConfigError
@@ -136,12 +158,21 @@ def build_parts(config: ml_collections.ConfigDict, data: DataInfo):
     mean, std = tuple(views[0].mean), tuple(views[0].std)
     lam = float(j.ssl_weight)
 
+    loaded = None
+    if config.model.get("init_from"):
+        from jssl.checkpoint import load_backbone
+
+        loaded = load_backbone(config.model.init_from)
+
     def init(rng: jax.Array) -> TrainState:
         init_rng, state_rng = jax.random.split(rng)
         dummy = jnp.zeros((2, size, size, 3), jnp.float32)
         variables = models.init_variables(model, init_rng, dummy, train=False,
                                           method=JointModel.init_all)
         params = variables["params"]
+        if loaded is not None:
+            variables = _with_backbone(variables, *loaded, config.model.init_from)
+            params = variables["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           batch_stats=variables.get("batch_stats", {}),
                           opt_state=tx.init(params), rng=state_rng)

@@ -27,7 +27,7 @@ import ml_collections
 import optax
 
 from jssl import augment, losses, models
-from jssl.methods.common import DataInfo, Method, TrainState, global_norm
+from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, global_norm
 from jssl.optim import build_optimizer
 
 __all__ = ["SSLModel", "Pretext", "PRETEXTS", "build", "build_parts", "build_model",
@@ -160,10 +160,7 @@ class SSLModel(nn.Module):
 def build_model(config: ml_collections.ConfigDict) -> SSLModel:
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     m = config.model
-    overrides = {"num_filters": m.num_filters}
-    if m.backbone.startswith("resnet"):
-        overrides["stem"] = m.stem
-    backbone = models.build_backbone(m.backbone, dtype=dtype, conv_impl=m.conv_impl, **overrides)
+    backbone = backbone_from_config(config, dtype)
     projector = models.Projector(hidden_dims=tuple(m.projector_hidden_dims),
                                  out_dim=m.projector_dim, use_bn=m.projector_bn,
                                  last_bn=m.projector_last_bn, activation=m.projector_activation,

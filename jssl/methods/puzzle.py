@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from jssl import augment, losses, models, puzzles
-from jssl.methods.common import DataInfo, Method, TrainState, global_norm
+from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, global_norm
 from jssl.optim import build_optimizer
 
 __all__ = ["PuzzleModel", "PRETEXTS", "build", "puzzle_config", "tile_size"]
@@ -127,10 +127,7 @@ def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
     p = config.puzzle
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     m = config.model
-    overrides = {"num_filters": m.num_filters}
-    if m.backbone.startswith("resnet"):
-        overrides["stem"] = m.stem
-    backbone = models.build_backbone(m.backbone, dtype=dtype, conv_impl=m.conv_impl, **overrides)
+    backbone = backbone_from_config(config, dtype)
     if name == "rotation":
         num_classes, perms = 4, None
     else:
