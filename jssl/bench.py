@@ -234,7 +234,19 @@ def _run_torch(args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-BENCHES = {"barlow_twins": bench_pretrain, "simclr": bench_pretrain}
+# --method -> a function of the parsed args returning the JSON record, or "module:function"
+# (imported on use, so each benchmark's dependencies load only when it runs).
+BENCHES = {"barlow_twins": bench_pretrain, "simclr": bench_pretrain,
+           "metamask": "jssl.bench_metamask:bench", "kmeans": "jssl.bench_kmeans:bench"}
+
+
+def _resolve(entry):
+    if isinstance(entry, str):
+        import importlib
+
+        module, name = entry.split(":")
+        return getattr(importlib.import_module(module), name)
+    return entry
 
 
 def main(argv=None) -> int:
@@ -257,8 +269,17 @@ def main(argv=None) -> int:
                    help="per-device peak for the MFU figure (default: the data sheet's for "
                         "H100/H200/A100/TPU v4-v6 in the run's dtype)")
     p.add_argument("--out", metavar="FILE", help="also append the JSON line to FILE")
+    # MetaMask (--method metamask): the hypergradient mode(s) to time beside the base step.
+    p.add_argument("--modes", default="exact,first_order,finite_difference",
+                   help="metamask: comma-separated mask_hypergradient modes")
+    # k-means (--method kmeans): data size, dimension, clusters, Lloyd iterations.
+    p.add_argument("--n", type=int, default=200_000, help="kmeans: points")
+    p.add_argument("--d", type=int, default=128, help="kmeans: dimension")
+    p.add_argument("--k", type=int, default=1000, help="kmeans: clusters")
+    p.add_argument("--iters", type=int, default=10, help="kmeans: Lloyd iterations")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    result = BENCHES[args.method](args)
+    result = _resolve(BENCHES[args.method])(args)
     line = json.dumps(result)
     print(line)
     if args.out:

@@ -90,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     from jssl.data.sources import DataError
 
     try:
-        if FLAGS.mode == "eval":
+        if config.get("study"):  # several runs compared (e.g. configs/fkt.py:compare)
+            from jssl import studies
+
+            if FLAGS.mode == "eval":
+                _fail("--mode=eval evaluates one run; give the --workdir of one of the "
+                      "study's runs (its sub-directories)")
+            results = studies.run(config, workdir)
+        elif FLAGS.mode == "eval":
             results = train.evaluate_workdir(config, workdir)
         else:
             results = train.train_and_evaluate(config, workdir)
@@ -98,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(e))
     except FloatingPointError as e:
         _fail(str(e), code=1)
+    if config.get("study"):
+        print(json.dumps({"workdir": workdir, "study": config.study,
+                          "results": results.get("summary", {})}, indent=1))
+        return 0
     summary = {"workdir": workdir, "final_step": results.get("final_step"),
                "eval": results.get("eval"), "random_init_eval": results.get("random_init_eval")}
     print(json.dumps(summary, indent=1))

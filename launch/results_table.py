@@ -37,13 +37,17 @@ def _command(method: str, seed: int, workdir: str, steps: int | None) -> list[st
     return cmd
 
 
-def run(method: str, seed: int, runs: str, steps: int | None) -> dict:
+def run(method: str, seed: int, runs: str, steps: int | None) -> dict | None:
+    """The results of one run (reused when its results.json exists); None if it failed."""
     workdir = os.path.join(runs, f"{method}_s{seed}")
     results = os.path.join(workdir, "results.json")
     if not os.path.exists(results):
         start = time.perf_counter()
-        subprocess.run(_command(method, seed, workdir, steps), check=True)
-        print(f"{method} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+        done = subprocess.run(_command(method, seed, workdir, steps), check=False)
+        print(f"{method} seed {seed}: {time.perf_counter() - start:.0f} s"
+              + ("" if done.returncode == 0 else f" FAILED (exit {done.returncode})"), flush=True)
+        if done.returncode != 0:
+            return None
     with open(results) as f:
         return json.load(f)
 
@@ -65,7 +69,15 @@ def main() -> None:
 
     rows, raw = [], {}
     for method in args.methods:
-        results = [run(method, seed, args.runs, args.steps) for seed in args.seeds]
+        results = [r for r in (run(method, seed, args.runs, args.steps) for seed in args.seeds)
+                   if r is not None]
+        if not results:
+            rows.append(f"| {method} | failed | failed | - | - | see the log |")
+            continue
+        if len(results) < len(args.seeds):
+            method_note = f" ({len(results)} of {len(args.seeds)} seeds ran)"
+        else:
+            method_note = ""
         knn = [r["eval"]["knn_accuracy"] for r in results]
         lin = [r["eval"]["linear_accuracy"] for r in results]
         secs = statistics.mean(r["train_time_s"] for r in results)
@@ -74,7 +86,7 @@ def main() -> None:
         command = (f"`python -m jssl.main --config configs/{method}.py --workdir runs/{method} "
                    f"--config.seed=S{steps}`")
         solo = SOLO_CIFAR10.get(method)
-        rows.append(f"| {method} | {_cell(knn)} | {_cell(lin)} | {secs:.0f} | "
+        rows.append(f"| {method}{method_note} | {_cell(knn)} | {_cell(lin)} | {secs:.0f} | "
                     f"{solo if solo else '-'} | {command} |")
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

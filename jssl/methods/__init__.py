@@ -15,6 +15,9 @@ REGISTRY = {
     "pretrain": "jssl.methods.pretrain",
     "puzzle": "jssl.methods.puzzle",
     "joint": "jssl.methods.joint",
+    "metamask": "jssl.methods.metamask",
+    "fusion": "jssl.methods.fusion",
+    "transfer": "jssl.methods.transfer",
 }
 
 
