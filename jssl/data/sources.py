@@ -5,7 +5,7 @@ A source is host-side and random-access: ``src.read(indices)`` returns
 order, repeats allowed). The host-to-device pipeline (`jssl.data.pipeline`) decides which
 indices to read; a source never shuffles.
 
-Two kinds of source:
+Three kinds of source:
 
 * **Embedded** (no download, no network). ``"mnist_embedded"`` (alias ``"embedded"``) is
   the default: the 5,000 real MNIST digits (28x28x1, 500 per class) that ship inside the
@@ -23,6 +23,9 @@ Two kinds of source:
   named, so TFDS slicing works (``"train[:90%]"``, ``"train+test"``). jssl maps no split
   names: cifar10 has no ``validation`` split, and a config that wants one names a slice
   such as ``"train[90%:]"`` (and ``"train[:90%]"`` for training).
+
+* **Image folders** on disk, ``"folder:<path>"`` (Intel Image, APTOS 2019 ...): class
+  sub-folders of PNG/JPEG files, optionally inside split folders; see `jssl.data.folder`.
 
 Every user mistake raises `DataError` (a `ValueError`) with one line naming the value and
 the fix. mlxtend, scikit-learn and tensorflow_datasets are imported only when a source of
@@ -356,9 +359,10 @@ def get_source(name: str, split: str, data_dir: str | None = None, *,
     """The source for `split` of data set `name` (config fields data.name, data.data_dir).
 
     Args:
-      name: an embedded set (``"mnist_embedded"`` / ``"embedded"``, ``"digits_embedded"``)
-        or a registered TFDS builder name, optionally with config/version
-        (``"cifar10"``, ``"imagenet_resized/64x64"``).
+      name: an embedded set (``"mnist_embedded"`` / ``"embedded"``, ``"digits_embedded"``),
+        ``"folder:<path>"`` (class sub-folders of image files, `jssl.data.folder`), or a
+        registered TFDS builder name, optionally with config/version (``"cifar10"``,
+        ``"imagenet_resized/64x64"``).
       split: for embedded sets one of `EMBEDDED_SPLITS`; for TFDS any split string TFDS
         accepts, passed through unchanged (``"train[:90%]"``).
       data_dir: where prepared TFDS data sets live (TFDS's default when None); ignored
@@ -376,4 +380,10 @@ def get_source(name: str, split: str, data_dir: str | None = None, *,
     canonical = _canonical(name)
     if canonical in _LOADERS:
         return _embedded_source(canonical, split)
+    if name.startswith("folder:"):
+        from jssl.data.folder import folder_source
+
+        if not name[len("folder:"):]:
+            raise DataError("data.name 'folder:': give the path, e.g. folder:/data/intel_image")
+        return folder_source(name[len("folder:"):], split)
     return _tfds_source(name, split, data_dir, image_key, label_key)
