@@ -4,8 +4,13 @@ optimised jointly through one backbone (jssl/methods/joint.py, METHODS.md sectio
   python -m jssl.main --config configs/fkt.py --workdir runs/fkt             # embedded MNIST
   python -m jssl.main --config configs/fkt.py:smoke --workdir /tmp/fkt       # seconds
   python -m jssl.main --config configs/fkt.py:cifar10 --workdir runs/fkt_c10 # paper setting
+  python -m jssl.main --config configs/fkt.py:compare --workdir runs/fkt_compare
+      # functional vs representational vs supervised, fractions 1%/10%/100%, 3 seeds
+      # (jssl/studies/fkt.py); compare_smoke: the same in seconds
   --config.joint.labelled_fraction=0.01|0.1|1.0   --config.joint.ssl_weight=0 (supervised only)
 """
+import ml_collections
+
 from jssl import config as jc
 from jssl.methods.joint import joint_config
 
@@ -35,6 +40,24 @@ def get_config(preset: str = ""):
         jc.smoke_preset(c)
         c.joint.labelled_fraction = 0.1
         c.joint.labelled_batch_size = 16
+    elif preset in ("compare", "compare_smoke"):
+        if preset == "compare":
+            jc.embedded_preset(c)
+            c.model.projector_hidden_dims = (512,)
+            c.total_steps = 150
+            c.log_every = 50
+        else:
+            jc.smoke_preset(c)
+            c.total_steps = 4
+        c.study = "fkt"  # jssl/studies/fkt.py runs every arm
+        c.compare = ml_collections.ConfigDict(dict(
+            arms=("functional", "representational", "supervised"),
+            fractions=(0.01, 0.1, 1.0) if preset == "compare" else (0.1,),
+            seeds=(0, 1, 2) if preset == "compare" else (0,),
+            pretrain_steps=0,  # 0: total_steps
+        ))
+        c.joint.labelled_batch_size = 32 if preset == "compare" else 16
+        c.eval.random_init_baseline = False
     elif preset == "cifar10":
         jc.cifar10_preset(c, epochs=100)
         jc.solo_cifar_augment(c, "simclr")

@@ -126,6 +126,11 @@ def restore_host(path: str, step: int | None = None) -> tuple[int, dict]:
     if not os.path.isdir(ckpt_dir):
         raise ConfigError(f"{path}: no {CHECKPOINT_DIR}/ here; give the --workdir of a "
                           "finished jssl run")
+    import logging
+
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns about read-only mode and unread items
     manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
     try:
         step = manager.latest_step() if step is None else step
@@ -141,6 +146,7 @@ def restore_host(path: str, step: int | None = None) -> tuple[int, dict]:
         tree = manager.restore(step, args=ocp.args.StandardRestore(target))
     finally:
         manager.close()
+        absl_logger.setLevel(level)
     return step, jax.tree_util.tree_map(np.asarray, tree)
 
 

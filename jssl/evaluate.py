@@ -324,7 +324,8 @@ def few_label_subset(labels, fraction: float, *, seed: int, num_classes: int) ->
 
 def extract_features(embed_fn, state, source, *, batch_size: int, mesh,
                      max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Frozen features and labels of a whole split, in order.
+    """Frozen features and labels of a whole split, in order (with `max_examples`, of a
+    fixed random subset of that many examples, in order).
 
     Batches have one fixed size (the last one padded by repeating its final index, the
     padding dropped afterwards), so `embed_fn` compiles once; each process reads only its
@@ -333,12 +334,16 @@ def extract_features(embed_fn, state, source, *, batch_size: int, mesh,
     from jssl import parallel  # layer 6 helper; imported here to keep this module light
 
     n = len(source) if not max_examples else min(len(source), max_examples)
+    # A capped split is a fixed random subset (in index order), not its first rows: splits
+    # may be sorted by class (the embedded MNIST is), and the first rows would be a few classes.
+    rows = np.arange(n) if n == len(source) else np.sort(
+        np.random.default_rng(0).choice(len(source), n, replace=False))
     devices, processes = mesh.size, jax.process_count()
     batch_size = -(-batch_size // devices) * devices
     per_process = batch_size // processes
     features, labels = [], []
     for start in range(0, n, batch_size):
-        idx = np.arange(start, min(start + batch_size, n))
+        idx = rows[start:start + batch_size]
         valid = len(idx)
         idx = np.concatenate([idx, np.full(batch_size - valid, idx[-1])])
         mine = idx[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(e), code=1)
     if config.get("study"):
         print(json.dumps({"workdir": workdir, "study": config.study,
-                          "results": results.get("summary", {})}, indent=1))
+                          "verdict": results.get("verdict")}, indent=1))
         return 0
     summary = {"workdir": workdir, "final_step": results.get("final_step"),
                "eval": results.get("eval"), "random_init_eval": results.get("random_init_eval")}

@@ -139,3 +139,67 @@ def test_smoke_run_reports_classifier_accuracy(tmp_path):
     ev = results["eval"]
     assert 0 <= ev["classifier_accuracy"] <= 1 and 0 <= ev["classifier_val_accuracy"] <= 1
     assert "knn_accuracy" in ev and results["train_step_compilations"] == 1
+
+
+# --- The comparison study (configs/fkt.py:compare, jssl/studies/fkt.py) -------------------
+
+
+def test_compare_runs_differ_only_where_the_arms_do(tmp_path):
+    from jssl.config import experiment_fields
+    from jssl.studies import fkt
+
+    c = load("fkt", "compare")
+    runs = fkt.sub_configs(c, str(tmp_path))
+    # 3 seeds x (1 pretraining + 3 fractions x 3 arms)
+    assert len(runs) == 3 * (1 + 3 * 3)
+    by = {(r["arm"], r["fraction"], r["seed"]): r for r in runs}
+    fu = experiment_fields(by["functional", 0.01, 1]["config"])
+    sup = experiment_fields(by["supervised", 0.01, 1]["config"])
+    rep = experiment_fields(by["representational", 0.01, 1]["config"])
+    diff = lambda a, b: {k for k in set(a) | set(b) if a.get(k) != b.get(k)}  # noqa: E731
+    assert diff(fu, sup) == {"joint.ssl_weight"}
+    assert diff(sup, rep) == {"model.init_from"}
+    assert rep["model.init_from"] == by["pretrain", None, 1]["workdir"]
+    assert fu["joint.ssl_weight"] == 1.0 and fu["seed"] == 1
+    pre = experiment_fields(by["pretrain", None, 1]["config"])
+    assert pre["method"] == "pretrain" and pre["data.train_split"] == c.eval.train_split
+    # Same backbone, pretext, augmentation and optimiser as the joint runs.
+    for k in ("model.backbone", "model.num_filters", "loss.name", "loss.temperature",
+              "optimizer.lr", "augment.view1.crop_scale", "model.projector_dim"):
+        assert pre[k] == fu[k], k
+    assert not any(k.startswith(("study", "compare")) for k in fu)
+    c.model.init_from = str(tmp_path)
+    with pytest.raises(jc.ConfigError, match="init_from"):
+        fkt.sub_configs(c, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_compare_smoke_writes_table_plot_and_resumes(tmp_path):
+    import json
+    import os
+
+    from jssl.studies import fkt
+
+    c = load("fkt", "compare_smoke")
+    workdir = str(tmp_path / "cmp")
+    out = fkt.run(c, workdir)
+    for name in ("results.json", "results.md", "accuracy_vs_fraction.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 100, name
+    with open(os.path.join(workdir, "results.json")) as f:
+        saved = json.load(f)
+    assert set(saved["summary"]) == set(fkt.ARMS)
+    acc = saved["summary"]["functional"]["0.1"]["classifier_accuracy"]
+    assert len(acc["values"]) == 1 and 0 <= acc["mean"] <= 1
+    assert len(out["verdict"]) == 1 and "functional - representational" in out["verdict"][0]
+    # The representational run fine-tuned the pretraining run's backbone: its results differ
+    # from supervised (same seed, same subset, lambda = 0, different initialisation).
+    rep = saved["runs"][os.path.join(workdir, "representational_f0.1_s0")]["eval"]
+    sup = saved["runs"][os.path.join(workdir, "supervised_f0.1_s0")]["eval"]
+    assert rep != sup
+    # A second invocation reuses every finished run (nothing retrained).
+    mtimes = {d: os.path.getmtime(os.path.join(workdir, d, "results.json"))
+              for d in os.listdir(workdir) if os.path.isdir(os.path.join(workdir, d))}
+    assert len(mtimes) == 4
+    fkt.run(c, workdir)
+    assert mtimes == {d: os.path.getmtime(os.path.join(workdir, d, "results.json"))
+                      for d in mtimes}
