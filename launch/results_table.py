@@ -54,8 +54,9 @@ def run(method: str, seed: int, runs: str, steps: int | None) -> dict | None:
 
 def _cell(values: list[float]) -> str:
     mean = statistics.mean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean:.1f} ± {100 * spread:.1f}"
+    if len(values) == 1:
+        return f"{100 * mean:.1f} (1 seed)"
+    return f"{100 * mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def main() -> None:
