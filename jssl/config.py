@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.dtype = "float32"  # or "bfloat16": model compute only; params and losses stay float32
     c.progress = True  # tqdm progress bar on process 0
+    c.plots = True  # PNG plots (curves, lr, features) at the end, on process 0 (jssl.plots)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "mnist_embedded"
@@ -135,7 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
 # Fields that do not change the numbers a run produces: a run may resume with different
 # values of these. Everything else identifies the experiment (see checkpoint.py).
 _RUN_CONTROL = ("log_every", "checkpoint_every", "eval_every", "keep_checkpoints", "progress",
-                "eval", "data.data_dir", "model.conv_impl")
+                "plots", "eval", "data.data_dir", "model.conv_impl")
 
 
 def experiment_fields(config: ml_collections.ConfigDict) -> dict:
@@ -186,6 +187,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     _require(_is_int(config.eval_every) and config.eval_every >= 0, "eval_every",
              f"must be an integer >= 0 (0 = only at the end), got {config.eval_every!r}")
     _require(_is_int(config.seed), "seed", f"must be an integer, got {config.seed!r}")
+    _require(isinstance(config.plots, bool), "plots",
+             f"must be True or False, got {config.plots!r}")
     _require(config.batch_size % num_devices == 0, "batch_size",
              f"{config.batch_size} is not divisible by the {num_devices} devices; "
              f"use a multiple of {num_devices}, e.g. {num_devices * max(1, round(config.batch_size / num_devices))}")
@@ -310,6 +313,7 @@ def smoke_preset(c: ml_collections.ConfigDict) -> None:
     c.eval.linear_max_steps = 30
     c.eval.linear_weight_decays = (0.0, 1e-3)
     c.progress = False
+    c.plots = False  # a t-SNE costs seconds: more than the run (tests ask for plots themselves)
 
 
 def cifar10_preset(c: ml_collections.ConfigDict, *, epochs: int = 1000) -> None:

@@ -328,8 +328,8 @@ def extract_features(embed_fn, state, source, *, batch_size: int, mesh,
     fixed random subset of that many examples, in order).
 
     Batches have one fixed size (the last one padded by repeating its final index, the
-    padding dropped afterwards), so `embed_fn` compiles once; each process reads only its
-    slice of each batch.
+    padding dropped afterwards), so `embed_fn` compiles once; each process reads only the
+    rows of each batch that its devices hold, and every process gets all features.
     """
     from jssl import parallel  # layer 6 helper; imported here to keep this module light
 
@@ -338,16 +338,14 @@ def extract_features(embed_fn, state, source, *, batch_size: int, mesh,
     # may be sorted by class (the embedded MNIST is), and the first rows would be a few classes.
     rows = np.arange(n) if n == len(source) else np.sort(
         np.random.default_rng(0).choice(len(source), n, replace=False))
-    devices, processes = mesh.size, jax.process_count()
-    batch_size = -(-batch_size // devices) * devices
-    per_process = batch_size // processes
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    mine = parallel.process_rows(mesh, batch_size)  # this process's rows of every batch
     features, labels = [], []
     for start in range(0, n, batch_size):
         idx = rows[start:start + batch_size]
         valid = len(idx)
         idx = np.concatenate([idx, np.full(batch_size - valid, idx[-1])])
-        mine = idx[jax.process_index() * per_process:(jax.process_index() + 1) * per_process]
-        images, y = source.read(mine)
+        images, y = source.read(idx[mine])
         batch = parallel.to_global({"image": images, "label": y.astype(np.int32)}, mesh)
         f = embed_fn(state, batch["image"])
         features.append(parallel.to_host(f)[:valid])
@@ -365,9 +363,9 @@ def calibrate_batch_stats(method, state, source, config, mesh, *, num_batches: i
     from jssl import parallel
     from jssl.data import pipeline
 
-    calib = jax.jit(method.calibrate, in_shardings=(parallel.replicated(mesh),
-                                                     parallel.batch_sharding(mesh)),
-                    out_shardings=parallel.replicated(mesh))
+    calib = parallel.jit(method.calibrate, in_shardings=(parallel.replicated(mesh),
+                                                          parallel.batch_sharding(mesh)),
+                         out_shardings=parallel.replicated(mesh))
     batches = pipeline.TrainBatches(source, batch_size=config.batch_size,
                                     seed=config.seed + 1, mesh=mesh)
     for batch in batches(0, num_batches):

@@ -4,6 +4,12 @@ Fields are overridden with `--config.<field>=<value>` (ml_collections config fla
 user mistake (a missing config file, an unknown preset or field, an impossible value, a
 workdir that is a file or holds another experiment) ends the run before any work with one
 line on stderr and exit status 2; no traceback.
+
+`python -m jssl.main --mode=eval --workdir DIR` re-evaluates a run with the config it was
+trained with (no --config needed). Several processes (hosts, or processes on one machine,
+see launch/local_multiprocess.sh) form one run with `--coordinator_address host:port
+--num_processes N --process_id i`, the same command otherwise; on a TPU VM and under srun
+JAX reads these from the environment.
 """
 from __future__ import annotations
 
@@ -21,7 +27,14 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"],
                   "train: train (resuming if the workdir holds this run) and evaluate; "
-                  "eval: only evaluate the workdir's latest checkpoint.")
+                  "eval: only evaluate the workdir's latest checkpoint (without --config: with "
+                  "the config the run in --workdir was trained with).")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process runs: host:port of process 0 (jax.distributed), given with "
+                    "--num_processes and --process_id. On a TPU VM and in a multi-task SLURM "
+                    "step all three are read from the environment instead.")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's id, 0 .. N-1.")
 
 EXIT_USAGE = 2
 
@@ -38,14 +51,30 @@ def _parse(argv: list[str]):
         if FLAGS.config is not None:
             FLAGS.config.to_dict()  # config_flags defers some load errors to first use
     except flags.UnrecognizedFlagError as e:
+        if e.flagname.startswith("config.") and _config_arg(argv) == "?":
+            _fail(f"--{e.flagname} overrides a field of --config, which is missing; give "
+                  "--config configs/<method>.py[:<preset>] too")
         _fail(f"unknown flag --{e.flagname}; config fields are set as --config.<field>=<value>")
     except Exception as e:  # noqa: BLE001 - every parse error becomes one line
         _fail(_explain(e, argv))
-    if FLAGS.config is None:
+    if FLAGS.config is None and FLAGS.mode != "eval":
         _fail("--config is required, e.g. --config configs/barlow_twins.py")
     if not FLAGS.workdir:
         _fail("--workdir is required, e.g. --workdir runs/barlow")
     return FLAGS.config, FLAGS.workdir
+
+
+def _start_processes() -> None:
+    """jax.distributed, before any JAX computation (jssl.parallel.initialize_distributed)."""
+    from jssl import parallel
+
+    try:
+        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                        FLAGS.process_id)
+    except ValueError as e:  # a wrong flag
+        _fail(str(e))
+    except RuntimeError as e:  # e.g. the coordinator did not answer in time
+        _fail(f"jax.distributed start-up failed: {e}", code=1)
 
 
 def _config_arg(argv) -> str:
@@ -84,12 +113,17 @@ def _explain(e: Exception, argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     config, workdir = _parse(argv)
+    _start_processes()
+
+    import jax
 
     from jssl import train  # heavy imports after the flags are known to be good
     from jssl.config import ConfigError
     from jssl.data.sources import DataError
 
     try:
+        if config is None:  # --mode=eval --workdir DIR: the run's own config
+            config = train.config_from_workdir(workdir)
         if config.get("study"):  # several runs compared (e.g. configs/fkt.py:compare)
             from jssl import studies
 
@@ -105,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(e))
     except FloatingPointError as e:
         _fail(str(e), code=1)
+    if jax.process_index() != 0:  # every process has the results; one prints them
+        return 0
     if config.get("study"):
         print(json.dumps({"workdir": workdir, "study": config.study,
                           "verdict": results.get("verdict")}, indent=1))

@@ -1,7 +1,8 @@
 """Scalars to `metrics.jsonl` (one JSON object per logged step) and TensorBoard event files.
 
 TensorBoard files are written with tensorboardX, which needs no TensorFlow (clu's writers
-import it). Only process 0 writes; other processes get a writer that does nothing.
+import it); images (the end-of-run plots, jssl.plots) go to its Images tab. Only process 0
+writes; other processes get a writer that does nothing.
 """
 from __future__ import annotations
 
@@ -51,6 +52,13 @@ class MetricWriter:
         for k, v in scalars.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, int(step))
+        self._tb.flush()
+
+    def write_image(self, step: int, tag: str, image) -> None:
+        """One (H, W, 3) uint8 image to TensorBoard's Images tab under `tag` (e.g. a plot)."""
+        if not self.enabled:
+            return
+        self._tb.add_image(tag, image, int(step), dataformats="HWC")
         self._tb.flush()
 
     def close(self) -> None:

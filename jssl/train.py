@@ -8,12 +8,18 @@ Resume order: the workdir's experiment.json is checked against the config, the l
 complete orbax step is restored into the replicated shardings, the loop continues at
 `state.step`; batches and augmentation keys are functions of (seed, step), so the resumed
 run computes exactly what the uninterrupted one would have.
+
+Multi-process: every process runs this same code on the same global arrays (after
+`parallel.initialize_distributed`); each reads only its rows of every batch, orbax writes
+checkpoints collectively, and only process 0 writes metrics, plots, config.json and
+results.json.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -25,9 +31,11 @@ from jssl.config import ConfigError, validate
 from jssl.data import pipeline, sources
 from jssl.metric_writer import EVAL_FILE, MetricWriter
 
-__all__ = ["train_and_evaluate", "evaluate_workdir", "known_names", "RESULTS_FILE"]
+__all__ = ["train_and_evaluate", "evaluate_workdir", "config_from_workdir", "known_names",
+           "RESULTS_FILE", "CONFIG_FILE"]
 
 RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.json"  # the whole config the run was last started with
 
 
 def known_names(config: ml_collections.ConfigDict) -> dict:
@@ -71,14 +79,16 @@ class _Run:
         abstract = jax.eval_shape(self.method.init, self.rng)
         self.abstract = jax.tree_util.tree_map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.repl), abstract)
-        self.init_fn = jax.jit(self.method.init, out_shardings=self.repl)
-        self.embed_fn = jax.jit(self.method.embed, in_shardings=(self.repl, self.data_sharding),
-                                out_shardings=self.data_sharding)
+        # parallel.jit: jax.jit whose first execution waits for every process (see there).
+        self.init_fn = parallel.jit(self.method.init, out_shardings=self.repl)
+        self.embed_fn = parallel.jit(self.method.embed,
+                                     in_shardings=(self.repl, self.data_sharding),
+                                     out_shardings=self.data_sharding)
         self.predict_fn = None
         if self.method.predict is not None:
-            self.predict_fn = jax.jit(self.method.predict,
-                                      in_shardings=(self.repl, self.data_sharding),
-                                      out_shardings=self.data_sharding)
+            self.predict_fn = parallel.jit(self.method.predict,
+                                           in_shardings=(self.repl, self.data_sharding),
+                                           out_shardings=self.data_sharding)
 
     def restore_or_init(self, ckpt: checkpoint.Checkpointer):
         if ckpt.latest_step() is not None:
@@ -111,8 +121,55 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=No
                "eval": run.evaluate(state, config)}
     if config.eval.random_init_baseline:
         results["random_init_eval"] = run.random_init_eval(config)
+    if config.plots:
+        writer = MetricWriter(workdir, resume_step=results["final_step"])
+        _plots(run, state, config, workdir, writer, results["final_step"])
+        writer.close()
     _write_results(workdir, results)
     return results
+
+
+def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
+    """The config of the run in `workdir` (for `--mode=eval` without `--config`).
+
+    Its config.json when there is one (written at every start of a run: run-control fields
+    such as `eval.*` included); else experiment.json (every field that identifies the run)
+    over `jssl.config.base_config()`, whose defaults then fill the run-control fields.
+    Sequences come back as tuples, as the config files write them.
+    """
+    from jssl.checkpoint import EXPERIMENT_FILE
+    from jssl.config import _flatten, base_config
+
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        path = os.path.join(workdir, EXPERIMENT_FILE)
+    if not os.path.exists(path):
+        raise ConfigError(f"--workdir {workdir} holds no jssl run (no {EXPERIMENT_FILE}); give "
+                          "the workdir of a run, or --config")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--workdir {workdir}: cannot read {path} ({e}); pass --config") from None
+    if path.endswith(EXPERIMENT_FILE):
+        nested: dict = {}
+        for key, value in {**_flatten(base_config().to_dict()), **saved}.items():
+            node = nested
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        saved = nested
+    return ml_collections.ConfigDict(_tuples(saved))
+
+
+def _tuples(x):
+    """JSON lists back to the tuples config files use, recursively."""
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -124,12 +181,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     mesh, repl, data_sharding, method = run.mesh, run.repl, run.data_sharding, run.method
     is_main = jax.process_index() == 0
     ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
+    if is_main:
+        _write_json(workdir, CONFIG_FILE, config.to_dict())
     state = run.restore_or_init(ckpt)
     start_step = int(jax.device_get(state.step))
 
     # --- The step: one jit over the mesh, state donated. ---
-    step_fn = jax.jit(method.train_step, in_shardings=(repl, data_sharding),
-                      out_shardings=(repl, repl), donate_argnums=0)
+    step_fn = parallel.jit(method.train_step, in_shardings=(repl, data_sharding),
+                           out_shardings=(repl, repl), donate_argnums=0)
     if method.batches is not None:
         batches = method.batches(run.source, mesh)
     else:
@@ -186,9 +245,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     writer.write(results["final_step"], _eval_scalars(results["eval"]), file=EVAL_FILE)
     if config.eval.random_init_baseline:
         results["random_init_eval"] = run.random_init_eval(config)
+    _plots(run, state, config, workdir, writer, results["final_step"])
     writer.close()
     _write_results(workdir, results)
     return results
+
+
+def _plots(run: _Run, state, config, workdir: str, writer: MetricWriter, step: int) -> None:
+    """curves.png, lr.png, features.png into the workdir and TensorBoard (jssl.plots).
+
+    Feature extraction is collective (every process takes part); drawing is process 0's.
+    Plots are a by-product: a failure is one warning line, never a failed run.
+    """
+    if not config.plots:
+        return
+    from jssl import plots
+
+    is_main = jax.process_index() == 0
+    if not plots.available(warn=is_main):
+        return
+    features = labels = None
+    if plots.can_embed(warn=is_main):
+        test = sources.get_source(config.data.name, config.eval.test_split,
+                                  data_dir=config.data.data_dir)
+        features, labels = evaluate.extract_features(
+            run.embed_fn, state, test, batch_size=config.eval.batch_size, mesh=run.mesh,
+            max_examples=plots.MAX_POINTS)
+    if not is_main:
+        return
+    try:
+        plots.write_plots(workdir, config, features=features, labels=labels, writer=writer,
+                          step=step)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        print(f"jssl: warning: plots failed ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def _eval_scalars(ev: dict) -> dict:
@@ -198,10 +287,14 @@ def _eval_scalars(ev: dict) -> dict:
 def _write_results(workdir: str, results: dict) -> None:
     if jax.process_index() != 0:
         return
-    tmp = os.path.join(workdir, RESULTS_FILE + ".tmp")
+    _write_json(workdir, RESULTS_FILE, results)
+
+
+def _write_json(workdir: str, name: str, value: dict) -> None:
+    tmp = os.path.join(workdir, name + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(_jsonable(results), f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+        json.dump(_jsonable(value), f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(workdir, name))
 
 
 def _jsonable(x):

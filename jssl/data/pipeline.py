@@ -3,7 +3,9 @@
 The training stream walks through one seeded permutation of the split per epoch; the
 batch for step s is positions [s*B, (s+1)*B) of that stream. It depends on nothing but the
 seed and the step, so a resumed run reads exactly the batches an uninterrupted run would.
-Process p of P reads only rows [p*B/P, (p+1)*B/P) of each global batch. Images stay uint8
+Every process computes the same global indices; process p of P reads only the rows its
+devices hold (`parallel.process_rows`: rows [p*B/P, (p+1)*B/P) on the usual mesh) and
+`jax.make_array_from_process_local_data` assembles the global array. Images stay uint8
 until they are on the device (augmentation happens there).
 """
 from __future__ import annotations
@@ -12,7 +14,6 @@ import concurrent.futures
 import functools
 from typing import Iterator
 
-import jax
 import numpy as np
 
 from jssl import parallel
@@ -49,10 +50,14 @@ class TrainBatches:
         self.mesh = mesh
         self.prefetch = prefetch
 
+    @functools.cached_property
+    def rows(self) -> np.ndarray:
+        """The rows of every global batch that this process reads (its devices' rows)."""
+        return parallel.process_rows(self.mesh, self.batch_size)
+
     def host_batch(self, step: int) -> dict:
         idx = batch_indices(step, batch_size=self.batch_size, num_examples=len(self.source),
-                            seed=self.seed, process_index=jax.process_index(),
-                            process_count=jax.process_count())
+                            seed=self.seed)[self.rows]
         images, labels = self.source.read(idx)
         return {"image": images, "label": labels.astype(np.int32)}
 
