@@ -1,0 +1,415 @@
+"""MetaMask (Li et al., NeurIPS 2022, arXiv 2209.07902; METHODS.md section 3).
+
+A mask M = sigmoid(m) (m: one logit per backbone feature, initialised to 0) multiplies the
+backbone features h before two heads, a Barlow Twins projector and a contrastive projector:
+
+    backbone -> h -> h * M -> BT projector          -> L_BT(lambda)
+                          -> contrastive projector -> L_NTXent(T)
+    L = L_BT + w * L_NTXent                                        (w = 10, T = 0.07)
+
+One train step on one mini-batch (the same two augmented views throughout), as the official
+code (jiangmengli/MetaMask) does:
+
+1. network update: SGD-momentum on theta with grad_theta L (M held fixed: the gradient that
+   reaches m here is discarded);
+2. meta update of m at the updated theta through `mask_hypergradient`, with the contrastive
+   term alone as the objective (only it drives the mask in the official code): one virtual
+   SGD-momentum step theta' = theta - eta (mu buf + grad_theta L_c(theta, M) + wd theta) with
+   the network's momentum buffer and current learning rate, then d/dm L_c(theta', M);
+3. an SGD-momentum step of m on its own schedule (the network's cosine shape, peak
+   `config.metamask.lr`).
+
+The meta forward passes use BatchNorm in train mode (batch statistics, as the network
+update) but never write the running statistics. The mask logits and their optimizer state
+live in `TrainState.extras` (sharded, donated, checkpointed like everything else); the
+mask's learning rate is a function of `state.step`. `embed` returns the masked features, so
+k-NN and the linear probe see what the official monitor sees. `config.metamask.enabled =
+False` is the same network and losses without any mask: the baseline.
+
+Where this differs from the official code (our choices): the meta passes do not touch the
+running statistics at all (the official first meta pass updates them once more); the heads'
+last BatchNorm is affine-free (`Projector(last_bn=True)`; lightly's has an affine one); the
+mask's learning rate follows the network's schedule per step, not per epoch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jssl import augment, losses, models
+from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, global_norm
+from jssl.optim import build_optimizer, decay_mask, learning_rate_schedule
+
+__all__ = ["MODES", "PRETEXTS", "MetaMaskModel", "mask_hypergradient", "metamask_config",
+           "build", "build_parts", "mask_values", "MASK_QUANTILES"]
+
+MODES = ("exact", "first_order", "finite_difference")
+# config.loss.name: the one objective this method trains (checked by jssl.config.validate).
+PRETEXTS = ("barlow_twins+nt_xent",)
+# Logged every step (metrics "mask_q00" ... "mask_q100"): the mask's profile over training.
+MASK_QUANTILES = (0, 5, 10, 25, 50, 75, 90, 95, 100)
+
+
+# --- The hypergradient --------------------------------------------------------------------
+
+def _tree_scale_add(a, b, s):
+    return jax.tree_util.tree_map(lambda x, y: x + s * y, a, b)
+
+
+def _per_leaf(value, params):
+    """`value` for every leaf of `params`: a pytree shaped like params, or one number."""
+    if jax.tree_util.tree_structure(value) == jax.tree_util.tree_structure(params):
+        return value
+    return jax.tree_util.tree_map(lambda _: value, params)
+
+
+def mask_hypergradient(loss_fn: Callable[[Any, Any], jax.Array], params: Any, mask: Any,
+                       velocity: Any, *, lr, momentum, weight_decay, mode: str = "exact",
+                       radius: float = 0.01) -> Any:
+    r"""Gradient with respect to `mask` of the loss after one SGD-momentum step of `params`.
+
+    With :math:`g = \nabla_\theta L(\theta, m)`, the step is PyTorch's SGD (weight decay added
+    to the gradient, then momentum):
+
+    .. math:: v' = \mu v + g + \lambda \theta, \qquad \theta'(m) = \theta - \eta v'
+
+    and the meta-objective is :math:`F(m) = L(\theta'(m), m)`. Its gradient is
+
+    .. math:: \frac{dF}{dm} = \partial_m L(\theta', m)
+              - \eta\, \partial_m \big\langle \nabla_\theta L(\theta, m), u \big\rangle,
+              \qquad u = \nabla_\theta L(\theta', m).
+
+    Modes:
+      * ``"exact"``: ``jax.grad`` of F through the unrolled step, second-order term included.
+      * ``"first_order"``: :math:`\partial_m L(\theta', m)` with θ' held fixed.
+      * ``"finite_difference"``: the official code's construction (Li et al. 2022,
+        jiangmengli/MetaMask ``_hessian_vector_product``): the mixed term by central
+        differences, :math:`[\nabla_m L(\theta + r u) - \nabla_m L(\theta - r u)] / 2r` with
+        :math:`r = \text{radius} / \lVert u \rVert`.
+
+    `velocity` (the momentum buffer) and the weight decay do not depend on the mask; no
+    gradient flows into them. Pure and jit-able; any pytrees.
+
+    Args:
+      loss_fn: ``loss_fn(params, mask) -> scalar``.
+      params: pytree θ.
+      mask: pytree m (what the gradient is taken with respect to).
+      velocity: pytree shaped like `params`, the momentum buffer v (zeros before any step).
+      lr: η (a number or a traced scalar, e.g. a schedule's value).
+      momentum: μ.
+      weight_decay: λ, one number or a pytree of numbers shaped like `params`.
+      mode: "exact", "first_order" or "finite_difference".
+      radius: the finite-difference step length along u (0.01 in the official code).
+
+    Returns:
+      A pytree shaped like `mask`: dF/dm.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> loss = lambda p, m: jnp.sum((p * m - 1.0) ** 2)
+      >>> g = mask_hypergradient(loss, jnp.ones(2), jnp.full(2, 0.5), jnp.zeros(2), lr=0.1,
+      ...                        momentum=0.9, weight_decay=0.0)
+      >>> g.shape
+      (2,)
+
+    References:
+      Li et al., "MetaMask: Revisiting Dimensional Confounder for Self-Supervised
+      Learning", NeurIPS 2022, https://arxiv.org/abs/2209.07902
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    wd = _per_leaf(weight_decay, params)
+
+    def unrolled(m):
+        g = jax.grad(loss_fn)(params, m)
+        return jax.tree_util.tree_map(
+            lambda p, v, gi, lam: p - lr * (momentum * v + gi + lam * p), params, velocity, g, wd)
+
+    if mode == "exact":
+        return jax.grad(lambda m: loss_fn(unrolled(m), m))(mask)
+    new = jax.lax.stop_gradient(unrolled(mask))
+    if mode == "first_order":
+        return jax.grad(loss_fn, argnums=1)(new, mask)
+    # finite_difference
+    direct, u = jax.grad(lambda m, p: loss_fn(p, m), argnums=(0, 1))(mask, new)
+    r = radius / jnp.maximum(global_norm(u), jnp.finfo(jnp.result_type(float)).tiny)
+    grad_m = jax.grad(loss_fn, argnums=1)
+    plus = grad_m(_tree_scale_add(params, u, r), mask)
+    minus = grad_m(_tree_scale_add(params, u, -r), mask)
+    return jax.tree_util.tree_map(lambda d, a, b: d - lr * (a - b) / (2.0 * r),
+                                  direct, plus, minus)
+
+
+# --- Config -------------------------------------------------------------------------------
+
+def metamask_config(**overrides) -> ml_collections.ConfigDict:
+    """The `config.metamask` group (configs/metamask.py adds it); defaults are the official
+    code's (lr 1e-3, momentum 0.9, wd 5e-4 for the mask)."""
+    c = ml_collections.ConfigDict(dict(
+        enabled=True,  # False: no mask and no meta update (the baseline network)
+        mode="exact",  # mask_hypergradient mode
+        lr=1e-3,  # the mask's peak learning rate (not scaled with the batch)
+        momentum=0.9,
+        weight_decay=5e-4,
+        sigmoid=True,  # M = sigmoid(m), m = 0 at init; False: M = m, m = 1 (--disable-sigmoid)
+        fd_radius=0.01,  # finite_difference mode: step length along the gradient
+    ))
+    for key, value in overrides.items():
+        if key not in c:
+            raise KeyError(f"metamask_config: unknown field {key!r}")
+        c[key] = value
+    return c
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+    from jssl.config import ConfigError
+
+    def require(ok, field, message):
+        if not ok:
+            raise ConfigError(f"config.{field}: {message}")
+
+    require("metamask" in config, "metamask",
+            "missing; MetaMask configs add it with jssl.methods.metamask.metamask_config()")
+    mm = config.metamask
+    require(isinstance(mm.enabled, bool), "metamask.enabled", f"must be True or False, got "
+            f"{mm.enabled!r}")
+    require(mm.mode in MODES, "metamask.mode", f"unknown mode {mm.mode!r}; choose one of "
+            f"{', '.join(MODES)}")
+    require(isinstance(mm.lr, (int, float)) and mm.lr > 0, "metamask.lr",
+            f"must be a positive number, got {mm.lr!r}")
+    require(0.0 <= mm.momentum < 1.0, "metamask.momentum", f"must be in [0, 1), got {mm.momentum!r}")
+    require(mm.weight_decay >= 0, "metamask.weight_decay", f"must be >= 0, got {mm.weight_decay!r}")
+    require(mm.fd_radius > 0, "metamask.fd_radius", f"must be > 0, got {mm.fd_radius!r}")
+    require(config.loss.name in PRETEXTS, "loss.name", f"MetaMask trains "
+            f"{PRETEXTS[0]!r}, got {config.loss.name!r}")
+    require(config.loss.temperature > 0, "loss.temperature",
+            f"must be > 0, got {config.loss.temperature!r}")
+    require(config.loss.contrastive_weight >= 0, "loss.contrastive_weight",
+            f"must be >= 0, got {config.loss.contrastive_weight!r}")
+    # The virtual step reproduces the network's optimizer: plain SGD with momentum.
+    require(config.optimizer.name == "sgd", "optimizer.name",
+            f"MetaMask's virtual step is SGD-momentum; set 'sgd', got {config.optimizer.name!r}")
+    require(not config.optimizer.clip_grad_norm, "optimizer.clip_grad_norm",
+            "MetaMask's virtual step does not clip; set 0")
+    require(int(config.augment.num_small_crops) == 0, "augment.num_small_crops",
+            "MetaMask uses two views; set 0")
+    for field in ("predictor_dim", "num_prototypes"):
+        require(config.model[field] == 0, f"model.{field}", "MetaMask has none; set 0")
+    require(config.ema.base_momentum == 0, "ema.base_momentum",
+            "MetaMask has no momentum target; set 0")
+    require(config.queue_size == 0, "queue_size", "MetaMask has no queue; set 0")
+    for field in ("contrastive_hidden_dims", "contrastive_dim"):
+        require(field in config.model, f"model.{field}", "missing (the contrastive projector); "
+                "see configs/metamask.py")
+    require(int(config.model.contrastive_dim) > 0, "model.contrastive_dim",
+            f"must be a positive integer, got {config.model.contrastive_dim!r}")
+
+
+# --- Model ----------------------------------------------------------------------------------
+
+class MetaMaskModel(nn.Module):
+    """Backbone, Barlow Twins projector and contrastive projector on masked features.
+
+    `__call__(x, mask, train)` gives {"h": backbone features (N, F), "z": BT projection,
+    "c": contrastive projection}; `mask` (F,) multiplies h before both heads (None: no mask).
+    `contrastive` runs the backbone and the contrastive head only (the meta passes).
+    """
+
+    backbone: nn.Module
+    projector: nn.Module
+    contrastive_projector: nn.Module
+
+    def _masked(self, x, mask, train):
+        h = self.backbone(x, train=train)
+        return h, (h if mask is None else h * mask.astype(h.dtype))
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool) -> dict:
+        h, hm = self._masked(x, mask, train)
+        return {"h": h, "z": self.projector(hm, train=train),
+                "c": self.contrastive_projector(hm, train=train)}
+
+    def contrastive(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
+        return self.contrastive_projector(self._masked(x, mask, train)[1], train=train)
+
+    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return self.backbone(x, train=train)
+
+
+def build_model(config: ml_collections.ConfigDict) -> MetaMaskModel:
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    m = config.model
+    projector = models.Projector(hidden_dims=tuple(m.projector_hidden_dims),
+                                 out_dim=m.projector_dim, use_bn=m.projector_bn,
+                                 last_bn=m.projector_last_bn,
+                                 activation=m.projector_activation, dtype=dtype)
+    contrastive = models.Projector(hidden_dims=tuple(m.contrastive_hidden_dims),
+                                   out_dim=m.contrastive_dim, use_bn=m.projector_bn,
+                                   last_bn=m.projector_last_bn,
+                                   activation=m.projector_activation, dtype=dtype)
+    return MetaMaskModel(backbone=backbone_from_config(config, dtype), projector=projector,
+                         contrastive_projector=contrastive)
+
+
+def _mask_fn(sigmoid: bool):
+    return jax.nn.sigmoid if sigmoid else (lambda m: m)
+
+
+def mask_values(state, config: ml_collections.ConfigDict) -> np.ndarray | None:
+    """The mask M (F,) of a TrainState, or of a checkpoint tree restored on the host
+    (`jssl.checkpoint.restore_host`), as a NumPy array; None for the unmasked baseline."""
+    extras = state.extras if hasattr(state, "extras") else state.get("extras", {})
+    if not extras or "mask_logits" not in extras:
+        return None
+    logits = jnp.asarray(np.asarray(extras["mask_logits"]), jnp.float32)
+    return np.asarray(_mask_fn(config.metamask.sigmoid)(logits))
+
+
+# --- Method ---------------------------------------------------------------------------------
+
+def build_parts(config: ml_collections.ConfigDict, data: DataInfo):
+    """(Method, parts): `parts` holds the step's pieces, for tests and benchmarks:
+    "network_update"(state, views) -> (state, metrics), step 1 (`state.step` not advanced);
+    "meta_update"(state, views, lr) -> (state, metrics), steps 2-3 at the state's parameters
+    with the virtual step's learning rate `lr`; "update"(state, views) the whole step on
+    augmented views; "make_views"(state, images); "schedule" the network's learning rate."""
+    _validate(config)
+    mm = config.metamask
+    enabled = bool(mm.enabled)
+    model = build_model(config)
+    feature_dim = model.backbone.num_features
+    mask_fn = _mask_fn(mm.sigmoid)
+    tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
+                                   batch_size=config.batch_size)
+    # The mask's schedule: the network's shape (warm-up, cosine) with its own peak.
+    mask_opt = ml_collections.ConfigDict(config.optimizer.to_dict())
+    mask_opt.lr, mask_opt.scale_lr_with_batch = float(mm.lr), False
+    mask_schedule = learning_rate_schedule(mask_opt, total_steps=config.total_steps,
+                                           batch_size=config.batch_size)
+    mask_tx = optax.chain(optax.add_decayed_weights(mm.weight_decay),
+                          optax.sgd(mask_schedule, momentum=mm.momentum))
+    opt = config.optimizer
+    lo = config.loss
+    bt_kw = dict(lambd=lo.lambd, scale=lo.scale, unbiased=lo.unbiased, eps=lo.eps)
+    temperature, weight = float(lo.temperature), float(lo.contrastive_weight)
+    views = [config.augment.view1, config.augment.view2]
+    size = config.data.image_size
+    mean, std = tuple(views[0].mean), tuple(views[0].std)
+
+    def current_mask(state):
+        return mask_fn(state.extras["mask_logits"]) if enabled else None
+
+    def init(rng: jax.Array) -> TrainState:
+        init_rng, state_rng = jax.random.split(rng)
+        dummy = jnp.zeros((2, size, size, 3), jnp.float32)
+        variables = models.init_variables(model, init_rng, dummy, None, train=False)
+        params = variables["params"]
+        extras: dict[str, Any] = {}
+        if enabled:
+            logits = jnp.full((feature_dim,), 0.0 if mm.sigmoid else 1.0, jnp.float32)
+            extras = {"mask_logits": logits, "mask_opt_state": mask_tx.init(logits)}
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables.get("batch_stats", {}),
+                          opt_state=tx.init(params), rng=state_rng, extras=extras)
+
+    def network_update(state: TrainState, inputs: Sequence[jax.Array]):
+        mask = current_mask(state)
+        mask = None if mask is None else jax.lax.stop_gradient(mask)
+
+        def loss_fn(params):
+            batch_stats, outs = state.batch_stats, []
+            for x in inputs:  # one pass per view, each with its own batch statistics
+                out, upd = model.apply({"params": params, "batch_stats": batch_stats}, x, mask,
+                                       train=True, mutable=["batch_stats"])
+                batch_stats = upd["batch_stats"]
+                outs.append(out)
+            bt = losses.barlow_twins(outs[0]["z"], outs[1]["z"], **bt_kw)
+            ntx = losses.nt_xent(outs[0]["c"], outs[1]["c"], temperature=temperature)
+            return bt + weight * ntx, (batch_stats, bt, ntx, outs[0]["h"])
+
+        (loss, (batch_stats, bt, ntx, h)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss, "bt_loss": bt, "nt_xent_loss": ntx, "lr": schedule(state.step),
+            "grad_norm": global_norm(grads), "param_norm": global_norm(params),
+            "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0)),
+        }
+        return state.replace(params=params, batch_stats=batch_stats,
+                             opt_state=opt_state), metrics
+
+    def meta_update(state: TrainState, inputs: Sequence[jax.Array], lr):
+        extras = state.extras
+        batch_stats = state.batch_stats  # read (train mode uses batch statistics), never written
+
+        def meta_loss(params, logits):
+            mask = mask_fn(logits)
+            zs = [model.apply({"params": params, "batch_stats": batch_stats}, x, mask,
+                              train=True, mutable=["batch_stats"],
+                              method=MetaMaskModel.contrastive)[0] for x in inputs]
+            return losses.nt_xent(*zs, temperature=temperature)
+
+        # The network's momentum buffer after its update, and its per-parameter weight decay.
+        velocity = optax.tree_utils.tree_get(state.opt_state, "trace")
+        wd = opt.weight_decay
+        if opt.exclude_bias_and_norm:
+            wd = jax.tree_util.tree_map(lambda keep: wd if keep else 0.0, decay_mask(state.params))
+        logits = extras["mask_logits"]
+        hyper = mask_hypergradient(meta_loss, state.params, logits, velocity, lr=lr,
+                                   momentum=opt.momentum, weight_decay=wd, mode=mm.mode,
+                                   radius=mm.fd_radius)
+        updates, mask_opt_state = mask_tx.update(hyper, extras["mask_opt_state"], logits)
+        logits = optax.apply_updates(logits, updates)
+        mask = mask_fn(logits)
+        qs = jnp.percentile(mask, jnp.asarray(MASK_QUANTILES, jnp.float32))
+        metrics = {"hypergrad_norm": global_norm(hyper), "mask_lr": mask_schedule(state.step),
+                   "mask_mean": jnp.mean(mask), "mask_min": jnp.min(mask),
+                   "mask_max": jnp.max(mask), "mask_std": jnp.std(mask)}
+        metrics.update({f"mask_q{q:02d}": qs[i] for i, q in enumerate(MASK_QUANTILES)})
+        extras = {**extras, "mask_logits": logits, "mask_opt_state": mask_opt_state}
+        return state.replace(extras=extras), metrics
+
+    def make_views(state: TrainState, images: jax.Array) -> list[jax.Array]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        keys = jax.random.split(rng, len(views))
+        return [augment.augment_view(k, images, v) for k, v in zip(keys, views)]
+
+    def update(state: TrainState, inputs: Sequence[jax.Array]):
+        """The whole step on augmented views: network update, then the mask's meta update."""
+        new, metrics = network_update(state, inputs)
+        if enabled:
+            new, meta_metrics = meta_update(new, inputs, schedule(state.step))
+            metrics.update(meta_metrics)
+        return new.replace(step=state.step + 1), metrics
+
+    def train_step(state: TrainState, batch: dict):
+        return update(state, make_views(state, batch["image"]))
+
+    def embed(state: TrainState, images: jax.Array) -> jax.Array:
+        x = augment.center_view(images, size=size, mean=mean, std=std)
+        h = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
+                        train=False, method=MetaMaskModel.features).astype(jnp.float32)
+        mask = current_mask(state)
+        return h if mask is None else h * mask
+
+    def calibrate(state: TrainState, images: jax.Array) -> TrainState:
+        x = augment.center_view(images, size=size, mean=mean, std=std)
+        _, upd = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
+                             current_mask(state), train=True, mutable=["batch_stats"])
+        return state.replace(batch_stats=upd["batch_stats"])
+
+    method = Method(init=init, train_step=train_step, embed=embed, calibrate=calibrate)
+    parts = {"network_update": network_update, "meta_update": meta_update,
+             "make_views": make_views, "update": update, "schedule": schedule}
+    return method, parts
+
+
+def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
+    """MetaMask's pure functions for this config."""
+    return build_parts(config, data)[0]
