@@ -1,0 +1,322 @@
+"""Attention gating over frozen pretext encoders (jssl/models/fusion.py, jssl/methods/fusion.py,
+jssl/studies/fusion.py): frozen means frozen (values and HLO), attention weights, K = 1 is a
+linear probe, clear errors for bad encoders, 1 vs 8 devices, the study end to end."""
+import copy
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jssl import checkpoint, export, methods, parallel, train
+from jssl import config as jc
+from jssl.config import ConfigError
+from jssl.data import sources
+from jssl.methods import fusion
+from jssl.models.fusion import FusionHead
+from jssl.studies import fusion as study
+from tests.test_config import load
+from tests.test_train import smoke
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    """Stage 1 of the study on two tiny pretexts of different widths (rotation: 16
+    features, SimCLR: 32), a few steps each: (study config, study workdir, encoder paths)."""
+    root = str(tmp_path_factory.mktemp("fusion") / "study")
+    c = load("fusion", "compare")
+    rot = smoke("rotation", total_steps=3, checkpoint_every=3, log_every=3)
+    rot.model.num_filters = 4
+    sim = smoke("simclr", total_steps=3, checkpoint_every=3, log_every=3)
+    for pc in (rot, sim):
+        pc.eval.max_examples, pc.eval.linear_max_steps = 128, 5
+    c.compare.pretexts = {"rotation": rot, "simclr": sim}
+    info = study.pretrain_encoders(c, root)
+    return c, root, tuple(info[n]["workdir"] for n in ("rotation", "simclr"))
+
+
+@pytest.fixture(scope="module")
+def val_features(encoders):
+    """The two encoders' features of the validation split: (Encoders, features, labels)."""
+    enc = fusion.load_encoders(encoders[2])
+    feats, labels = fusion.encode_source(enc, sources.get_source("mnist_embedded", "validation"),
+                                         batch_size=250)
+    return enc, feats, labels
+
+
+def _config(paths, **fields):
+    c = load("fusion", "smoke")
+    c.fusion.encoders = tuple(paths)
+    for k, v in fields.items():
+        c.fusion[k] = v
+    return c
+
+
+def _info():
+    return methods.DataInfo(10, (28, 28, 1))
+
+
+def _images(n=16, split="train"):
+    images, labels = sources.get_source("mnist_embedded", split).read(np.arange(n))
+    return images, labels.astype(np.int32)
+
+
+# --- The head ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["task_query", "input_query"])
+def test_attention_weights_sum_to_one_and_respond_to_the_input(mode):
+    head = FusionHead(num_classes=10, mode=mode, dim=8)
+    rng = np.random.default_rng(0)
+    feats = [jnp.asarray(rng.normal(size=(32, w)), jnp.float32) for w in (5, 7, 3)]
+    variables = head.init(jax.random.PRNGKey(0), feats)
+    # The query starts at zero: uniform weights, the "average" head.
+    np.testing.assert_allclose(head.apply(variables, feats)["weights"], 1 / 3, rtol=1e-6)
+    # A query that has learned something (random here) weighs every input differently.
+    params = dict(variables["params"])
+    if mode == "task_query":
+        params["query"] = jax.random.normal(jax.random.PRNGKey(1), params["query"].shape)
+    else:
+        params["query"] = {**params["query"], "kernel": jax.random.normal(
+            jax.random.PRNGKey(1), params["query"]["kernel"].shape)}
+    variables = {"params": params}
+    w = np.asarray(head.apply(variables, feats)["weights"])
+    assert w.shape == (32, 3) and np.all(w > 0)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-6)
+    assert np.std(w, axis=0).max() > 1e-2  # different inputs, different weights
+    # Changing one example's features changes its weights, and only its weights.
+    moved = [f.at[0].multiply(-3.0) for f in feats]
+    w2 = np.asarray(head.apply(variables, moved)["weights"])
+    assert np.abs(w2[0] - w[0]).max() > 1e-3
+    np.testing.assert_allclose(w2[1:], w[1:], atol=1e-7)
+
+
+def _jacobian(head, variables, x):
+    return np.asarray(jax.jacobian(lambda v: head.apply(variables, [v[None]])["logits"][0])(x))
+
+
+@pytest.mark.parametrize("mode", ["task_query", "input_query", "average", "concat", "single"])
+def test_one_encoder_is_a_linear_probe(mode):
+    """K = 1: the weight is exactly 1 and the logits an affine map of the features (the
+    same Jacobian everywhere), which for task_query is W_project W_value W_classifier."""
+    head = FusionHead(num_classes=4, mode=mode, dim=6)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(9, 5)), jnp.float32)
+    variables = head.init(jax.random.PRNGKey(3), [x])
+    out = head.apply(variables, [x])
+    if out["weights"] is not None:
+        np.testing.assert_array_equal(np.asarray(out["weights"]), 1.0)
+    j0, j1 = _jacobian(head, variables, x[0]), _jacobian(head, variables, x[1] * 5)
+    np.testing.assert_allclose(j0, j1, rtol=1e-5, atol=1e-6)
+    bias = head.apply(variables, [jnp.zeros((1, 5))])["logits"]
+    np.testing.assert_allclose(out["logits"], x @ j0.T + bias, rtol=1e-4, atol=1e-5)
+    if mode == "task_query":
+        p = variables["params"]
+        composed = (p["project_0"]["kernel"] @ p["value"]["kernel"] @ p["classifier"]["kernel"])
+        np.testing.assert_allclose(j0.T, composed, rtol=1e-4, atol=1e-6)
+
+
+def test_se_gate_is_input_dependent_even_for_one_encoder():
+    """The counter-example the affine check above must catch: channel gates depend on x."""
+    head = FusionHead(num_classes=4, mode="se_gate", dim=6, se_reduction=2)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5)), jnp.float32)
+    variables = head.init(jax.random.PRNGKey(3), [x])
+    assert np.abs(_jacobian(head, variables, x[0]) - _jacobian(head, variables, x[1])).max() > 1e-4
+
+
+# --- Frozen encoders ---------------------------------------------------------------------
+
+
+def test_frozen_encoders_do_not_change_in_training(encoders, tmp_path):
+    """A run of the train loop without the feature cache (the encoders run in every step):
+    the checkpointed encoder variables, BatchNorm statistics included, equal the restored
+    ones bit for bit, while the head trained."""
+    _, _, paths = encoders
+    c = _config(paths, cache_features=False)
+    c.total_steps, c.checkpoint_every, c.log_every = 4, 4, 2
+    c.optimizer.lr = 1e-2
+    c.eval.max_examples = 64
+    workdir = str(tmp_path / "fusion")
+    results = train.train_and_evaluate(c, workdir)
+    assert 0 <= results["eval"]["classifier_accuracy"] <= 1
+    _, tree = checkpoint.restore_host(workdir)
+    for i, path in enumerate(paths):
+        _, want = export.load_encoder(path)
+        got = tree["extras"]["encoders"][f"encoder_{i}"]
+        assert "batch_stats" in want and jax.tree_util.tree_structure(got) == \
+            jax.tree_util.tree_structure(want)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_array_equal(a, b)
+    widths = fusion.load_encoders(paths).widths
+    initial = fusion.build_head(c, 10, widths).init(jax.random.PRNGKey(c.seed),
+                                                    [0.0] * 2, [1.0] * 2)
+    leaves = zip(jax.tree_util.tree_leaves(initial.params),
+                 jax.tree_util.tree_leaves(tree["params"]))
+    moved = [np.abs(np.asarray(a) - b).max() for a, b in leaves]
+    assert min(moved) > 0  # every head parameter trained
+
+
+def _count(text, op="stablehlo.convolution"):
+    return text.count(op)
+
+
+def test_no_gradient_of_the_encoders_is_computed(encoders):
+    """The lowered train step holds each encoder's forward convolutions once and nothing
+    else: no backward convolution. The same count on a step that also differentiates the
+    encoders is larger (the check can fail), and `encode` passes no gradient."""
+    _, _, paths = encoders
+    c = _config(paths, cache_features=False)
+    method, head, enc, _ = fusion.build_parts(c, _info())
+    state = method.init(jax.random.PRNGKey(0))
+    images, labels = _images(16)
+    batch = {"image": images, "label": labels}
+    step_text = jax.jit(method.train_step).lower(state, batch).as_text()
+    variables = [state.extras["encoders"][f"encoder_{i}"] for i in range(len(enc))]
+    forward_text = jax.jit(lambda v, x: fusion.encode(enc, v, x)).lower(variables, images).as_text()
+    forward = _count(forward_text)
+    assert forward > 0 and _count(step_text) == forward
+
+    def leaky(params, v):  # the encoders as trainable as the head (what must not happen)
+        feats = [m.apply(vk, images) for m, vk in zip(enc.modules, v)]
+        return head.objective(params, state, feats, labels)[0]
+
+    leaky_text = jax.jit(jax.grad(leaky, argnums=(0, 1))).lower(state.params, variables).as_text()
+    assert _count(leaky_text) > forward
+    grads = jax.jit(jax.grad(lambda v: sum(jnp.sum(f) for f in fusion.encode(enc, v, images))))(
+        variables)
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_cached_features_give_the_same_steps(encoders):
+    _, _, paths = encoders
+    mesh = parallel.make_mesh()
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    src = sources.get_source("mnist_embedded", "train")
+    losses = {}
+    for cache in (True, False):
+        method = methods.build(_config(paths, cache_features=cache), _info())
+        state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
+        step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
+        out = []
+        for batch in method.batches(src, mesh)(0, 3):
+            assert ("feature_0" in batch) == cache and batch["label"].shape == (32,)
+            state, m = step(state, batch)
+            out.append(float(m["loss"]))
+        losses[cache] = out
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+
+
+def test_missing_or_incompatible_encoder_is_named(encoders, tmp_path):
+    _, _, paths = encoders
+    missing = str(tmp_path / "no_such_run")
+    with pytest.raises(ConfigError, match=r"config\.fusion\.encoders\[1\]: .*no_such_run") as e:
+        methods.build(_config([paths[0], missing]), _info())
+    assert "\n" not in str(e.value)
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"encoders\[0\]: .*not_a_run.*experiment\.json"):
+        fusion.load_encoders([str(empty)])
+    # A checkpoint that does not fit its experiment.json (another width).
+    bad = str(tmp_path / "edited")
+    shutil.copytree(paths[1], bad)
+    with open(os.path.join(bad, "experiment.json")) as f:
+        exp = json.load(f)
+    exp["model.num_filters"] = 2 * exp["model.num_filters"]
+    with open(os.path.join(bad, "experiment.json"), "w") as f:
+        json.dump(exp, f)
+    with pytest.raises(ConfigError, match=r"encoders\[1\]: .*edited: its checkpoint does not "
+                                          r"fit .*architecture \(\d+,"):
+        fusion.load_encoders([paths[0], bad])
+    with pytest.raises(ConfigError, match=r"config\.fusion\.encoders: \(\)"):
+        methods.build(_config([]), _info())
+
+
+def _fit(paths, val_features, devices, mode):
+    enc, feats, labels = val_features
+    c = _config(paths, mode=mode)
+    c.total_steps, c.log_every = 4, 1
+    trainer = fusion.HeadTrainer(c, 10, enc.widths, parallel.make_mesh(devices))
+    state, history = trainer.fit(feats, labels, seed=0)
+    return [h["loss"] for h in history], trainer.outputs(state, feats)
+
+
+@pytest.mark.parametrize("mode", ["task_query", "se_gate"])
+def test_one_device_equals_eight(encoders, val_features, mode):
+    _, _, paths = encoders
+    l1, o1 = _fit(paths, val_features, jax.devices()[:1], mode)
+    l8, o8 = _fit(paths, val_features, jax.devices(), mode)
+    np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    np.testing.assert_allclose(o1["logits"], o8["logits"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(o1["weights"], o8["weights"], rtol=1e-4, atol=1e-6)
+
+
+# --- Config and study ----------------------------------------------------------------------
+
+
+def test_presets_and_config_errors():
+    for preset in ("", "smoke", "compare"):
+        c = load("fusion", preset)
+        jc.validate(c, num_devices=8)
+        assert c.method == "fusion" and c.data.train_split != c.eval.val_split
+    assert load("fusion", "compare").study == "fusion"
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load("fusion", "nope")
+    for fields, match in [({"mode": "max"}, r"config\.fusion\.mode: unknown mode 'max'"),
+                          ({"mode": "concat", "entropy_weight": 0.1},
+                           r"config\.fusion\.entropy_weight"),
+                          ({"names": ("a",)}, r"config\.fusion\.names"),
+                          ({"mode": "single", "single_index": 2}, r"config\.fusion\.single_index"),
+                          ({"labelled_fraction": 0.0}, r"config\.fusion\.labelled_fraction")]:
+        with pytest.raises(ConfigError, match=match):
+            fusion.validate_fusion(_config(["a", "b"], **fields))
+
+
+def test_study_end_to_end(encoders):
+    """Stage 1 reused, every variant and baseline trained on 2 seeds, the report written;
+    pretext matching and the negative-transfer numbers agree with the per-run records."""
+    c, root, _ = encoders
+    c = copy.deepcopy(c)
+    c.compare.seeds, c.compare.fractions, c.compare.lrs = (0, 1), (0.1,), (3e-3, 3e-2)
+    c.compare.variants = {k: c.compare.variants[k] for k in ("task_query", "se_gate")}
+    c.total_steps, c.log_every = 8, 4
+    results = study.run(c, root)
+    assert all(e["reused"] for e in results["encoders"].values())
+    with open(os.path.join(root, "results.json")) as f:
+        saved = json.load(f)
+    s = saved["summary"]["fractions"]["0.1"]
+    expected = {"task_query", "se_gate", "single_rotation", "single_simclr",
+                "pretext_matching"}
+    assert set(s["accuracy"]) == expected
+    for seed in ("0", "1"):
+        run = saved["runs"]["0.1"][seed]["variants"]
+        chosen = max(["rotation", "simclr"], key=lambda n: run[f"single_{n}"]["val_accuracy"])
+        assert run["pretext_matching"]["chosen"] == chosen
+        for r in run.values():  # each variant's learning rate is the best on validation
+            per_lr = r["val_accuracy_per_lr"]
+            assert r["val_accuracy"] == max(per_lr.values()) == per_lr[str(r["lr"])]
+        assert run["pretext_matching"]["test_accuracy"] == run[f"single_{chosen}"]["test_accuracy"]
+        w = np.asarray(run["task_query"]["class_weights"])
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-5)
+        assert np.asarray(run["se_gate"]["class_weights"]).shape == (10, 2)
+    diffs = [saved["runs"]["0.1"][k]["variants"]["task_query"]["test_accuracy"]
+             - saved["runs"]["0.1"][k]["variants"]["pretext_matching"]["test_accuracy"]
+             for k in ("0", "1")]
+    assert s["negative_transfer"]["task_query"]["diff_mean"] == pytest.approx(np.mean(diffs))
+    assert set(s["attention"]) == {"task_query", "se_gate"}
+    per_class = saved["attention_per_class"]["0.1"]["task_query"]
+    mean_weights = [np.mean([saved["runs"]["0.1"][k]["variants"]["task_query"]["class_weights"][c]
+                             for k in ("0", "1")], axis=0) for c in range(10)]
+    np.testing.assert_allclose([[row[n] for n in ("rotation", "simclr")] for row in per_class],
+                               mean_weights, rtol=1e-6)
+    with open(os.path.join(root, "attention.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(root, "results.md")) as f:
+        text = f.read()
+    assert "pretext_matching" in text and "Negative transfer" in text
+    assert len(saved["verdict"]) == 1 and saved["verdict"][0] in text
+    # Run again: everything is reused, same numbers.
+    again = study.run(c, root)
+    assert again["summary"] == results["summary"]
