@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.models.alexnet import AlexNet
 from jssl.models.conv import Conv, conv2d
 from jssl.models.convnet import ConvNet
 from jssl.models.heads import Classifier, Projector, Prototypes
@@ -32,6 +33,10 @@ BACKBONES: dict[str, tuple[type, dict]] = {
     "resnet50_tiny": (ResNet, dict(stage_sizes=(1, 1, 1, 1), block="bottleneck", num_filters=4)),
     "convnet": (ConvNet, {}),
     "convnet_tiny": (ConvNet, dict(num_filters=8)),
+    # AlexNet-style students of knowledge transfer (jssl/models/alexnet.py).
+    "alexnet": (AlexNet, dict(stem="imagenet")),
+    "alexnet_cifar": (AlexNet, dict(stem="cifar")),
+    "alexnet_tiny": (AlexNet, dict(stem="cifar", num_filters=8)),
 }
 CONV_IMPLS = ("auto", "xla", "tapped")
 

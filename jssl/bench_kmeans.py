@@ -1,0 +1,116 @@
+"""k-means benchmark: `python -m jssl.bench --method kmeans --n 200000 --d 128 --k 1000`.
+
+jssl's `cluster.kmeans`, scikit-learn's `KMeans(algorithm="lloyd")` and, when it is
+installed, faiss-cpu's `Kmeans` run on the same data from the same initial centres (k
+distinct points drawn with --seed) for the same --iters Lloyd iterations (tol 0), one
+after the other, `REPEATS` times alternately (the machines are shared and noisy: only
+numbers measured together mean anything); the median wall time of each is reported.
+
+`s_per_iter` is a whole call's wall time (placing the data, the iterations, the final
+assignment) divided by the iterations it ran, for every library alike; jssl's compilation
+is done by an untimed warm-up call first. `inertia` is each result's sum of squared
+distances of the points to their nearest final centre, recomputed the same way (float64
+sums of jssl's exact distances) for every library. The data: a mixture of k Gaussians whose
+means are 0.5-scaled standard normals, in unit noise: overlapping clusters, so that
+Lloyd's algorithm does not converge within a few iterations.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+__all__ = ["bench", "make_data"]
+
+REPEATS = 3
+
+
+def make_data(n: int, d: int, k: int, seed: int):
+    """(x (n, d) float32, initial centres (k, d) float32: k distinct rows of x)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    means = 0.5 * rng.standard_normal((k, d), dtype=np.float32)
+    x = means[rng.integers(0, k, n)] + rng.standard_normal((n, d), dtype=np.float32)
+    init = x[np.sort(rng.choice(n, k, replace=False))].copy()
+    return x, init
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def bench(args) -> dict:
+    import jax
+    import numpy as np
+
+    from jssl import cluster
+
+    n, d, k, iters = args.n, args.d, args.k, args.iters
+    x, init = make_data(n, d, k, args.seed)
+
+    def run_jssl():
+        return cluster.kmeans(x, k, init=init, max_iter=iters, tol=0.0)
+
+    def inertia(centers):  # the same exact recomputation for every library
+        return float(np.sum(cluster.assign(x, centers)[1], dtype=np.float64))
+
+    compile_s, _ = _timed(lambda: cluster.kmeans(x, k, init=init, max_iter=1, tol=0.0))
+    runners = {"jssl": run_jssl}
+
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError:
+        KMeans = None
+    if KMeans is not None:
+        def run_sklearn():
+            return KMeans(k, init=init, n_init=1, max_iter=iters, tol=0.0,
+                          algorithm="lloyd").fit(x)
+        runners["sklearn"] = run_sklearn
+
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    if faiss is not None:
+        def run_faiss():
+            # No subsampling (faiss trains on at most 256 points per centroid by default).
+            km = faiss.Kmeans(d, k, niter=iters, seed=args.seed, verbose=False,
+                              max_points_per_centroid=max(256, -(-n // k) + 1))
+            km.train(x, init_centroids=init)
+            return km
+        runners["faiss"] = run_faiss
+
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    results = {}
+    for _ in range(REPEATS):
+        for name, fn in runners.items():
+            seconds, results[name] = _timed(fn)
+            times[name].append(seconds)
+
+    ours = results["jssl"]
+    out = {"impl": "jssl", "method": "kmeans", "n": n, "d": d, "k": k, "iters": iters,
+           "seed": args.seed, "devices": jax.device_count(), "backend": jax.default_backend(),
+           "chunk_size": cluster.default_chunk_size(k), "compile_s": round(compile_s, 3),
+           "repeats": REPEATS, "jax": jax.__version__,
+           "n_iter": ours.n_iter,
+           "s_per_iter": round(statistics.median(times["jssl"]) / ours.n_iter, 4),
+           "inertia": inertia(ours.centers), "inertia_reported": ours.inertia}
+    if "sklearn" in results:
+        import sklearn
+
+        sk = results["sklearn"]
+        out.update(sklearn_version=sklearn.__version__, sklearn_n_iter=int(sk.n_iter_),
+                   sklearn_s_per_iter=round(statistics.median(times["sklearn"]) / sk.n_iter_, 4),
+                   sklearn_inertia=inertia(sk.cluster_centers_),
+                   sklearn_inertia_reported=float(sk.inertia_))
+        out["speedup_vs_sklearn"] = round(out["sklearn_s_per_iter"] / out["s_per_iter"], 3)
+        out["inertia_rel_diff_vs_sklearn"] = float(
+            f"{(out['inertia'] - out['sklearn_inertia']) / out['sklearn_inertia']:.3g}")
+    if "faiss" in results:
+        fk = results["faiss"]
+        out.update(faiss_version=faiss.__version__,
+                   faiss_s_per_iter=round(statistics.median(times["faiss"]) / iters, 4),
+                   faiss_inertia=inertia(np.asarray(fk.centroids)))
+    return out

@@ -1,0 +1,258 @@
+"""Knowledge transfer by clustering: the student method, the teachers, and the study's
+stages (resume from saved output, deterministic pseudo-labels, a student that sees the
+teacher only through its pseudo-labels)."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jssl import checkpoint, methods, parallel, teachers, train
+from jssl import config as jc
+from jssl.data import sources
+from jssl.methods import transfer
+from jssl.studies import transfer as study
+from tests.test_config import load
+
+
+def _digits(c, size=8):
+    """The 8x8 digits (1,438 training images): the fastest real data set."""
+    c.data.name = "digits_embedded"
+    c.data.image_size = size
+    for view in ("view1", "view2"):
+        c.augment[view].crop_size = size
+    c.eval.max_examples = 128
+    c.eval.batch_size = 128
+    c.eval.knn_k = 5
+    c.eval.linear_max_steps = 10
+    c.eval.linear_weight_decays = (0.0,)
+    c.progress = False
+    if "plots" in c:
+        c.plots = False
+    return c
+
+
+def _study_config(teacher_specs: dict, steps: int = 3):
+    c = _digits(load("transfer", "smoke"))
+    c.model.num_filters = 4
+    c.model.projector_hidden_dims = (16,)
+    c.batch_size = 32
+    c.total_steps = c.checkpoint_every = steps
+    c.log_every = 1
+    c.transfer.num_clusters = 8
+    c.teachers = ml_collections.ConfigDict(teacher_specs)
+    c.clustering.max_iter = 10
+    c.report.clusters_shown, c.report.images_per_cluster = 3, 4
+    return c
+
+
+def _hog_teacher():
+    return teachers.teacher_config("hog", hog=ml_collections.ConfigDict(dict(
+        orientations=9, pixels_per_cell=(2, 2), cells_per_block=(2, 2), block_norm="L2-Hys",
+        transform_sqrt=False)))
+
+
+def _mtimes(root):
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(root) for f in files}
+
+
+@pytest.mark.parametrize("preset", ["", "smoke", "cifar10", "compare"])
+def test_presets_are_valid(preset):
+    c = load("transfer", preset)
+    assert c.study == "transfer" and c.method == "transfer"
+    study._validate(c, num_train=10 ** 6, num_devices=8)
+    student = study.student_config(c, "/x/labels.npy")
+    assert not any(k in student for k in ("study", "teachers", "clustering", "baselines"))
+    assert student.model.backbone.startswith("alexnet")
+    for spec in c.teachers.values():  # a student of another architecture than its teacher
+        if spec.kind == "config":
+            assert spec.run.model.backbone != student.model.backbone
+
+
+def test_study_config_errors():
+    c = load("transfer", "smoke")
+    c.transfer.num_clusters = 5000
+    with pytest.raises(jc.ConfigError, match="num_clusters: 5000 clusters for 4000"):
+        study._validate(c, num_train=4000, num_devices=8)
+    c = load("transfer", "smoke")
+    c.teachers.jigsaw_pp.kind = "sift"
+    with pytest.raises(jc.ConfigError, match=r"teachers\.jigsaw_pp\.kind: 'sift'"):
+        study._validate(c, num_train=4000, num_devices=8)
+    c = load("transfer", "smoke")
+    c.baselines.pretext = ("nope",)
+    with pytest.raises(jc.ConfigError, match="baselines.pretext: 'nope'"):
+        study._validate(c, num_train=4000, num_devices=8)
+
+
+def test_student_trains_on_the_pseudo_labels():
+    """The labels in the batch are the targets: other labels, other loss; parameters move."""
+    c = study.student_config(_digits(load("transfer", "smoke")))
+    c.transfer.num_clusters = 10
+    jc.validate(c, 8)
+    mesh = parallel.make_mesh()
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    method = methods.build(c, methods.DataInfo(10, (8, 8, 1)))
+    state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
+    assert set(state.params) == {"backbone", "head"}
+    step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
+    images, _ = sources.get_source("digits_embedded", "train").read(np.arange(c.batch_size))
+    losses = []
+    for labels in (np.zeros(c.batch_size), np.arange(c.batch_size) % 10):
+        batch = jax.device_put({"image": images, "label": labels.astype(np.int32)}, data)
+        new, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+        assert np.isfinite(losses[-1]) and float(metrics["grad_norm"]) > 0
+    assert abs(losses[0] - losses[1]) > 1e-3
+    assert not np.array_equal(jax.tree_util.tree_leaves(new.params)[0],
+                              jax.tree_util.tree_leaves(state.params)[0])
+
+
+def test_pseudo_label_source_and_errors(tmp_path):
+    src = sources.get_source("digits_embedded", "train")
+    labels = np.arange(len(src)) % 7
+    relabelled = transfer.PseudoLabelSource(src, labels, 7)
+    idx = np.array([5, 0, 3])
+    images, got = relabelled.read(idx)
+    np.testing.assert_array_equal(images, src.read(idx)[0])
+    np.testing.assert_array_equal(got, labels[idx])
+    path = str(tmp_path / "labels.npy")
+    np.save(path, labels[:-1])
+    with pytest.raises(jc.ConfigError, match=rf"pseudo_labels: .* need \({len(src)},\)"):
+        transfer.load_pseudo_labels(path, len(src), 7)
+    np.save(path, labels)
+    with pytest.raises(jc.ConfigError, match="do not fit transfer.num_clusters=5"):
+        transfer.load_pseudo_labels(path, len(src), 5)
+    with pytest.raises(jc.ConfigError, match="pseudo_labels: no file given"):
+        transfer.load_pseudo_labels(None, len(src), 7)
+
+
+def test_study_runs_and_resumes_each_stage(tmp_path):
+    """HOG teacher -> k-means -> student: outputs, then a rerun reuses every stage, and a
+    lost student is retrained alone, to the same numbers."""
+    c = _study_config({"hog": _hog_teacher()})
+    wd = str(tmp_path / "study")
+    out = study.run(c, wd)
+    for name in ("results.json", "results.md", "clusters.png", "features/hog.npy",
+                 "clusters/hog-k8/labels.npy", "students/hog-k8/results.json"):
+        assert os.path.exists(os.path.join(wd, name)), name
+    labels = np.load(os.path.join(wd, "clusters/hog-k8/labels.npy"))
+    assert labels.shape == (1438,) and set(np.unique(labels)) == set(range(8))
+    summary = out["summary"]
+    for key in ("teacher hog/linear_accuracy", "student <- hog/linear_accuracy",
+                "student <- hog/knn_accuracy", "student random init/linear_accuracy"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["teacher hog/linear_accuracy"] > 0.5  # HOG separates digits well
+    assert 0.0 < out["teachers"]["hog"]["clusters"]["nmi"] <= 1.0
+    with open(os.path.join(wd, "results.json")) as f:
+        assert json.load(f)["summary"] == summary
+
+    before = _mtimes(wd)
+    again = study.run(c, wd)
+    assert again["summary"] == summary
+    after = _mtimes(wd)
+    stages = [p for p in before if "/features/" in p or "/clusters/" in p or "/students/" in p]
+    assert stages and all(after[p] == before[p] for p in stages)
+
+    shutil.rmtree(os.path.join(wd, "students"))
+    third = study.run(c, wd)
+    assert third["summary"] == summary  # the same student, retrained from the saved labels
+    assert all(_mtimes(wd)[p] == before[p] for p in stages if "/students/" not in p)
+
+    c.clustering.max_iter = 11  # other clustering inputs for the same k: refused, untouched
+    with pytest.raises(jc.ConfigError, match="made from other inputs"):
+        study.run(c, wd)
+    assert _mtimes(wd)[os.path.join(wd, "clusters/hog-k8/labels.npy")] == \
+        before[os.path.join(wd, "clusters/hog-k8/labels.npy")]
+
+
+def test_pseudo_labels_are_deterministic(tmp_path):
+    """Features and k-means of two independent runs give bit-identical pseudo-labels."""
+    c = _study_config({"hog": _hog_teacher()})
+    mesh = parallel.make_mesh()
+    src = sources.get_source(c.data.name, c.data.train_split)
+    truth = np.asarray(src.read(np.arange(len(src)))[1])
+    out = []
+    for run in ("a", "b"):
+        wd = str(tmp_path / run)
+        info = study._teacher(c, "hog", c.teachers.hog, wd, mesh)
+        feats, inputs = study._features(c, "hog", info, src, wd, mesh)
+        out.append(study._clusters(c, "hog", feats, inputs, truth, wd, mesh))
+    a, b = (np.load(o["labels_path"]) for o in out)
+    np.testing.assert_array_equal(a, b)
+    assert len(np.unique(a)) == 8
+    c.clustering.seed = 1  # another seed: other k-means++ centres, other labels
+    feats, inputs = study._features(c, "hog", info, src, str(tmp_path / "a"), mesh)
+    other = study._clusters(c, "hog", feats, inputs, truth, str(tmp_path / "c"), mesh)
+    assert not np.array_equal(np.load(other["labels_path"]), a)
+
+
+def _teacher_run(tmp_path) -> str:
+    """A jssl run to act as the teacher: SimCLR on the digits, ConvNet, two steps."""
+    c = _digits(load("simclr", "smoke"))
+    c.total_steps = c.checkpoint_every = 2
+    c.eval.random_init_baseline = False
+    wd = str(tmp_path / "teacher")
+    train.train_and_evaluate(c, wd)
+    return wd
+
+
+def test_checkpoint_teacher_layers_and_an_isolated_student(tmp_path):
+    teacher_dir = _teacher_run(tmp_path)
+    layers = teachers.encoder_layers(teacher_dir, (8, 8, 1))
+    assert "backbone/Conv_1" in layers and "backbone/BatchNorm_2" in layers
+    images, _ = sources.get_source("digits_embedded", "train").read(np.arange(16))
+    full = jax.jit(teachers.checkpoint_teacher(teacher_dir).features)(images)
+    conv1 = jax.jit(teachers.checkpoint_teacher(teacher_dir, layer="Conv_1").features)(images)
+    assert full.shape == (16, 32) and conv1.shape == (16, 16)  # ConvNet w8: 4f and 2f
+    with pytest.raises(jc.ConfigError, match="teacher layer 'Conv_9'"):
+        teachers.checkpoint_teacher(teacher_dir, layer="Conv_9").features(jnp.asarray(images))
+
+    spec = teachers.teacher_config("checkpoint", path=teacher_dir, layer="Conv_1")
+    c = _study_config({"simclr": spec})
+    wd = str(tmp_path / "study")
+    out = study.run(c, wd)
+    student_dir = os.path.join(wd, "students", "simclr-k8")
+    with open(os.path.join(student_dir, checkpoint.EXPERIMENT_FILE)) as f:
+        fields = json.load(f)
+    assert not any(teacher_dir in str(v) or k.startswith("teachers") for k, v in fields.items())
+    # The student's weights are its own modules, none equal to a teacher tensor.
+    _, student = checkpoint.restore_host(student_dir, None)
+    _, teacher = checkpoint.restore_host(teacher_dir, None)
+    assert set(student["params"]) == {"backbone", "head"}
+    teacher_leaves = jax.tree_util.tree_leaves(teacher["params"])
+    for leaf in jax.tree_util.tree_leaves(student["params"]):
+        assert not any(np.shape(leaf) == np.shape(t) and np.array_equal(leaf, t)
+                       for t in teacher_leaves)
+    # Without the teacher at all, the pseudo-labels alone reproduce the same student.
+    shutil.rmtree(teacher_dir)
+    labels = os.path.join(wd, "clusters", "simclr-k8", "labels.npy")
+    alone = study.student_config(c, os.path.abspath(labels))
+    alone.eval.random_init_baseline = False
+    again = train.train_and_evaluate(alone, str(tmp_path / "student_again"))
+    _, student2 = checkpoint.restore_host(str(tmp_path / "student_again"), None)
+    for a, b in zip(jax.tree_util.tree_leaves(student["params"]),
+                    jax.tree_util.tree_leaves(student2["params"])):
+        np.testing.assert_array_equal(a, b)
+    row = next(r for r in out["rows"] if r["run"] == "student <- simclr")
+    assert row["linear_accuracy"] == again["eval"]["linear_accuracy"]
+
+
+@pytest.mark.parametrize("name,size", [("alexnet", 63), ("alexnet_cifar", 28),
+                                       ("alexnet_tiny", 8)])
+def test_alexnet_backbones(name, size):
+    from jssl import models
+
+    net = models.build_backbone(name, num_filters=4)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, size, size, 3)), jnp.float32)
+    variables = jax.jit(lambda r, x: models.init_variables(net, r, x, train=False))(
+        jax.random.PRNGKey(0), x)
+    out = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, x)
+    assert out.shape == (2, net.num_features) == (2, 16)
+    convs = [v["kernel"].shape for k, v in sorted(variables["params"].items()) if "Conv" in k]
+    assert [s[-1] for s in convs] == [4, 12, 24, 16, 16]  # widths f x (1, 3, 6, 4, 4)
+    assert convs[0][:2] == ((11, 11) if name == "alexnet" else (5, 5))
