@@ -320,3 +320,11 @@ def test_study_end_to_end(encoders):
     # Run again: everything is reused, same numbers.
     again = study.run(c, root)
     assert again["summary"] == results["summary"]
+    # One seed has no spread: the difference is reported, never judged against noise.
+    one_seed = {f: {"0": by_seed["0"]} for f, by_seed in saved["runs"].items()}
+    single, _ = study.summarize(one_seed, ["rotation", "simclr"], ["task_query", "se_gate"],
+                                "task_query")
+    t = single["fractions"]["0.1"]["negative_transfer"]["task_query"]
+    assert t["diff_se"] is None and not t["worse_beyond_noise"] and not t["better_beyond_noise"]
+    assert t["diff_mean"] == pytest.approx(diffs[0])
+    assert "noise unknown: 1 seed" in study.verdict(single)[0]

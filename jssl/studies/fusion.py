@@ -242,11 +242,12 @@ def summarize(runs: dict, names, fused: list[str], reference: str) -> tuple[dict
         transfer = {}
         for v in fused:
             d = np.asarray([by_seed[s]["variants"][v]["test_accuracy"] for s in seeds]) - matching
-            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+            # One seed: no spread to judge the difference by (diff_se None, neither flag).
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
             transfer[v] = {"diff_mean": float(d.mean()), "diff_se": se,
                            "diff_per_seed": d.tolist(),
-                           "worse_beyond_noise": bool(d.mean() + 2 * se < 0),
-                           "better_beyond_noise": bool(d.mean() - 2 * se > 0)}
+                           "worse_beyond_noise": se is not None and bool(d.mean() + 2 * se < 0),
+                           "better_beyond_noise": se is not None and bool(d.mean() - 2 * se > 0)}
         weights, per_class = {}, {}
         for v in variants:
             recs = [by_seed[s]["variants"][v] for s in seeds]
@@ -281,14 +282,26 @@ def verdict(summary: dict) -> list[str]:
         for label, v in (("reference", summary["reference"]),
                          ("best on validation", s["best_fused_on_val"])):
             t = s["negative_transfer"][v]
-            judged = ("worse beyond noise: negative transfer" if t["worse_beyond_noise"] else
-                      "better beyond noise" if t["better_beyond_noise"] else "within noise")
-            parts.append(f"{label} {v} {100 * t['diff_mean']:+.1f} ± "
-                         f"{100 * t['diff_se']:.1f} points ({judged})")
+            judged = _judged(t).replace("worse beyond noise", "worse beyond noise: negative "
+                                        "transfer")
+            parts.append(f"{label} {v} {_diff(t)} points ({judged})")
         chosen = sorted(set(s["pretext_matching_chosen"]))
         lines.append(f"{100 * float(f):g}% labels, fused - pretext matching "
                      f"({'/'.join(chosen)}): " + "; ".join(parts))
     return lines
+
+
+def _judged(t: dict) -> str:
+    if t["diff_se"] is None:
+        return "noise unknown: 1 seed"
+    return ("worse beyond noise" if t["worse_beyond_noise"] else
+            "better beyond noise" if t["better_beyond_noise"] else "within noise")
+
+
+def _diff(t: dict) -> str:
+    if t["diff_se"] is None:
+        return f"{100 * t['diff_mean']:+.1f}"
+    return f"{100 * t['diff_mean']:+.1f} ± {100 * t['diff_se']:.1f}"
 
 
 def _pct(ms: dict) -> str:
@@ -331,9 +344,7 @@ def write_markdown(path: str, results: dict) -> None:
         cells = []
         for f in fractions:
             t = s["fractions"][f]["negative_transfer"][v]
-            verdict = ("worse beyond noise" if t["worse_beyond_noise"] else
-                       "better beyond noise" if t["better_beyond_noise"] else "within noise")
-            cells.append(f"{100 * t['diff_mean']:+.1f} ± {100 * t['diff_se']:.1f} ({verdict})")
+            cells.append(f"{_diff(t)} ({_judged(t)})")
         mark = " (reference)" if v == s["reference"] else ""
         lines.append(f"| {v}{mark} | " + " | ".join(cells) + " |")
     lines += ["", "± is the standard error of the mean paired difference over seeds.", ""]
