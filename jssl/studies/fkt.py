@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 
 import ml_collections
 
 from jssl import train
 from jssl.config import ConfigError
+from jssl.studies.common import load_results, stats
 
 __all__ = ["ARMS", "run", "sub_configs"]
 
@@ -96,19 +96,6 @@ def sub_configs(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     return runs
 
 
-def _load(workdir: str) -> dict | None:
-    path = os.path.join(workdir, train.RESULTS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
-
-
 def _cell(s: dict) -> str:
     return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
 
@@ -122,7 +109,7 @@ def _verdict(summary: dict, fractions) -> list[str]:
         fu = summary["functional"][key]["classifier_accuracy"]
         re = summary["representational"][key]["classifier_accuracy"]
         diffs = [a - b for a, b in zip(fu["values"], re["values"])]
-        d = _stats(diffs)
+        d = stats(diffs)
         better = sum(x > 0 for x in diffs)
         lines.append(f"labelled fraction {f:g}: functional - representational = "
                      f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f} points "
@@ -166,12 +153,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = time.perf_counter()
     results = {}
     for i, r in enumerate(runs):
-        done = _load(r["workdir"])
+        done = load_results(r["workdir"])
         if done is None:
             t0 = time.perf_counter()
             label = r["arm"] + ("" if r["fraction"] is None else f" fraction {r['fraction']:g}")
             print(f"[{i + 1}/{len(runs)}] {label} seed {r['seed']} -> {r['workdir']}", flush=True)
-            if r["needs"] and _load(r["needs"]) is None:
+            if r["needs"] and load_results(r["needs"]) is None:
                 raise ConfigError(f"{r['workdir']} needs the finished run {r['needs']}")
             done = train.train_and_evaluate(r["config"], r["workdir"])
             print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
@@ -184,7 +171,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for f in cmp.fractions:
             rs = [results[r["workdir"]] for r in runs if r["arm"] == arm and r["fraction"] == f]
             summary[arm][f"{f:g}"] = {
-                key: _stats([x["eval"][key] for x in rs])
+                key: stats([x["eval"][key] for x in rs])
                 for key in ("classifier_accuracy", "classifier_val_accuracy", "knn_accuracy",
                             "linear_accuracy")}
     verdict = _verdict(summary, cmp.fractions)
@@ -203,8 +190,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"{_cell(summary[a][f'{f:g}']['knn_accuracy'])} / "
             f"{_cell(summary[a][f'{f:g}']['linear_accuracy'])}" for a in cmp.arms) + " |")
     if pretrain:
-        knn = _stats([p["eval"]["knn_accuracy"] for p in pretrain])
-        lin = _stats([p["eval"]["linear_accuracy"] for p in pretrain])
+        knn = stats([p["eval"]["knn_accuracy"] for p in pretrain])
+        lin = stats([p["eval"]["linear_accuracy"] for p in pretrain])
         lines += ["", f"SSL pretraining alone (representational stage 1): k-NN {_cell(knn)}, "
                       f"linear probe {_cell(lin)} (on all training labels)."]
     steps = int(config.total_steps)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 
 import ml_collections
@@ -26,6 +25,7 @@ import numpy as np
 from jssl import train
 from jssl.config import ConfigError
 from jssl.metric_writer import METRICS_FILE
+from jssl.studies.common import load_results, stats
 
 __all__ = ["ARMS", "run", "sub_configs"]
 
@@ -53,19 +53,6 @@ def sub_configs(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             runs.append({"arm": arm, "seed": seed, "config": c,
                          "workdir": os.path.join(workdir, f"{arm}_s{seed}")})
     return runs
-
-
-def _load(workdir: str) -> dict | None:
-    path = os.path.join(workdir, train.RESULTS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
 
 
 def _cell(s: dict) -> str:
@@ -161,7 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = time.perf_counter()
     results = {}
     for i, r in enumerate(runs):
-        done = _load(r["workdir"])
+        done = load_results(r["workdir"])
         if done is None:
             t0 = time.perf_counter()
             print(f"[{i + 1}/{len(runs)}] {r['arm']} seed {r['seed']} -> {r['workdir']}",
@@ -171,9 +158,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results[r["workdir"]] = done
 
     seeds = list(config.compare.seeds)
-    summary = {arm: {key: _stats([results[r["workdir"]]["eval"][key] for r in runs
+    summary = {arm: {key: stats([results[r["workdir"]]["eval"][key] for r in runs
                                   if r["arm"] == arm]) for key in KEYS} for arm in ARMS}
-    diffs = {key: _stats([summary["metamask"][key]["values"][i]
+    diffs = {key: stats([summary["metamask"][key]["values"][i]
                           - summary["no_mask"][key]["values"][i] for i in range(len(seeds))])
              for key in ("knn_accuracy", "linear_accuracy")}
     masks, histories = {}, {}
