@@ -7,8 +7,11 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import optax
 
-__all__ = ["TrainState", "Method", "DataInfo"]
+from jssl import losses
+
+__all__ = ["TrainState", "Method", "DataInfo", "classifier_update"]
 
 
 @flax.struct.dataclass
@@ -87,3 +90,32 @@ def eval_transform(config) -> dict:
     data's image size and the first view's normalisation."""
     v = config.augment.view1
     return {"size": int(config.data.image_size), "mean": tuple(v.mean), "std": tuple(v.std)}
+
+
+def classifier_update(model, tx, schedule, loss_fn, state: TrainState, x: jax.Array,
+                      labels: jax.Array, *, accuracy_name: str) -> tuple[TrainState, dict]:
+    """One optimizer step of a classification method (pretext puzzles, cluster pseudo-labels).
+
+    `model.apply(variables, x, train=True)` returns (features h, logits); the loss is
+    `loss_fn(logits, labels)`; BatchNorm statistics are updated from this batch. Metrics:
+    loss, `accuracy_name` (top-1 on these labels), lr, grad_norm, param_norm, feature_std
+    (the collapse monitor on normalised h)."""
+    def objective(params):
+        (h, logits), upd = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                       x, train=True, mutable=["batch_stats"])
+        return loss_fn(logits, labels), (upd["batch_stats"], logits, h)
+
+    (loss, (batch_stats, logits, h)), grads = jax.value_and_grad(
+        objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        accuracy_name: jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
+        "lr": schedule(state.step),
+        "grad_norm": global_norm(grads),
+        "param_norm": global_norm(params),
+        "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0)),
+    }
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state), metrics

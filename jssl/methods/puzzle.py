@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jssl import augment, losses, models, puzzles
-from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, global_norm
+from jssl.methods.common import (DataInfo, Method, TrainState, backbone_from_config,
+                                 classifier_update)
 from jssl.optim import build_optimizer
 
 __all__ = ["PuzzleModel", "PRETEXTS", "build", "puzzle_config", "tile_size"]
@@ -176,26 +176,8 @@ def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         x, labels = make_inputs(state, batch["image"])
-
-        def objective(params):
-            (h, logits), upd = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                           x, train=True, mutable=["batch_stats"])
-            return loss_fn(logits, labels), (upd["batch_stats"], logits, h)
-
-        (loss, (batch_stats, logits, h)), grads = jax.value_and_grad(
-            objective, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss,
-            "pretext_accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
-            "lr": schedule(state.step),
-            "grad_norm": global_norm(grads),
-            "param_norm": global_norm(params),
-            "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0)),
-        }
-        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                             opt_state=opt_state), metrics
+        return classifier_update(model, tx, schedule, loss_fn, state, x, labels,
+                                 accuracy_name="pretext_accuracy")
 
     def embed(state: TrainState, images: jax.Array) -> jax.Array:
         x = augment.center_view(images, size=size, mean=mean, std=std)

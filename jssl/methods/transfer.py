@@ -26,9 +26,10 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
-from jssl import augment, losses, models
+from jssl import augment, models
 from jssl.data import pipeline
-from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, global_norm
+from jssl.methods.common import (DataInfo, Method, TrainState, backbone_from_config,
+                                 classifier_update)
 from jssl.optim import build_optimizer
 
 __all__ = ["PRETEXTS", "StudentModel", "PseudoLabelSource", "transfer_config", "build",
@@ -174,26 +175,8 @@ def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
         key = jax.random.fold_in(state.rng, state.step)
         x = augment.augment_view(key, batch["image"], view)
         labels = batch["label"]
-
-        def objective(params):
-            (h, logits), upd = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                           x, train=True, mutable=["batch_stats"])
-            return loss_fn(logits, labels), (upd["batch_stats"], logits, h)
-
-        (loss, (batch_stats, logits, h)), grads = jax.value_and_grad(
-            objective, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss,
-            "cluster_accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
-            "lr": schedule(state.step),
-            "grad_norm": global_norm(grads),
-            "param_norm": global_norm(params),
-            "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0)),
-        }
-        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                             opt_state=opt_state), metrics
+        return classifier_update(model, tx, schedule, loss_fn, state, x, labels,
+                                 accuracy_name="cluster_accuracy")
 
     def embed(state: TrainState, images: jax.Array) -> jax.Array:
         x = augment.center_view(images, size=size, mean=mean, std=std)
