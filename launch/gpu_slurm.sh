@@ -54,21 +54,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-quote() {  # one word for a shell command line, in single quotes only when needed
-  case "$1" in
-    '' | *[!A-Za-z0-9_./:=@%+,-]*) printf "'%s'" "${1//\'/\'\\\'\'}" ;;
-    *) printf '%s' "$1" ;;
-  esac
-}
-run() {  # a command, or with --dry-run its shell-quoted form
-  if [ "$dry" -eq 1 ]; then
-    local word line="+"
-    for word in "$@"; do line+=" $(quote "$word")"; done
-    printf '%s\n' "$line"
-  else
-    "$@"
-  fi
-}
+# quote, run (prints the command instead with --dry-run)
+source "$root/launch/common.sh"
 
 if [ -n "$cancel" ]; then
   [[ "$cancel" =~ ^[0-9]+$ ]] || die "--cancel needs a job id, got '$cancel'"

@@ -57,21 +57,8 @@ done
 where=(--zone="$zone")
 [ -z "$project" ] || where+=(--project="$project")
 
-quote() {  # one word for a shell command line, in single quotes only when needed
-  case "$1" in
-    '' | *[!A-Za-z0-9_./:=@%+,-]*) printf "'%s'" "${1//\'/\'\\\'\'}" ;;
-    *) printf '%s' "$1" ;;
-  esac
-}
-run() {  # a command, or with --dry-run its shell-quoted form
-  if [ "$dry" -eq 1 ]; then
-    local word line="+"
-    for word in "$@"; do line+=" $(quote "$word")"; done
-    printf '%s\n' "$line"
-  else
-    "$@"
-  fi
-}
+# quote, run (prints the command instead with --dry-run)
+source "$root/launch/common.sh"
 on_workers() {  # on_workers <worker> <remote bash command>
   run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker="$1" --command="$2"
 }
