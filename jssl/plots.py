@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["available", "can_embed", "curves_figure", "lr_figure", "features_figure",
+__all__ = ["available", "can_embed", "figure", "curves_figure", "lr_figure", "features_figure",
            "write_plots", "PLOT_FILES", "MAX_POINTS"]
 
 PLOT_FILES = ("curves.png", "lr.png", "features.png")
@@ -50,11 +50,14 @@ def can_embed(*, warn: bool = True) -> bool:
     return True
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float, *, dpi: int = 100):
+    """A matplotlib Figure (constrained layout) on its own Agg canvas: no pyplot, so drawing
+    it never switches the global backend (a notebook's inline plots keep working). Raises
+    ImportError without matplotlib (check `available()` first)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -81,7 +84,7 @@ def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def curves_figure(metrics: list[dict], evals: list[dict]):
     """Left: every loss term of metrics.jsonl by step; right: every accuracy of eval.jsonl."""
-    fig = _figure(10, 4)
+    fig = figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
     loss_keys = sorted({k for r in metrics for k in r if k == "loss" or k.endswith("_loss")})
     for key in loss_keys:
@@ -111,7 +114,7 @@ def lr_figure(config, metrics: list[dict]):
                                       batch_size=config.batch_size)
     steps = np.unique(np.linspace(0, config.total_steps, min(config.total_steps + 1, 1000),
                                   dtype=np.int64))
-    fig = _figure(6, 4)
+    fig = figure(6, 4)
     ax = fig.subplots()
     ax.plot(steps, np.asarray(schedule(steps)),  # optax schedules take arrays of steps
             label=f"{config.optimizer.schedule} schedule ({config.optimizer.name})")
@@ -148,7 +151,7 @@ def features_figure(features: np.ndarray, labels: np.ndarray, *, seed: int = 0,
     with threadpool_limits(1):
         xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
                   max_iter=500).fit_transform(x)
-    fig = _figure(6, 5.5)
+    fig = figure(6, 5.5)
     ax = fig.subplots()
     classes = np.unique(labels)
     if len(classes) <= 20:  # one qualitative colour per class, with a legend

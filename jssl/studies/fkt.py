@@ -118,15 +118,12 @@ def _verdict(summary: dict, fractions) -> list[str]:
 
 
 def _plot(summary: dict, fractions, path: str) -> str | None:
-    try:
-        import matplotlib
+    from jssl import plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("jssl: matplotlib is not installed; no plot (pip install 'jssl[plots]')")
+    if not plots.available():
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig = plots.figure(5, 3.5, dpi=120)
+    ax = fig.subplots()
     for arm, by_fraction in summary.items():
         xs = [f for f in fractions if f"{f:g}" in by_fraction]
         ms = [100 * by_fraction[f"{f:g}"]["classifier_accuracy"]["mean"] for f in xs]
@@ -138,9 +135,7 @@ def _plot(summary: dict, fractions, path: str) -> str | None:
     ax.set_title("Functional vs representational transfer")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

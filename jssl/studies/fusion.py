@@ -381,18 +381,17 @@ def write_markdown(path: str, results: dict) -> None:
 def plot_attention(path: str, summary: dict, per_class: dict) -> None:
     """Bar chart: mean weight per pretext for every class (and all classes), one panel per
     (weighted variant, fraction)."""
-    import matplotlib
+    from jssl import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if not plots.available():
+        return
     names = summary["pretexts"]
     fractions = list(summary["fractions"])
     variants = [v for v in summary["fractions"][fractions[0]]["attention"] if v != "average"]
     if not variants:
         return
-    fig, axes = plt.subplots(len(variants), len(fractions), squeeze=False,
-                             figsize=(5.5 * len(fractions), 2.8 * len(variants)))
+    fig = plots.figure(5.5 * len(fractions), 2.8 * len(variants), dpi=110)
+    axes = fig.subplots(len(variants), len(fractions), squeeze=False)
     width = 0.8 / len(names)
     for r, v in enumerate(variants):
         for col, f in enumerate(fractions):
@@ -408,9 +407,7 @@ def plot_attention(path: str, summary: dict, per_class: dict) -> None:
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7, ncol=len(names))
     axes[-1][0].set_xlabel("class (test split)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
-    plt.close(fig)
+    fig.savefig(path + ".tmp.png")
     os.replace(path + ".tmp.png", path)
 
 

@@ -82,23 +82,13 @@ def mask_history(workdir: str) -> dict[str, list[float]]:
     return out
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("jssl: matplotlib is not installed; no plots (pip install 'jssl[plots]')")
-        return None
-    return plt
-
-
 def _plot_sorted(masks: dict[int, np.ndarray], init: float, path: str) -> str | None:
-    plt = _pyplot()
-    if plt is None or not masks:
+    from jssl import plots
+
+    if not masks or not plots.available():
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=120)
+    fig = plots.figure(5.5, 3.5, dpi=120)
+    ax = fig.subplots()
     for seed, m in sorted(masks.items()):
         ax.plot(np.sort(m)[::-1], label=f"seed {seed}")
     ax.axhline(init, color="gray", ls="--", lw=1, label=f"initial ({init:g})")
@@ -107,22 +97,23 @@ def _plot_sorted(masks: dict[int, np.ndarray], init: float, path: str) -> str | 
     ax.set_title("Learned MetaMask mask at the end of training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def _plot_history(histories: dict[int, dict], path: str) -> str | None:
-    plt = _pyplot()
+    from matplotlib import colormaps
+
+    from jssl import plots
+
     histories = {s: h for s, h in histories.items() if h.get("step")}
-    if plt is None or not histories:
+    if not histories or not plots.available(warn=False):
         return None
-    fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.5), dpi=120,
-                             squeeze=False, sharey=True)
+    fig = plots.figure(4.5 * len(histories), 3.5, dpi=120)
+    axes = fig.subplots(1, len(histories), squeeze=False, sharey=True)
     for ax, (seed, h) in zip(axes[0], sorted(histories.items())):
         keys = sorted(k for k in h if k.startswith("mask_q"))
-        colors = plt.cm.viridis(np.linspace(0, 1, len(keys)))
+        colors = colormaps["viridis"](np.linspace(0, 1, len(keys)))
         for key, color in zip(keys, colors):
             q = int(key[len("mask_q"):])
             ax.plot(h["step"], h[key], color=color,
@@ -133,9 +124,7 @@ def _plot_history(histories: dict[int, dict], path: str) -> str | None:
     axes[0][0].set_ylabel("mask value quantiles")
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle("MetaMask mask over training (quantiles over feature dimensions)")
-    fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
