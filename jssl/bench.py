@@ -27,7 +27,9 @@ import time
 __all__ = ["bench_pretrain", "count_flops", "main"]
 
 
-def _pretrain_config(args):
+def sized_config(args):
+    """configs/<--method>.py (default preset) with the common bench flags' sizes: batch, image
+    size, backbone, stem, width, conv_impl, dtype."""
     import importlib.util
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -45,6 +47,11 @@ def _pretrain_config(args):
     c.model.num_filters = args.width
     c.model.conv_impl = args.conv_impl
     c.dtype = args.dtype
+    return c
+
+
+def _pretrain_config(args):
+    c = sized_config(args)
     c.model.projector_hidden_dims = (args.proj, args.proj)
     c.model.projector_dim = args.proj
     c.model.projector_bn = True

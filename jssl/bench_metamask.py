@@ -11,7 +11,6 @@ every mode, `ratio_<mode>` (mode / base, medians of the same run) and `compile_s
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
@@ -20,21 +19,9 @@ __all__ = ["bench", "metamask_bench_config"]
 
 def metamask_bench_config(args, *, mode: str = "exact", enabled: bool = True):
     """configs/metamask.py (default preset) sized by the common bench flags."""
-    import importlib.util
+    from jssl.bench import sized_config
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "configs", "metamask.py")
-    spec = importlib.util.spec_from_file_location("metamask_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("")
-    c.batch_size = args.batch
-    c.data.image_size = c.augment.view1.crop_size = c.augment.view2.crop_size = args.image_size
-    c.model.backbone = args.backbone
-    c.model.stem = args.stem
-    c.model.num_filters = args.width
-    c.model.conv_impl = getattr(args, "conv_impl", "auto")
-    c.dtype = args.dtype
+    c = sized_config(args)  # args.method is "metamask"
     c.model.projector_hidden_dims = (args.proj, args.proj)
     c.model.projector_dim = args.proj
     c.model.contrastive_hidden_dims = (args.proj,)
