@@ -29,9 +29,8 @@ import time
 
 import ml_collections
 
-from jssl import train
 from jssl.config import ConfigError
-from jssl.studies.common import load_results, stats
+from jssl.studies.common import run_all, stats
 
 __all__ = ["ARMS", "run", "sub_configs"]
 
@@ -146,18 +145,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     runs = sub_configs(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    results = {}
-    for i, r in enumerate(runs):
-        done = load_results(r["workdir"])
-        if done is None:
-            t0 = time.perf_counter()
-            label = r["arm"] + ("" if r["fraction"] is None else f" fraction {r['fraction']:g}")
-            print(f"[{i + 1}/{len(runs)}] {label} seed {r['seed']} -> {r['workdir']}", flush=True)
-            if r["needs"] and load_results(r["needs"]) is None:
-                raise ConfigError(f"{r['workdir']} needs the finished run {r['needs']}")
-            done = train.train_and_evaluate(r["config"], r["workdir"])
-            print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
-        results[r["workdir"]] = done
+    results = run_all(runs, lambda r: r["arm"] + (
+        "" if r["fraction"] is None else f" fraction {r['fraction']:g}") + f" seed {r['seed']}")
 
     cmp = config.compare
     summary: dict = {}

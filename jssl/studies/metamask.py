@@ -22,10 +22,9 @@ import time
 import ml_collections
 import numpy as np
 
-from jssl import train
 from jssl.config import ConfigError
 from jssl.metric_writer import METRICS_FILE
-from jssl.studies.common import load_results, stats
+from jssl.studies.common import run_all, stats
 
 __all__ = ["ARMS", "run", "sub_configs"]
 
@@ -135,16 +134,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     runs = sub_configs(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    results = {}
-    for i, r in enumerate(runs):
-        done = load_results(r["workdir"])
-        if done is None:
-            t0 = time.perf_counter()
-            print(f"[{i + 1}/{len(runs)}] {r['arm']} seed {r['seed']} -> {r['workdir']}",
-                  flush=True)
-            done = train.train_and_evaluate(r["config"], r["workdir"])
-            print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
-        results[r["workdir"]] = done
+    results = run_all(runs, lambda r: f"{r['arm']} seed {r['seed']}")
 
     seeds = list(config.compare.seeds)
     summary = {arm: {key: stats([results[r["workdir"]]["eval"][key] for r in runs
