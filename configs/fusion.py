@@ -16,7 +16,6 @@ encoders with short budgets into DIR/encoders/<name>, then trains every fusion v
 baseline on 1% and 10% of the labels with 3 seeds, and writes DIR/results.json,
 DIR/results.md and DIR/attention.png.
 """
-import importlib.util
 import os
 
 import ml_collections
@@ -29,11 +28,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _pretext_config(name: str, preset: str = ""):
     """The config of configs/<name>.py at `preset` (a sibling file of this one)."""
-    spec = importlib.util.spec_from_file_location(f"jssl_configs_{name}",
-                                                  os.path.join(_HERE, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return jc.load_file(os.path.join(_HERE, f"{name}.py"), preset)
 
 
 def _variant(mode: str, entropy_weight: float = 0.0) -> ml_collections.ConfigDict:

@@ -18,7 +18,6 @@ matters past 1000). `compare` adds a Jigsaw teacher and a HOG teacher, the stude
 on each pretext directly, and (from the first student run) the student at random
 initialisation.
 """
-import importlib.util
 import os
 
 import ml_collections
@@ -33,11 +32,7 @@ PRESETS = ("smoke", "cifar10", "compare")
 
 def _sibling_config(name: str, preset: str = ""):
     """The config of configs/<name>.py at `preset` (a sibling file of this one)."""
-    spec = importlib.util.spec_from_file_location(f"jssl_configs_{name}",
-                                                  os.path.join(_HERE, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return jc.load_file(os.path.join(_HERE, f"{name}.py"), preset)
 
 
 def _pretext_teacher(name: str, preset: str = "", steps: int = 0):

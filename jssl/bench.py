@@ -30,16 +30,13 @@ __all__ = ["bench_pretrain", "count_flops", "main"]
 def sized_config(args):
     """configs/<--method>.py (default preset) with the common bench flags' sizes: batch, image
     size, backbone, stem, width, conv_impl, dtype."""
-    import importlib.util
+    from jssl.config import load_file
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "configs", f"{args.method}.py")
     if not os.path.exists(path):
         raise SystemExit(f"jssl.bench: no config {path} for --method {args.method}")
-    spec = importlib.util.spec_from_file_location(args.method, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("")
+    c = load_file(path)
     c.batch_size = args.batch
     c.data.image_size = c.augment.view1.crop_size = c.augment.view2.crop_size = args.image_size
     c.model.backbone = args.backbone

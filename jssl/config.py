@@ -51,6 +51,19 @@ def view_config(**overrides: Any) -> ml_collections.ConfigDict:
     return view
 
 
+def load_file(path: str, preset: str = "") -> ml_collections.ConfigDict:
+    """`get_config(preset)` of the config file at `path` (what `--config path:preset` loads):
+    for configs that build on other config files, benchmarks and notebooks."""
+    import importlib.util
+    import os
+
+    name = "jssl_configs_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Fields every experiment has; method config files fill in the rest."""
     c = ml_collections.ConfigDict()
