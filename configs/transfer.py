@@ -15,8 +15,9 @@ trained on Jigsaw++ (its config embedded as `teachers.<name>.run`), the AlexNet-
 student, and k scaled to the data: 50 clusters of about 80 images on the embedded 4,000,
 500 of 100 on CIFAR-10's 50,000 (the paper has 640 per cluster, and finds k barely
 matters past 1000). `compare` adds a Jigsaw teacher and a HOG teacher, the student trained
-on each pretext directly, and (from the first student run) the student at random
-initialisation.
+on each pretext directly, and (from the first student run of each seed) the student at
+random initialisation; its student-side runs repeat for 3 seeds (`compare.seeds`; the
+teachers and their clusters are made once).
 """
 import os
 
@@ -45,7 +46,7 @@ def _pretext_teacher(name: str, preset: str = "", steps: int = 0):
     return teacher_config("config", run=run)
 
 
-def _study_fields(c, teachers: dict, pretext_baselines=()) -> None:
+def _study_fields(c, teachers: dict, pretext_baselines=(), seeds=(0,)) -> None:
     c.study = "transfer"
     c.teachers = ml_collections.ConfigDict(teachers)
     c.clustering = ml_collections.ConfigDict(dict(
@@ -60,6 +61,9 @@ def _study_fields(c, teachers: dict, pretext_baselines=()) -> None:
     # directly (the paper's "Jigsaw++ on AlexNet" beside "clustered Jigsaw++ -> AlexNet").
     c.baselines = ml_collections.ConfigDict(dict(pretext=tuple(pretext_baselines)))
     c.report = ml_collections.ConfigDict(dict(clusters_shown=8, images_per_cluster=10))
+    # Seeds of the student-side runs (students, pretext baselines, random init); the
+    # teachers and their clusters are made once.
+    c.compare = ml_collections.ConfigDict(dict(seeds=tuple(seeds)))
 
 
 def get_config(preset: str = ""):
@@ -89,7 +93,7 @@ def get_config(preset: str = ""):
             _study_fields(c, {"jigsaw": _pretext_teacher("jigsaw", steps=300),
                               "jigsaw_pp": _pretext_teacher("jigsaw_pp", steps=300),
                               "hog": teacher_config("hog")},
-                          pretext_baselines=("jigsaw", "jigsaw_pp"))
+                          pretext_baselines=("jigsaw", "jigsaw_pp"), seeds=(0, 1, 2))
     elif preset == "smoke":
         jc.smoke_preset(c)
         c.model.backbone = "alexnet_tiny"

@@ -67,7 +67,9 @@ def test_presets_are_valid(preset):
     assert c.study == "transfer" and c.method == "transfer"
     study._validate(c, num_train=10 ** 6, num_devices=8)
     student = study.student_config(c, "/x/labels.npy")
-    assert not any(k in student for k in ("study", "teachers", "clustering", "baselines"))
+    assert not any(k in student for k in ("study", "teachers", "clustering", "baselines",
+                                          "compare"))
+    assert len(c.compare.seeds) == (3 if preset == "compare" else 1)
     assert student.model.backbone.startswith("alexnet")
     for spec in c.teachers.values():  # a student of another architecture than its teacher
         if spec.kind == "config":
@@ -87,6 +89,11 @@ def test_study_config_errors():
     c.baselines.pretext = ("nope",)
     with pytest.raises(jc.ConfigError, match="baselines.pretext: 'nope'"):
         study._validate(c, num_train=4000, num_devices=8)
+    for bad in ((), (0, 0), (1, -1), (0.5,)):
+        c = load("transfer", "smoke")
+        c.compare.seeds = bad
+        with pytest.raises(jc.ConfigError, match="compare.seeds: must be distinct"):
+            study._validate(c, num_train=4000, num_devices=8)
 
 
 def test_student_trains_on_the_pseudo_labels():
@@ -132,14 +139,28 @@ def test_pseudo_label_source_and_errors(tmp_path):
 
 
 def test_study_runs_and_resumes_each_stage(tmp_path):
-    """HOG teacher -> k-means -> student: outputs, then a rerun reuses every stage, and a
-    lost student is retrained alone, to the same numbers."""
+    """HOG teacher -> k-means -> a student per seed: outputs, then a rerun reuses every
+    stage, and lost students are retrained alone, to the same numbers."""
     c = _study_config({"hog": _hog_teacher()})
+    c.compare.seeds = (0, 1)
     wd = str(tmp_path / "study")
     out = study.run(c, wd)
     for name in ("results.json", "results.md", "clusters.png", "features/hog.npy",
-                 "clusters/hog-k8/labels.npy", "students/hog-k8/results.json"):
+                 "clusters/hog-k8/labels.npy", "students/hog-k8-s0/results.json",
+                 "students/hog-k8-s1/results.json"):
         assert os.path.exists(os.path.join(wd, name)), name
+    # The student row: the mean, sample std and values of the two seeds' own results.
+    per_seed = [json.load(open(os.path.join(wd, f"students/hog-k8-s{s}/results.json")))
+                for s in (0, 1)]
+    row = next(r for r in out["rows"] if r["run"] == "student <- hog")
+    lin = [r["eval"]["linear_accuracy"] for r in per_seed]
+    assert row["linear_accuracy_values"] == lin
+    assert row["linear_accuracy"] == pytest.approx(np.mean(lin))
+    assert row["linear_accuracy_std"] == pytest.approx(np.std(lin, ddof=1))
+    rand = next(r for r in out["rows"] if r["run"] == "student random init")
+    assert rand["linear_accuracy_values"] == [r["random_init_eval"]["linear_accuracy"]
+                                              for r in per_seed]
+    assert per_seed[0]["random_init_eval"] != per_seed[1]["random_init_eval"]  # 2 inits
     labels = np.load(os.path.join(wd, "clusters/hog-k8/labels.npy"))
     assert labels.shape == (1438,) and set(np.unique(labels)) == set(range(8))
     summary = out["summary"]
@@ -168,6 +189,28 @@ def test_study_runs_and_resumes_each_stage(tmp_path):
         study.run(c, wd)
     assert _mtimes(wd)[os.path.join(wd, "clusters/hog-k8/labels.npy")] == \
         before[os.path.join(wd, "clusters/hog-k8/labels.npy")]
+
+
+def test_rows_and_verdict_pair_the_seeds():
+    """Rows over seeds: mean and sample std; the verdict's differences are paired by seed."""
+    ev = lambda lin: {"linear_accuracy": lin, "knn_accuracy": lin - 0.1}  # noqa: E731
+    student = study._row("student <- a", "student", "x", "a's 8 clusters",
+                         [ev(0.90), ev(0.80), ev(0.95)])
+    direct = study._row("student on a pretext", "baseline", "x", "a", [ev(0.85), ev(0.82),
+                                                                        ev(0.90)])
+    rand = study._row("student random init", "baseline", "x", "nothing", [ev(0.5)] * 3)
+    assert student["linear_accuracy"] == pytest.approx(0.8833333)
+    assert student["linear_accuracy_std"] == pytest.approx(np.std([0.9, 0.8, 0.95], ddof=1))
+    assert student["knn_accuracy_values"] == pytest.approx([0.8, 0.7, 0.85])
+    text = study.verdict([student, direct, rand])
+    # paired differences +5, -2, +5 points: mean 2.67, std 4.04, higher in 2 of 3
+    assert "+2.7 ± 4.0, higher in 2 of 3 seeds vs the pretext directly" in text
+    assert "+38.3 ± 7.6, higher in 3 of 3 seeds vs random init" in text
+    one = study._row("student <- a", "student", "x", "c", ev(0.9))
+    assert one["linear_accuracy_std"] is None and one["linear_accuracy_values"] == [0.9]
+    assert study.verdict([one, study._row("student random init", "baseline", "x", "n",
+                                          ev(0.5))]) == \
+        "student <- a: linear 90.0% (+40.0 vs random init)"
 
 
 def test_pseudo_labels_are_deterministic(tmp_path):
@@ -216,7 +259,7 @@ def test_checkpoint_teacher_layers_and_an_isolated_student(tmp_path):
     c = _study_config({"simclr": spec})
     wd = str(tmp_path / "study")
     out = study.run(c, wd)
-    student_dir = os.path.join(wd, "students", "simclr-k8")
+    student_dir = os.path.join(wd, "students", "simclr-k8-s0")
     with open(os.path.join(student_dir, checkpoint.EXPERIMENT_FILE)) as f:
         fields = json.load(f)
     assert not any(teacher_dir in str(v) or k.startswith("teachers") for k, v in fields.items())

@@ -11,16 +11,19 @@ its output is complete (an interrupted study resumes at the first missing stage)
 3. clusters  k-means (`jssl.cluster`, k = `config.transfer.num_clusters`, seeded):
              DIR/clusters/<name>-k<k>/ with labels.npy (the pseudo-labels), centers.npy.
 4. student   the student (`config.model`, method "transfer") trained from scratch on the
-             pseudo-labels in DIR/students/<name>-k<k>, then evaluated (k-NN, linear probe
-             on the real labels).
+             pseudo-labels in DIR/students/<name>-k<k>-s<seed> for every seed of
+             `config.compare.seeds`, then evaluated (k-NN, linear probe on the real labels).
 
 Stages 2 and 3 write their arrays first and a JSON record last (atomically): the record
 names the inputs that produced them, so a changed input is refused (one line), and an
 array without its record is recomputed. With `config.baselines.pretext`, the student's
-architecture is also trained on those teachers' pretexts directly (DIR/pretext/<name>);
-the first student run also evaluates the student at its random initialisation. Writes
-DIR/results.json ("summary"), DIR/results.md and DIR/clusters.png (the images nearest to
-the centres of the largest clusters of each teacher).
+architecture is also trained on those teachers' pretexts directly
+(DIR/pretext/<name>-s<seed>); the first teacher's student run of each seed also evaluates
+the student at its random initialisation. The seeds vary the student-side runs (their
+initialisation, batches and augmentation); the teachers and the clusters are made once.
+Writes DIR/results.json ("summary": means over the seeds; "rows": mean, sample std and
+per-seed values), DIR/results.md and DIR/clusters.png (the images nearest to the centres
+of the largest clusters of each teacher).
 
 The student's config holds no teacher field: it sees the teacher only through the
 pseudo-label file (`config.transfer.pseudo_labels`).
@@ -37,7 +40,7 @@ import numpy as np
 
 __all__ = ["run", "student_config", "pretext_config", "teacher_run_config", "nmi", "purity"]
 
-_STUDY_FIELDS = ("study", "teachers", "clustering", "baselines", "report")
+_STUDY_FIELDS = ("study", "teachers", "clustering", "baselines", "report", "compare")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -140,6 +143,12 @@ def _validate(config: ml_collections.ConfigDict, num_train: int, num_devices: in
     for field in ("clusters_shown", "images_per_cluster"):
         if not (isinstance(config.report[field], int) and config.report[field] >= 1):
             raise ConfigError(f"config.report.{field}: must be a positive integer")
+    seeds = config.compare.get("seeds")
+    if (not isinstance(seeds, (tuple, list)) or not seeds
+            or not all(isinstance(x, int) and x >= 0 for x in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"config.compare.seeds: must be distinct non-negative integers, "
+                          f"e.g. (0, 1, 2), got {seeds!r}")
     student = student_config(config)
     validate(student, num_devices, known=train.known_names(student))
     from jssl.methods.transfer import _validate as validate_student
@@ -365,17 +374,28 @@ def purity(true: np.ndarray, clusters: np.ndarray) -> float:
 # --- Report -------------------------------------------------------------------------------
 
 
-def _row(name: str, role: str, architecture: str, trained_on: str, ev: dict | None,
+def _row(name: str, role: str, architecture: str, trained_on: str, evals,
          extra: dict | None = None) -> dict:
-    ev = ev or {}
-    row = {"run": name, "role": role, "architecture": architecture, "trained_on": trained_on,
-           "knn_accuracy": ev.get("knn_accuracy"), "linear_accuracy": ev.get("linear_accuracy")}
+    """One table row from the evaluations of its runs (one dict, or one per seed): for
+    each metric the mean, the sample std (None for one run) and the per-run values."""
+    from jssl.studies.common import stats
+
+    evals = [e or {} for e in (evals if isinstance(evals, list) else [evals])]
+    row = {"run": name, "role": role, "architecture": architecture, "trained_on": trained_on}
+    for metric in ("knn_accuracy", "linear_accuracy"):
+        values = [e[metric] for e in evals if e.get(metric) is not None]
+        st = stats(values) if values else None
+        row[metric] = st["mean"] if st else None
+        row[metric + "_std"] = st["std"] if st and len(values) > 1 else None
+        row[metric + "_values"] = values
     row.update(extra or {})
     return row
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+def _pct(v, std=None) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
 
 
 def write_markdown(path: str, results: dict) -> None:
@@ -383,6 +403,11 @@ def write_markdown(path: str, results: dict) -> None:
              f"{results['student_architecture']}. Accuracies (%) on the test split: k-NN "
              f"(k = {results['knn_k']}) and linear probe on frozen features (weight decay "
              "chosen on validation). NMI / purity: the clusters against the real labels.")
+    seeds = results.get("seeds", [0])
+    intro += (f" Student-side runs: {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+              f"({', '.join(map(str, seeds))})" + (", mean ± sample std; the teachers and "
+              "their clusters are made once." if len(seeds) > 1 else "; the teachers and "
+              "their clusters are made once."))
     lines = ["# Knowledge transfer by clustering (Noroozi et al. 2018)", "", intro, "",
              "| run | role | architecture | trained on | k-NN | linear | NMI | purity |",
              "|---|---|---|---|---|---|---|---|"]
@@ -390,7 +415,8 @@ def write_markdown(path: str, results: dict) -> None:
         nmi_s = "-" if r.get("nmi") is None else f"{r['nmi']:.3f}"
         pur_s = "-" if r.get("purity") is None else f"{r['purity']:.3f}"
         lines.append(f"| {r['run']} | {r['role']} | {r['architecture']} | {r['trained_on']} | "
-                     f"{_pct(r['knn_accuracy'])} | {_pct(r['linear_accuracy'])} | {nmi_s} | "
+                     f"{_pct(r['knn_accuracy'], r.get('knn_accuracy_std'))} | "
+                     f"{_pct(r['linear_accuracy'], r.get('linear_accuracy_std'))} | {nmi_s} | "
                      f"{pur_s} |")
     lines += ["", f"Verdict: {results['verdict']}"] if results.get("verdict") else []
     with open(path + ".tmp", "w") as f:
@@ -432,22 +458,38 @@ def plot_clusters(path: str, panels: list, source, *, clusters_shown: int,
     fig.savefig(path, dpi=110)
 
 
+def _difference(a: dict, b: dict) -> str:
+    """`a` - `b` in linear-probe points, paired by seed: one number for one seed; mean ± std
+    and how many seeds `a` is higher in for several."""
+    va, vb = a["linear_accuracy_values"], b["linear_accuracy_values"]
+    if len(va) != len(vb) or not va:
+        return f"{100 * (a['linear_accuracy'] - b['linear_accuracy']):+.1f}"
+    diffs = [100 * (x - y) for x, y in zip(va, vb)]
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.1f}"
+    import statistics
+    higher = sum(d > 0 for d in diffs)
+    return (f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs):.1f}, higher in "
+            f"{higher} of {len(diffs)} seeds")
+
+
 def verdict(rows: list) -> str:
     """One line per student: its linear-probe accuracy against the random-init student and
-    the student trained on the same pretext directly (when the study has them)."""
+    the student trained on the same pretext directly (when the study has them), paired by
+    seed."""
     by_run = {r["run"]: r for r in rows}
-    random = by_run.get("student random init", {}).get("linear_accuracy")
+    random = by_run.get("student random init")
     lines = []
     for r in rows:
         if r["role"] != "student" or r["linear_accuracy"] is None:
             continue
         name = r["run"].split("<- ", 1)[1]
-        text = f"{r['run']}: linear {_pct(r['linear_accuracy'])}%"
-        if random is not None:
-            text += f" ({100 * (r['linear_accuracy'] - random):+.1f} vs random init)"
-        direct = by_run.get(f"student on {name} pretext", {}).get("linear_accuracy")
-        if direct is not None:
-            text += f" ({100 * (r['linear_accuracy'] - direct):+.1f} vs the pretext directly)"
+        text = f"{r['run']}: linear {_pct(r['linear_accuracy'], r.get('linear_accuracy_std'))}%"
+        if random is not None and random["linear_accuracy"] is not None:
+            text += f" ({_difference(r, random)} vs random init)"
+        direct = by_run.get(f"student on {name} pretext")
+        if direct is not None and direct["linear_accuracy"] is not None:
+            text += f" ({_difference(r, direct)} vs the pretext directly)"
         lines.append(text)
     return "; ".join(lines)
 
@@ -472,25 +514,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     k = config.transfer.num_clusters
     student_arch = f"{config.model.backbone} (w{config.model.num_filters})"
 
+    seeds = [int(x) for x in config.compare.seeds]
     rows, teachers_out, panels, summary = [], {}, [], {}
-    random_init = None
+    random_init = {}  # seed -> the student's evaluation at its random initialisation
     for i, (name, spec) in enumerate(config.teachers.items()):
         info = _teacher(config, name, spec, workdir, mesh)
         feats, feature_inputs = _features(config, name, info, source, workdir, mesh)
         clusters = _clusters(config, name, feats, feature_inputs, true_labels, workdir, mesh)
-        student = student_config(config, os.path.abspath(clusters["labels_path"]))
-        if i > 0:  # one random-init evaluation of the student architecture is enough
-            student.eval.random_init_baseline = False
-        results = _finished_run(student, os.path.join(workdir, "students", f"{name}-k{k}"))
-        if random_init is None and results.get("random_init_eval"):
-            random_init = results["random_init_eval"]
+        evals = []
+        for seed in seeds:
+            student = student_config(config, os.path.abspath(clusters["labels_path"]))
+            student.seed = seed
+            if i > 0:  # one random-init evaluation of the student per seed is enough
+                student.eval.random_init_baseline = False
+            results = _finished_run(student, os.path.join(workdir, "students",
+                                                          f"{name}-k{k}-s{seed}"))
+            if seed not in random_init and results.get("random_init_eval"):
+                random_init[seed] = results["random_init_eval"]
+            evals.append(results.get("eval"))
         stats = {key: clusters[key] for key in ("inertia", "n_iter", "size_min", "size_max",
                                                 "nmi", "purity")}
         rows.append(_row(f"teacher {name}", "teacher", info["architecture"],
                          "HOG (no training)" if spec.kind == "hog" else
                          f"{info.get('pretext', '?')} pretext", info["eval"], stats))
         rows.append(_row(f"student <- {name}", "student", student_arch,
-                         f"{name}'s {k} clusters", results.get("eval")))
+                         f"{name}'s {k} clusters", evals))
         teachers_out[name] = {**{key: v for key, v in info.items() if key != "load"},
                               "clusters": stats}
         centers = np.load(os.path.join(clusters["dir"], "centers.npy"))
@@ -498,13 +546,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     for name in config.baselines.pretext:
         spec = config.teachers[name]
-        pc = pretext_config(config, spec)
-        results = _finished_run(pc, os.path.join(workdir, "pretext", name))
+        evals = []
+        for seed in seeds:
+            pc = pretext_config(config, spec)
+            pc.seed = seed
+            evals.append(_finished_run(pc, os.path.join(workdir, "pretext",
+                                                         f"{name}-s{seed}")).get("eval"))
         rows.append(_row(f"student on {name} pretext", "baseline", student_arch,
-                         f"{pc.loss.name} pretext directly", results.get("eval")))
-    if random_init is not None:
+                         f"{pc.loss.name} pretext directly", evals))
+    if random_init:
         rows.append(_row("student random init", "baseline", student_arch, "nothing (random)",
-                         random_init))
+                         [random_init.get(seed) for seed in seeds]))
 
     for r in rows:
         for metric in ("knn_accuracy", "linear_accuracy"):
@@ -513,7 +565,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results = {"summary": summary, "rows": rows, "teachers": teachers_out,
                "data": f"{config.data.name}:{config.data.train_split}", "num_clusters": k,
                "student_architecture": student_arch, "knn_k": config.eval.knn_k,
-               "workdir": workdir}
+               "seeds": seeds, "workdir": workdir}
     results["verdict"] = verdict(rows)
     if _is_main():
         _write_json(os.path.join(workdir, RESULTS_FILE), results)
