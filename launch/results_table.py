@@ -23,6 +23,7 @@ METHODS = ["simclr", "mocov2", "mocov3", "byol", "simsiam", "barlow_twins", "vic
 # solo-learn's published CIFAR-10 top-1 (ResNet-18, 1000 epochs; README of
 # github.com/vturrisi/solo-learn at 9187ea3). Reference only: jssl cannot train on CIFAR-10
 # here (no download), and the embedded data set is a different task.
+NOTES = {"supcon": " (uses the labels)"}  # shown after the method's name
 SOLO_CIFAR10 = {"barlow_twins": 92.10, "byol": 92.58, "dino": 89.52, "mocov2": 92.94,
                 "mocov3": 93.10, "simclr": 90.74, "simsiam": 90.51, "supcon": 93.82,
                 "swav": 89.17, "vicreg": 92.07, "wmse": 88.67}
@@ -87,7 +88,7 @@ def main() -> None:
         command = (f"`python -m jssl.main --config configs/{method}.py --workdir runs/{method} "
                    f"--config.seed=S{steps}`")
         solo = SOLO_CIFAR10.get(method)
-        rows.append(f"| {method}{method_note} | {_cell(knn)} | {_cell(lin)} | {secs:.0f} | "
+        rows.append(f"| {method}{NOTES.get(method, '')}{method_note} | {_cell(knn)} | {_cell(lin)} | {secs:.0f} | "
                     f"{solo if solo else '-'} | {command} |")
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
