@@ -11,7 +11,7 @@ import optax
 
 from jssl import losses
 
-__all__ = ["TrainState", "Method", "DataInfo", "classifier_update"]
+__all__ = ["TrainState", "Method", "DataInfo", "classifier_update", "step_metrics"]
 
 
 @flax.struct.dataclass
@@ -68,6 +68,15 @@ def global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
+def step_metrics(loss, grads, params, h, lr) -> dict:
+    """The metrics every train step logs: loss, lr, grad_norm, param_norm and feature_std,
+    the mean per-dimension std of the L2-normalised features h (~1/sqrt(F) when healthy, 0
+    when the representation has collapsed)."""
+    return {"loss": loss, "lr": lr, "grad_norm": global_norm(grads),
+            "param_norm": global_norm(params),
+            "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0))}
+
+
 def compute_dtype(config):
     """The computation dtype of `config.dtype` (parameters stay float32)."""
     return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
@@ -109,13 +118,7 @@ def classifier_update(model, tx, schedule, loss_fn, state: TrainState, x: jax.Ar
         objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        accuracy_name: jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
-        "lr": schedule(state.step),
-        "grad_norm": global_norm(grads),
-        "param_norm": global_norm(params),
-        "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0)),
-    }
+    metrics = step_metrics(loss, grads, params, h, schedule(state.step))
+    metrics[accuracy_name] = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state), metrics

@@ -25,11 +25,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from jssl import augment, losses, models
+from jssl import augment, models
 from jssl.data import pipeline
 from jssl.evaluate import few_label_subset
 from jssl.methods import pretrain
-from jssl.methods.common import DataInfo, Method, TrainState, global_norm
+from jssl.methods.common import DataInfo, Method, TrainState, step_metrics
 from jssl.optim import build_optimizer
 
 __all__ = ["JointModel", "PRETEXTS", "build", "build_parts", "joint_config", "labelled_split"]
@@ -216,16 +216,9 @@ def build_parts(config: ml_collections.ConfigDict, data: DataInfo):
             loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss,
-            "ce_loss": ce,
-            "ssl_loss": ssl,
-            "train_accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
-            "lr": schedule(state.step),
-            "grad_norm": global_norm(grads),
-            "param_norm": global_norm(params),
-            "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0)),
-        }
+        metrics = step_metrics(loss, grads, params, h, schedule(state.step))
+        metrics.update(ce_loss=ce, ssl_loss=ssl, train_accuracy=jnp.mean(
+            (jnp.argmax(logits, -1) == labels).astype(jnp.float32)))
         return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                              opt_state=opt_state), metrics
 

@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 from jssl import augment, losses, models
-from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, global_norm
+from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, global_norm, step_metrics
 from jssl.optim import build_optimizer, decay_mask, learning_rate_schedule
 
 __all__ = ["MODES", "PRETEXTS", "MetaMaskModel", "mask_hypergradient", "metamask_config",
@@ -336,11 +336,8 @@ def build_parts(config: ml_collections.ConfigDict, data: DataInfo):
             loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss, "bt_loss": bt, "nt_xent_loss": ntx, "lr": schedule(state.step),
-            "grad_norm": global_norm(grads), "param_norm": global_norm(params),
-            "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0)),
-        }
+        metrics = step_metrics(loss, grads, params, h, schedule(state.step))
+        metrics.update(bt_loss=bt, nt_xent_loss=ntx)
         return state.replace(params=params, batch_stats=batch_stats,
                              opt_state=opt_state), metrics
 

@@ -27,7 +27,7 @@ import ml_collections
 import optax
 
 from jssl import augment, losses, models
-from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, global_norm
+from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, step_metrics
 from jssl.optim import build_optimizer
 
 __all__ = ["SSLModel", "Pretext", "PRETEXTS", "build", "build_parts", "build_model",
@@ -294,15 +294,7 @@ def build_parts(config: ml_collections.ConfigDict, data: DataInfo):
         if renormalize:
             params = _normalize_prototypes(params)
         extras = {**extras, **new_extras}
-        metrics = {
-            "loss": loss,
-            "lr": schedule(state.step),
-            "grad_norm": global_norm(grads),
-            "param_norm": global_norm(params),
-            # Mean per-dimension std of L2-normalised features: ~1/sqrt(F) when healthy,
-            # 0 when the representation has collapsed.
-            "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0)),
-        }
+        metrics = step_metrics(loss, grads, params, h, schedule(state.step))
         if has_target:
             tau = ema_momentum(state.step, config.total_steps, config.ema.base_momentum,
                                config.ema.final_momentum)

@@ -464,13 +464,13 @@ def _difference(a: dict, b: dict) -> str:
     va, vb = a["linear_accuracy_values"], b["linear_accuracy_values"]
     if len(va) != len(vb) or not va:
         return f"{100 * (a['linear_accuracy'] - b['linear_accuracy']):+.1f}"
-    diffs = [100 * (x - y) for x, y in zip(va, vb)]
-    if len(diffs) == 1:
-        return f"{diffs[0]:+.1f}"
-    import statistics
-    higher = sum(d > 0 for d in diffs)
-    return (f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs):.1f}, higher in "
-            f"{higher} of {len(diffs)} seeds")
+    from jssl.studies.common import stats
+
+    d = stats([100 * (x - y) for x, y in zip(va, vb)])
+    if len(va) == 1:
+        return f"{d['mean']:+.1f}"
+    higher = sum(x > 0 for x in d["values"])
+    return f"{d['mean']:+.1f} ± {d['std']:.1f}, higher in {higher} of {len(va)} seeds"
 
 
 def verdict(rows: list) -> str:
