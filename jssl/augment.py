@@ -23,7 +23,8 @@ __all__ = [
     "augment_view", "center_view", "color_jitter", "default_blur_kernel_size", "gaussian_blur",
     "gaussian_filter", "horizontal_flip", "hsv_to_rgb", "normalize", "random_grayscale",
     "random_resized_crop", "resized_crop", "rgb_to_hsv", "sample_color_jitter",
-    "sample_crop_box", "solarize", "solo_cifar_views", "to_grayscale",
+    "sample_crop_box", "solarize", "solo_cifar_views", "to_grayscale", "view_uniforms",
+    "NUM_UNIFORMS",
 ]
 
 # solo-learn's CIFAR-10 statistics (`MEANS_N_STD["cifar10"]` in pretrain_dataloader.py).
@@ -35,6 +36,10 @@ VIEW_FIELDS = ("crop_size", "crop_scale", "flip_prob", "brightness", "contrast",
                "hue", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob",
                "mean", "std")
 _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
+# The uniforms each random op of a view consumes; every op's `key` may be a PRNG key or a
+# float vector of that many uniforms (see `_uniforms`).
+NUM_UNIFORMS = {"crop": 2 * _CROP_ATTEMPTS + 2, "color_jitter": 9, "grayscale": 1, "blur": 2,
+                "solarize": 1, "flip": 1}
 
 
 def _check_prob(name: str, p: Any) -> None:
@@ -48,8 +53,14 @@ def _check_image(image: jax.Array) -> None:
 
 
 def _uniforms(key: jax.Array, n: int) -> jax.Array:
-    # One draw per op: each threefry call costs compile time on CPU, so every random op
-    # slices its numbers out of a single uniform vector.
+    """The `n` uniforms in [0, 1) a random op consumes: drawn from `key`, or `key` itself
+    when it is already a float vector of `n` uniforms. Each threefry draw costs about a
+    second of XLA compilation on CPU under vmap, so `augment_image` draws the numbers of
+    all its ops at once and hands each op its slice (`NUM_UNIFORMS`)."""
+    if jnp.issubdtype(jnp.asarray(key).dtype, jnp.floating):
+        if jnp.shape(key) != (n,):
+            raise ValueError(f"expected {n} uniforms, got shape {jnp.shape(key)}")
+        return key
     return jax.random.uniform(key, (n,))
 
 
@@ -329,26 +340,45 @@ def _check_view(view: Mapping[str, Any]) -> dict[str, Any]:
     return v
 
 
+def view_uniforms(key: jax.Array, view: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """{op: its uniforms} for the random ops of one view, from ONE draw of `key`: the
+    crop's first, then those of every op with a probability above 0, in solo-learn's
+    order (colour jitter, grayscale, blur, solarize, flip)."""
+    v = _check_view(view)
+    ops = ["crop"] + [op for op, field in (("color_jitter", "color_jitter_prob"),
+                                           ("grayscale", "grayscale_prob"),
+                                           ("blur", "blur_prob"), ("solarize", "solarize_prob"),
+                                           ("flip", "flip_prob")) if v[field] > 0]
+    u = jax.random.uniform(key, (sum(NUM_UNIFORMS[op] for op in ops),))
+    out, start = {}, 0
+    for op in ops:
+        out[op] = u[start:start + NUM_UNIFORMS[op]]
+        start += NUM_UNIFORMS[op]
+    return out
+
+
 def augment_image(key: jax.Array, image: jax.Array, view: Mapping[str, Any]) -> jax.Array:
     """One view of one float image (H, W, 3) in [0, 1] -> normalised (S, S, 3), S = crop_size.
 
     solo-learn's order: crop, colour jitter, grayscale, blur, solarize, flip, normalise. An op
     with probability 0 is left out of the trace (solo-learn leaves it out of the pipeline).
+    The ops' random numbers come from one draw of `key` (`view_uniforms`).
     """
     v = _check_view(view)
-    k_crop, k_jitter, k_gray, k_blur, k_solar, k_flip = jax.random.split(key, 6)
-    x = random_resized_crop(k_crop, image, size=v["crop_size"], scale=v["crop_scale"])
-    if v["color_jitter_prob"] > 0:
-        x = color_jitter(k_jitter, x, brightness=v["brightness"], contrast=v["contrast"],
-                         saturation=v["saturation"], hue=v["hue"], prob=v["color_jitter_prob"])
-    if v["grayscale_prob"] > 0:
-        x = random_grayscale(k_gray, x, prob=v["grayscale_prob"])
-    if v["blur_prob"] > 0:
-        x = gaussian_blur(k_blur, x, prob=v["blur_prob"])
-    if v["solarize_prob"] > 0:
-        x = solarize(k_solar, x, prob=v["solarize_prob"])
-    if v["flip_prob"] > 0:
-        x = horizontal_flip(k_flip, x, prob=v["flip_prob"])
+    u = view_uniforms(key, v)
+    x = random_resized_crop(u["crop"], image, size=v["crop_size"], scale=v["crop_scale"])
+    if "color_jitter" in u:
+        x = color_jitter(u["color_jitter"], x, brightness=v["brightness"],
+                         contrast=v["contrast"], saturation=v["saturation"], hue=v["hue"],
+                         prob=v["color_jitter_prob"])
+    if "grayscale" in u:
+        x = random_grayscale(u["grayscale"], x, prob=v["grayscale_prob"])
+    if "blur" in u:
+        x = gaussian_blur(u["blur"], x, prob=v["blur_prob"])
+    if "solarize" in u:
+        x = solarize(u["solarize"], x, prob=v["solarize_prob"])
+    if "flip" in u:
+        x = horizontal_flip(u["flip"], x, prob=v["flip_prob"])
     return normalize(x, v["mean"], v["std"])
 
 
@@ -391,39 +421,36 @@ def center_view(images: jax.Array, *, size: int, mean: Sequence[float],
     return normalize(x, mean, std)
 
 
-def solo_cifar_views(method: str, *, crop_size: int = 32,
+def solo_cifar_views(recipe: str, *, crop_size: int = 32,
                      mean: Sequence[float] = CIFAR10_MEAN,
-                     std: Sequence[float] = CIFAR10_STD) -> list[dict[str, Any]]:
-    """The two views of solo-learn's CIFAR pretraining recipes, as `augment_view` dicts.
+                     std: Sequence[float] = CIFAR10_STD, **overrides: Any) -> list[dict[str, Any]]:
+    """The two views of a solo-learn CIFAR pretraining recipe, as `augment_view` dicts.
 
-    From `scripts/pretrain/cifar/` in github.com/vturrisi/solo-learn (commit 9187ea3):
-    - asymmetric (`augmentations/asymmetric.yaml`: barlow_twins, byol, mocov3, dino): crop
-      scale (0.08, 1), jitter p 0.8 with (0.4, 0.4, 0.2, 0.1), grayscale 0.2, no blur, flip
-      0.5; solarization 0.0 in view 1 and 0.2 in view 2.
-    - symmetric (`symmetric.yaml`: simclr, supcon, swav): jitter p 0.8 with (0.8, 0.8, 0.8,
-      0.2), grayscale 0.2, blur 0.5, no solarization, flip 0.5, in both views.
-    - symmetric_weak (`symmetric_weak.yaml`: mocov2 (mocov2plus), simsiam): as symmetric
-      with jitter (0.4, 0.4, 0.4, 0.1).
-    - vicreg (inline in vicreg.yaml): crop scale (0.2, 1), jitter p 0.8 with (0.4, 0.4,
-      0.2, 0.1), grayscale 0.2, no blur, solarization 0.1, flip 0.5, in both views.
-    - wmse (inline in wmse.yaml): crop scale (0.2, 1), jitter p 0.8 with (0.8, 0.8, 0.8,
-      0.2), grayscale 0.2, no blur, no solarization, flip 0.5, in both views.
+    From `scripts/pretrain/cifar/augmentations/` in github.com/vturrisi/solo-learn (commit
+    9187ea3); each method's config names its recipe (configs/<method>.py):
+    - "asymmetric" (barlow_twins, byol, mocov3, dino): crop scale (0.08, 1), jitter p 0.8
+      with (0.4, 0.4, 0.2, 0.1), grayscale 0.2, no blur, flip 0.5; solarization 0.0 in view
+      1 and 0.2 in view 2.
+    - "symmetric" (simclr, supcon, swav): jitter p 0.8 with (0.8, 0.8, 0.8, 0.2), grayscale
+      0.2, blur 0.5, no solarization, flip 0.5, in both views.
+    - "symmetric_weak" (mocov2plus, simsiam): as symmetric with jitter (0.4, 0.4, 0.4, 0.1).
+    Recipes written inline in a method's yaml are one of these with `overrides`, applied to
+    both views: vicreg is "asymmetric" with crop_scale=(0.2, 1.0), solarize_prob=0.1; wmse
+    is "symmetric" with crop_scale=(0.2, 1.0), blur_prob=0.0.
     solo-learn resamples with bicubic interpolation; jssl's crop is bilinear.
     """
-    asymmetric = ({}, {"solarize_prob": 0.2})
     strong = {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2, "blur_prob": 0.5}
     weak = {**strong, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}
-    vicreg = {"crop_scale": (0.2, 1.0), "solarize_prob": 0.1}
-    wmse = {**strong, "crop_scale": (0.2, 1.0), "blur_prob": 0.0}
-    recipes = {"barlow_twins": asymmetric, "byol": asymmetric, "mocov3": asymmetric,
-               "dino": asymmetric, "simclr": (strong, strong), "supcon": (strong, strong),
-               "swav": (strong, strong), "mocov2": (weak, weak), "simsiam": (weak, weak),
-               "vicreg": (vicreg, vicreg), "wmse": (wmse, wmse)}
-    if method not in recipes:
-        raise ValueError(f"method {method!r} has no solo-learn CIFAR views; choose one of "
+    recipes = {"asymmetric": ({}, {"solarize_prob": 0.2}), "symmetric": (strong, strong),
+               "symmetric_weak": (weak, weak)}
+    if recipe not in recipes:
+        raise ValueError(f"unknown solo-learn CIFAR recipe {recipe!r}; choose one of "
                          f"{', '.join(sorted(recipes))}")
     base = {"crop_size": crop_size, "crop_scale": (0.08, 1.0), "flip_prob": 0.5,
             "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1,
             "color_jitter_prob": 0.8, "grayscale_prob": 0.2, "blur_prob": 0.0,
             "solarize_prob": 0.0, "mean": tuple(mean), "std": tuple(std)}
-    return [{**base, **overrides} for overrides in recipes[method]]
+    unknown = sorted(set(overrides) - set(base))
+    if unknown:
+        raise ValueError(f"solo_cifar_views: unknown view fields {', '.join(unknown)}")
+    return [{**base, **view, **overrides} for view in recipes[recipe]]

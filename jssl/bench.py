@@ -4,7 +4,7 @@ The train step is timed on device-resident data (random uint8 images put on the 
 once), after compilation, with `block_until_ready` around each step; the median is
 reported. `--augment` also times the on-device augmentation alone and the full step
 with augmentation. `--torch PATH` runs PyTorch's version of the same step
-(shared/bench/torch_barlow_step.py) in a subprocess, alternating with jssl's timing
+(benchmarks/torch_barlow_step.py) in a subprocess, alternating with jssl's timing
 `--repeats` times in one run, and reports the ratio of medians: these machines are shared
 and noisy, so only ratios measured together mean anything. `flops_per_step` counts the
 matmul and convolution FLOPs of the step (`count_flops`); `mfu` divides the achieved FLOP/s by the device's data-sheet
@@ -17,12 +17,20 @@ momentum 0.9, lr 0.1, weight decay 1e-4 on every parameter, `--batch` images per
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
+
+import jax
+import numpy as np
+from jax.extend import core
+
+from jssl import methods, parallel
+from jssl.config import load_file
+from jssl.errors import ConfigError
 
 __all__ = ["bench_pretrain", "count_flops", "main"]
 
@@ -30,13 +38,10 @@ __all__ = ["bench_pretrain", "count_flops", "main"]
 def sized_config(args):
     """configs/<--method>.py (default preset) with the common bench flags' sizes: batch, image
     size, backbone, stem, width, conv_impl, dtype."""
-    from jssl.config import load_file
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "configs", f"{args.method}.py")
-    if not os.path.exists(path):
-        raise SystemExit(f"jssl.bench: no config {path} for --method {args.method}")
-    c = load_file(path)
+    try:
+        c = load_file(args.method)  # the shipped configs/<method>.py, in any installation
+    except ConfigError as e:
+        raise SystemExit(f"jssl.bench: --method {args.method}: {e}") from None
     c.batch_size = args.batch
     c.data.image_size = c.augment.view1.crop_size = c.augment.view2.crop_size = args.image_size
     c.model.backbone = args.backbone
@@ -68,8 +73,6 @@ def _pretrain_config(args):
 
 def _time_steps(fn, state, *args, steps: int, warmup: int):
     """Run `state, _ = fn(state, *args)` warmup + steps times; per-step seconds (post warm-up)."""
-    import jax
-
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
@@ -81,25 +84,20 @@ def _time_steps(fn, state, *args, steps: int, warmup: int):
 
 
 def bench_pretrain(args) -> dict:
-    import jax
-    import numpy as np
-
-    from jssl import methods, parallel
-    from jssl.methods import pretrain
-
     config = _pretrain_config(args)
     mesh = parallel.make_mesh()
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     info = methods.DataInfo(num_classes=10, image_shape=(args.image_size, args.image_size, 3))
-    method, update, make_views = pretrain.build_parts(config, info)
+    method = methods.build(config, info, mesh)
+    update = method.update
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(args.batch, args.image_size, args.image_size, 3),
                           dtype=np.uint8)
-    images = jax.device_put(images, data)
+    batch = jax.device_put({"image": images, "label": np.zeros(args.batch, np.int32)}, data)
     state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
-    views_fn = jax.jit(make_views, in_shardings=(repl, data), out_shardings=data)
-    views = views_fn(state, images)
+    views_fn = jax.jit(method.make_inputs, in_shardings=(repl, data), out_shardings=data)
+    views = views_fn(state, batch)
     update_fn = jax.jit(update, in_shardings=(repl, data), out_shardings=(repl, repl),
                         donate_argnums=0)
 
@@ -139,14 +137,12 @@ def bench_pretrain(args) -> dict:
                    torch_threads=torch_runs[0].get("threads"),
                    speed_vs_torch=round(torch_med / med, 3))
     if args.augment:
-        def aug_only(s, imgs):
-            return s, views_fn(s, imgs)
+        def aug_only(s, b):
+            return s, views_fn(s, b)
 
-        _, aug_times = _time_steps(aug_only, state, images, steps=args.steps, warmup=1)
+        _, aug_times = _time_steps(aug_only, state, batch, steps=args.steps, warmup=1)
         step_fn = jax.jit(method.train_step, in_shardings=(repl, data),
                           out_shardings=(repl, repl), donate_argnums=0)
-        batch = {"image": images,
-                 "label": jax.device_put(np.zeros(args.batch, np.int32), data)}
         state, full_times = _time_steps(step_fn, state, batch, steps=args.steps, warmup=1)
         aug_med = statistics.median(aug_times)
         full_med = statistics.median(full_times)
@@ -186,8 +182,6 @@ def _flops(compiled) -> int | None:
 
 
 def _eqn_flops(eqn) -> int:
-    import numpy as np
-
     name = eqn.primitive.name
     if name == "dot_general":
         (lhs_contract, _), _ = eqn.params["dimension_numbers"]
@@ -209,8 +203,6 @@ def _eqn_flops(eqn) -> int:
 
 
 def _jaxpr_flops(jaxpr) -> int:
-    from jax.extend import core
-
     total = 0
     for eqn in jaxpr.eqns:
         total += _eqn_flops(eqn)
@@ -224,8 +216,6 @@ def count_flops(fn, *args) -> int:
     forward, backward and update included, read off its jaxpr: the model FLOPs behind an
     MFU figure, the same on every backend. Elementwise work is not counted. Loops
     (scan/while) count one iteration."""
-    import jax
-
     return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
@@ -239,15 +229,13 @@ def _run_torch(args) -> dict:
 
 
 # --method -> a function of the parsed args returning the JSON record, or "module:function"
-# (imported on use, so each benchmark's dependencies load only when it runs).
+# (imported on use: the k-means benchmark needs scikit-learn and faiss, the bench extra).
 BENCHES = {"barlow_twins": bench_pretrain, "simclr": bench_pretrain,
            "metamask": "jssl.bench_metamask:bench", "kmeans": "jssl.bench_kmeans:bench"}
 
 
 def _resolve(entry):
     if isinstance(entry, str):
-        import importlib
-
         module, name = entry.split(":")
         return getattr(importlib.import_module(module), name)
     return entry

@@ -19,6 +19,11 @@ from __future__ import annotations
 import statistics
 import time
 
+import jax
+import numpy as np
+
+from jssl import cluster
+
 __all__ = ["bench", "make_data"]
 
 REPEATS = 3
@@ -26,8 +31,6 @@ REPEATS = 3
 
 def make_data(n: int, d: int, k: int, seed: int):
     """(x (n, d) float32, initial centres (k, d) float32: k distinct rows of x)."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     means = 0.5 * rng.standard_normal((k, d), dtype=np.float32)
     x = means[rng.integers(0, k, n)] + rng.standard_normal((n, d), dtype=np.float32)
@@ -42,11 +45,6 @@ def _timed(fn):
 
 
 def bench(args) -> dict:
-    import jax
-    import numpy as np
-
-    from jssl import cluster
-
     n, d, k, iters = args.n, args.d, args.k, args.iters
     x, init = make_data(n, d, k, args.seed)
 
@@ -59,7 +57,7 @@ def bench(args) -> dict:
     compile_s, _ = _timed(lambda: cluster.kmeans(x, k, init=init, max_iter=1, tol=0.0))
     runners = {"jssl": run_jssl}
 
-    try:
+    try:  # the comparisons are optional (the bench extra)
         from sklearn.cluster import KMeans
     except ImportError:
         KMeans = None

@@ -14,13 +14,18 @@ from __future__ import annotations
 import statistics
 import time
 
+import jax
+import numpy as np
+
+from jssl import methods, parallel
+from jssl.bench import _time_steps, sized_config
+from jssl.methods import metamask
+
 __all__ = ["bench", "metamask_bench_config"]
 
 
 def metamask_bench_config(args, *, mode: str = "exact", enabled: bool = True):
     """configs/metamask.py (default preset) sized by the common bench flags."""
-    from jssl.bench import sized_config
-
     c = sized_config(args)  # args.method is "metamask"
     c.model.projector_hidden_dims = (args.proj, args.proj)
     c.model.projector_dim = args.proj
@@ -34,13 +39,6 @@ def metamask_bench_config(args, *, mode: str = "exact", enabled: bool = True):
 
 
 def bench(args) -> dict:
-    import jax
-    import numpy as np
-
-    from jssl import methods, parallel
-    from jssl.bench import _time_steps
-    from jssl.methods import metamask
-
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in metamask.MODES]
     if unknown or not modes:
@@ -63,12 +61,13 @@ def bench(args) -> dict:
            "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
            "jax": jax.__version__}
     runners = {}
+    batch = {"image": images}
     for name, config in variants.items():
-        method, parts = metamask.build_parts(config, info)
+        method = metamask.build(config, info)
         state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
-        views = jax.jit(parts["make_views"], in_shardings=(repl, data),
-                        out_shardings=data)(state, images)
-        fn = jax.jit(parts["update"], in_shardings=(repl, data), out_shardings=(repl, repl),
+        views = jax.jit(method.make_inputs, in_shardings=(repl, data),
+                        out_shardings=data)(state, batch)
+        fn = jax.jit(method.update, in_shardings=(repl, data), out_shardings=(repl, repl),
                      donate_argnums=0)
         t = time.perf_counter()
         fn = fn.lower(state, views).compile()

@@ -2,6 +2,7 @@
 
 Layout of a workdir:
   experiment.json   the config fields that identify the experiment (jssl.config)
+  config.json       the whole config the run was last started with (run-control fields too)
   checkpoints/<step>/   orbax CheckpointManager steps (the last `keep` are kept)
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run
@@ -13,16 +14,24 @@ nothing in it is touched.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
 
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
-from jssl.config import ConfigError, experiment_fields
+from jssl import io
+from jssl.config import experiment_fields, from_flat, from_nested
+from jssl.errors import ConfigError
 
-__all__ = ["check_workdir", "Checkpointer", "load_backbone", "restore_host"]
+__all__ = ["check_workdir", "Checkpointer", "load_backbone", "restore_host", "saved_config",
+           "EXPERIMENT_FILE", "CONFIG_FILE", "CHECKPOINT_DIR"]
 
 EXPERIMENT_FILE = "experiment.json"
+CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -69,8 +78,6 @@ def check_workdir(workdir: str, config) -> bool:
 def _check_writable(workdir: str) -> None:
     """Probe with a temporary directory in the workdir or its nearest existing ancestor
     (permission bits alone say nothing for root or read-only file systems)."""
-    import tempfile
-
     parent = os.path.abspath(workdir)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -90,10 +97,7 @@ class Checkpointer:
             os.makedirs(workdir, exist_ok=True)
             exp_path = os.path.join(workdir, EXPERIMENT_FILE)
             if not os.path.exists(exp_path):
-                tmp = exp_path + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(experiment_fields(config), f, indent=1, sort_keys=True)
-                os.replace(tmp, exp_path)
+                io.write_json(exp_path, experiment_fields(config))
         self.manager = ocp.CheckpointManager(
             os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
@@ -120,14 +124,10 @@ def restore_host(path: str, step: int | None = None) -> tuple[int, dict]:
 
     Raises ConfigError (one line) when `path` holds no complete checkpoint.
     """
-    import numpy as np
-
     ckpt_dir = os.path.abspath(os.path.join(path, CHECKPOINT_DIR))
     if not os.path.isdir(ckpt_dir):
         raise ConfigError(f"{path}: no {CHECKPOINT_DIR}/ here; give the --workdir of a "
                           "finished jssl run")
-    import logging
-
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # orbax warns about read-only mode and unread items
@@ -166,3 +166,24 @@ def load_backbone(path: str) -> tuple[dict, dict]:
         raise ConfigError(f"config.model.init_from: the checkpoint in {path} has no backbone "
                           f"(top-level parameters: {', '.join(sorted(params))})")
     return params["backbone"], stats.get("backbone", {})
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config of the run in `workdir` (for `--mode=eval` without `--config`, export,
+    teachers): its config.json when there is one (written at every start of a run:
+    run-control fields such as `eval.*` included); else experiment.json (every field that
+    identifies the run) over `jssl.config.base_config()`, whose defaults then fill the
+    run-control fields. Sequences come back as tuples, as the config files write them.
+    ConfigError (one line) when the workdir holds neither or one cannot be read."""
+    for name, flat in ((CONFIG_FILE, False), (EXPERIMENT_FILE, True)):
+        path = os.path.join(workdir, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            saved = io.read_json(path)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{workdir}: cannot read {path} ({e}); give --config") from None
+        return from_flat(saved, defaults=True) if flat else from_nested(saved)
+    raise ConfigError(f"{workdir} holds no jssl run (no {EXPERIMENT_FILE}); give the --workdir "
+                      "of a run, or --config")
+

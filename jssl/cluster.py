@@ -1,13 +1,13 @@
 """k-means in JAX: k-means++ seeding and Lloyd iterations with the data sharded over a mesh.
 
-Built for the cluster pseudo-labels of knowledge transfer (Noroozi et al. 2018, METHODS.md
+Built for the cluster pseudo-labels of knowledge transfer (Noroozi et al. 2018, docs/methods.md
 section 5): N in the millions, K in the thousands, on one host or an accelerator pod.
 
 * The points live on the mesh's "data" axis (padded to a multiple of devices x chunk; the
   padding is masked everywhere). Each Lloyd iteration is one `shard_map`: every device
   assigns its points chunk by chunk and forms partial per-cluster sums, counts, squared
   distances and label changes, packed into ONE (K, D + 3) array reduced with ONE `psum`.
-  `shard_map` is on purpose here (DESIGN.md: "only where a per-device computation is
+  `shard_map` is on purpose here (docs/design.md: "only where a per-device computation is
   wanted"): the per-device partial sums are the algorithm, and a global-array jit would
   gather the labels or the scatter.
 * Distances are ||x||^2 - 2 x.c + ||c||^2 for `chunk_size` points at a time inside a
@@ -31,6 +31,7 @@ import math
 from typing import Callable
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -244,7 +245,6 @@ def _host(a: jax.Array) -> np.ndarray:
         return np.asarray(jax.device_get(a))
     if a.sharding.is_fully_replicated:
         return np.asarray(a.addressable_data(0))
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 

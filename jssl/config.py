@@ -6,62 +6,130 @@ line naming the field and the fix, for anything a user can get wrong.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
-from typing import Any, Iterable
+import os
+from typing import Any, Iterable, Mapping
 
+import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
 from jssl.augment import CIFAR10_MEAN as CIFAR_MEAN, CIFAR10_STD as CIFAR_STD
+from jssl.augment import solo_cifar_views
+from jssl.errors import ConfigError
 
-__all__ = ["ConfigError", "base_config", "validate", "view_config", "experiment_fields"]
+__all__ = ["ConfigError", "base_config", "validate", "view_config", "experiment_fields",
+           "config_group", "from_flat", "from_nested", "get_field", "load_file", "config_file",
+           "config_module", "shipped_configs", "zoo", "CONFIG_DIR",
+           "compute_dtype", "eval_transform", "one_view"]
 
 # MNIST, broadcast to the 3 channels the models take.
 MNIST_MEAN = (0.1307, 0.1307, 0.1307)
 MNIST_STD = (0.3081, 0.3081, 0.3081)
 
 
-class ConfigError(ValueError):
-    """A user mistake in the config: the message is one line naming the field and the fix."""
+# The config files shipped with jssl (`configs/` in the repository is a link to it), so that
+# benchmarks and notebooks find them in any installation.
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def config_group(name: str, defaults: Mapping[str, Any],
+                 overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A config group (`config.<name>`) from its `defaults`, with `overrides` applied; an
+    override that names no field of the group is a KeyError naming the group and the field.
+    Every `*_config(**overrides)` helper of the methods is this."""
+    group = ml_collections.ConfigDict(dict(defaults))
+    for key, value in overrides.items():
+        if key not in group:
+            raise KeyError(f"{name}: unknown field {key!r}; fields: {', '.join(group)}")
+        group[key] = value
+    return group
 
 
 def view_config(**overrides: Any) -> ml_collections.ConfigDict:
     """One augmentation view (the fields `jssl.augment.augment_view` reads)."""
-    view = ml_collections.ConfigDict(
-        dict(
-            crop_size=32,
-            crop_scale=(0.08, 1.0),
-            flip_prob=0.5,
-            brightness=0.4,
-            contrast=0.4,
-            saturation=0.2,
-            hue=0.1,
-            color_jitter_prob=0.8,
-            grayscale_prob=0.2,
-            blur_prob=0.0,
-            solarize_prob=0.0,
-            mean=CIFAR_MEAN,
-            std=CIFAR_STD,
-        )
-    )
-    for key, value in overrides.items():
-        if key not in view:
-            raise KeyError(f"view_config: unknown field {key!r}")
-        view[key] = value
-    return view
+    return config_group("view_config", dict(
+        crop_size=32,
+        crop_scale=(0.08, 1.0),
+        flip_prob=0.5,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.2,
+        hue=0.1,
+        color_jitter_prob=0.8,
+        grayscale_prob=0.2,
+        blur_prob=0.0,
+        solarize_prob=0.0,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+    ), overrides)
 
 
-def load_file(path: str, preset: str = "") -> ml_collections.ConfigDict:
-    """`get_config(preset)` of the config file at `path` (what `--config path:preset` loads):
-    for configs that build on other config files, benchmarks and notebooks."""
-    import importlib.util
-    import os
+def config_file(name: str) -> str:
+    """The path of the shipped config file `configs/<name>.py`; ConfigError if there is none."""
+    path = os.path.join(CONFIG_DIR, f"{name}.py")
+    if not os.path.isfile(path):
+        raise ConfigError(f"no config file configs/{name}.py; choose one of "
+                          f"{', '.join(shipped_configs())}")
+    return path
 
+
+def shipped_configs() -> list[str]:
+    """The names of the shipped config files (configs/<name>.py)."""
+    return sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
+                  if f.endswith(".py") and not f.startswith("_"))
+
+
+def config_module(path: str):
+    """The module of the config file at `path`; a bare name (no directory, no .py) is a
+    shipped config (`config_file`)."""
+    if os.sep not in path and not path.endswith(".py"):
+        path = config_file(path)
     name = "jssl_configs_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return module
+
+
+def load_file(path: str, preset: str = "") -> ml_collections.ConfigDict:
+    """`get_config(preset)` of the config file at `path` (what `--config path:preset` loads):
+    for configs that build on other config files, benchmarks and notebooks. A bare name
+    (no directory, no .py) is a shipped config (`config_file`)."""
+    return config_module(path).get_config(preset)
+
+
+def zoo() -> dict[str, dict]:
+    """{name: entry} of the shipped configs that belong to the pretext zoo: those whose
+    module declares `ZOO = {...}` ("reference": solo-learn's published CIFAR-10 top-1 %,
+    "note": shown after the name). The zoo table (launch/results_table.py) and the
+    every-config tests read this list, so a new method's config is all it takes."""
+    out = {}
+    for name in shipped_configs():
+        entry = getattr(config_module(name), "ZOO", None)
+        if entry is not None:
+            out[name] = dict(entry)
+    return out
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    """The computation dtype of `config.dtype` (parameters and losses stay float32)."""
+    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+def eval_transform(config: ml_collections.ConfigDict) -> dict:
+    """Keywords of `augment.center_view` for evaluation-time features of this config: the
+    data's image size and the first view's normalisation."""
+    v = config.augment.view1
+    return {"size": int(config.data.image_size), "mean": tuple(v.mean), "std": tuple(v.std)}
+
+
+def one_view(c: ml_collections.ConfigDict, view: ml_collections.ConfigDict) -> None:
+    """Set both augmentation views to `view`: the presets of single-view methods (puzzle,
+    transfer), which read augment.view1 alone and refuse a view2 that differs from it."""
+    c.augment.view1 = view
+    c.augment.view2 = ml_collections.ConfigDict(view.to_dict())
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -170,6 +238,44 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _tuples(x):
+    """JSON lists back to the tuples config files use, recursively."""
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def from_flat(flat: Mapping[str, Any], *, defaults: bool = False) -> ml_collections.ConfigDict:
+    """The config whose flattened fields (`experiment_fields`, "a.b.c" keys) are `flat`; with
+    `defaults`, over `base_config()`, whose values then fill the fields `flat` lacks (the
+    run-control fields of an experiment.json). JSON lists come back as tuples."""
+    items = {**(_flatten(base_config().to_dict()) if defaults else {}), **flat}
+    nested: dict = {}
+    for key, value in items.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(_tuples(nested))
+
+
+def from_nested(nested: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The config of a nested dict (`config.to_dict()` read back from JSON): lists become
+    the tuples config files use."""
+    return ml_collections.ConfigDict(_tuples(dict(nested)))
+
+
+def get_field(config: ml_collections.ConfigDict, field: str) -> Any:
+    """The value of the dotted `field` ("augment.view1.mean"); KeyError if absent."""
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    return value
+
+
 def _require(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config.{field}: {message}")
@@ -244,11 +350,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
         _require(0.0 <= value <= 1.0, f"ema.{field}", f"must be in [0, 1], got {value!r}")
     _require(_is_int(config.queue_size) and config.queue_size >= 0, "queue_size",
              f"must be an integer >= 0 (0 = no queue), got {config.queue_size!r}")
-    per_step = 2 * config.batch_size  # the keys of both views are enqueued every step
-    _require(config.queue_size % per_step == 0 if config.queue_size else True,
-             "queue_size", f"{config.queue_size} is not a multiple of 2 * batch_size = "
-             f"{per_step} (each step enqueues the keys of both views); use "
-             f"{per_step * max(1, config.queue_size // per_step)}")
     _require(config.optimizer.clip_grad_norm >= 0, "optimizer.clip_grad_norm",
              f"must be >= 0 (0 = no clipping), got {config.optimizer.clip_grad_norm!r}")
     _require(_is_int(config.augment.num_small_crops) and config.augment.num_small_crops >= 0,
@@ -268,7 +369,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     _require(_is_int(config.eval.batch_size) and config.eval.batch_size > 0, "eval.batch_size",
              f"must be a positive integer, got {config.eval.batch_size!r}")
     for field, names in (known or {}).items():
-        value = config[field] if "." not in field else config[field.split(".")[0]][field.split(".")[1]]
+        value = get_field(config, field)
         names = sorted(names)
         _require(value in names, field, f"unknown value {value!r}; choose one of {', '.join(names)}")
 
@@ -351,15 +452,14 @@ def cifar10_preset(c: ml_collections.ConfigDict, *, epochs: int = 1000) -> None:
     c.eval.knn_k = 20
 
 
-def solo_cifar_augment(c: ml_collections.ConfigDict, method: str) -> None:
-    """solo-learn's CIFAR augmentation views for `method` (jssl.augment.solo_cifar_views)."""
-    from jssl.augment import solo_cifar_views
-
-    view1, view2 = solo_cifar_views(method, crop_size=c.data.image_size)[:2]
+def solo_cifar_augment(c: ml_collections.ConfigDict, recipe: str, **overrides: Any) -> None:
+    """solo-learn's CIFAR augmentation `recipe` ("asymmetric", "symmetric",
+    "symmetric_weak"), with `overrides` in both views (`jssl.augment.solo_cifar_views`)."""
+    view1, view2 = solo_cifar_views(recipe, crop_size=c.data.image_size, **overrides)
     c.augment.view1 = ml_collections.ConfigDict(view1)
     c.augment.view2 = ml_collections.ConfigDict(view2)
 
 
-def unknown_preset(path: str, preset: str) -> ConfigError:
+def unknown_preset(path: str, preset: str, presets: Iterable[str] = PRESETS) -> ConfigError:
     return ConfigError(f"unknown preset {preset!r} for {path}; choose one of "
-                       f"{', '.join(PRESETS)}, or no preset for the embedded-data default")
+                       f"{', '.join(presets)}, or no preset for the embedded-data default")

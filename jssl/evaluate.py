@@ -1,6 +1,6 @@
 """Evaluation on frozen features: weighted k-NN, a linear probe, few-label subsets.
 
-METHODS.md section 6. The protocols are pure, jitted functions on (N, D) feature arrays
+docs/methods.md section 6. The protocols are pure, jitted functions on (N, D) feature arrays
 (which may be sharded over the mesh's "data" axis); below them, feature extraction from
 the data sources and `evaluate_encoder`, which the train loop calls every `eval_every`
 steps and at the end. Nothing here is ever selected on the test split.
@@ -16,8 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jssl import parallel
+from jssl.data import pipeline, sources
+from jssl.data.subsets import check_num_classes
+from jssl.losses import l2_normalize
+
 __all__ = ["knn_predict", "knn_accuracy", "knn_accuracies", "linear_probe", "LinearProbe",
-           "linear_probe_logits", "few_label_subset", "extract_features",
+           "linear_probe_logits", "standardization", "extract_features", "encode_source",
            "calibrate_batch_stats", "evaluate_encoder", "evaluate_classifier"]
 
 
@@ -52,26 +57,16 @@ def _check_labels(name: str, y, n: int, num_classes: int) -> None:
                          f"[{lo}, {hi}]; check num_classes")
 
 
-def _check_num_classes(num_classes) -> None:
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-
-
 # --- Weighted k-NN (Wu et al. 2018) ----------------------------------------------------
-
-
-def _normalize(x):
-    x = jnp.asarray(x, jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "ks", "chunk_size"))
 def _knn_scores(train_features, train_labels, query_features, temperature, *, num_classes, ks,
                 chunk_size):
     """(N_query, len(ks), num_classes) vote sums, one top-max(ks) pass for every k."""
-    bank = _normalize(train_features)
+    bank = l2_normalize(jnp.asarray(train_features, jnp.float32))
     labels = jnp.asarray(train_labels, jnp.int32)
-    query = _normalize(query_features)
+    query = l2_normalize(jnp.asarray(query_features, jnp.float32))
     n = query.shape[0]
     pad = (-n) % chunk_size
     chunks = jnp.pad(query, ((0, pad), (0, 0))).reshape(-1, chunk_size, query.shape[1])
@@ -93,7 +88,7 @@ def _knn_scores(train_features, train_labels, query_features, temperature, *, nu
 
 def _knn_checked(train_features, train_labels, query_features, *, num_classes, ks, temperature,
                  chunk_size):
-    _check_num_classes(num_classes)
+    check_num_classes(num_classes)
     n_train, dim = _check_features("train_features", train_features)
     n_query, _ = _check_features("query_features", query_features, dim)
     _check_labels("train_labels", train_labels, n_train, num_classes)
@@ -153,7 +148,7 @@ def knn_accuracies(train_features, train_labels, query_features, query_labels, *
                    num_classes: int, ks: Sequence[int] = (5, 20, 200), temperature: float = 0.07,
                    chunk_size: int = 1024) -> dict[int, float]:
     """{k: top-1 accuracy} of the weighted k-NN for every k in `ks`, from one top-max(ks) pass."""
-    _check_num_classes(num_classes)
+    check_num_classes(num_classes)
     n_query, _ = _check_features("query_features", query_features)
     _check_labels("query_labels", query_labels, n_query, num_classes)
     scores = _knn_checked(train_features, train_labels, query_features, num_classes=num_classes,
@@ -178,6 +173,15 @@ def linear_probe_logits(probe: LinearProbe, x) -> jax.Array:
     return ((jnp.asarray(x, jnp.float32) - probe.mean) / probe.std) @ probe.weights + probe.bias
 
 
+def standardization(x) -> tuple[jax.Array, jax.Array]:
+    """(mean, std) over the rows of (N, D) features, std 1 where a feature is constant (to
+    within 1e-6 of its scale): (x - mean) / std is the standardisation of the linear probe
+    and of the fusion heads' inputs."""
+    x = jnp.asarray(x, jnp.float32)
+    mean, std = jnp.mean(x, axis=0), jnp.std(x, axis=0)
+    return mean, jnp.where(std > 1e-6 * jnp.maximum(jnp.abs(mean), 1.0), std, 1.0)
+
+
 @functools.partial(jax.jit, static_argnames=("num_classes",))
 def _fit_logistic(x, y, weight_decays, tol, max_steps, *, num_classes):
     """Standardise x, then one L-BFGS fit per weight decay (vmapped).
@@ -185,10 +189,8 @@ def _fit_logistic(x, y, weight_decays, tol, max_steps, *, num_classes):
     Objective per weight decay wd: mean cross-entropy + wd / 2 * ||W||^2, bias not decayed.
     Returns mean (D,), std (D,), W (n_wd, D, C), b (n_wd, C), iterations (n_wd,).
     """
-    x = jnp.asarray(x, jnp.float32)
-    mean, std = jnp.mean(x, axis=0), jnp.std(x, axis=0)
-    std = jnp.where(std > 1e-6 * jnp.maximum(jnp.abs(mean), 1.0), std, 1.0)  # constant features
-    x = (x - mean) / std
+    mean, std = standardization(x)
+    x = (jnp.asarray(x, jnp.float32) - mean) / std
     onehot = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
     opt = optax.lbfgs()  # memory 10, optax's zoom (strong Wolfe) line search
 
@@ -256,7 +258,7 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, *, num_classes:
       "probe": LinearProbe of the chosen fit if `return_probe`.
     """
     del seed
-    _check_num_classes(num_classes)
+    check_num_classes(num_classes)
     if (val_x is None) != (val_y is None):
         raise ValueError("val_x and val_y must both be given or both be None")
     n_train, dim = _check_features("train_x", train_x)
@@ -291,34 +293,6 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, *, num_classes:
     return out
 
 
-# --- Few-label subsets ------------------------------------------------------------------
-
-
-def few_label_subset(labels, fraction: float, *, seed: int, num_classes: int) -> np.ndarray:
-    """Sorted indices of a seeded, class-balanced `fraction` of `labels`.
-
-    Every class present contributes max(1, round(fraction * its count)) examples (half
-    rounds up), drawn without replacement by numpy's generator seeded with `seed`: the same
-    arguments give the same indices on every host. A class absent from `labels` contributes
-    nothing. fraction=1 returns every index. Used for 1% / 10% few-label evaluation.
-    (Host-side numpy: the result indexes a data source, not a device array.)
-    """
-    _check_num_classes(num_classes)
-    labels = np.asarray(labels)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if labels.ndim != 1 or labels.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D array of class ids, got shape "
-                         f"{labels.shape}")
-    _check_labels("labels", labels, labels.shape[0], num_classes)
-    order = np.random.default_rng(seed).permutation(len(labels))
-    order = order[np.argsort(labels[order], kind="stable")]  # grouped by class, random within
-    counts = np.bincount(labels, minlength=num_classes)
-    take = np.where(counts > 0, np.maximum(1, np.floor(fraction * counts + 0.5)), 0)
-    rank = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
-    return np.sort(order[rank < np.repeat(take, counts)])
-
-
 # --- Evaluating an encoder of the train loop (features from the data sources) ---------
 
 
@@ -331,8 +305,6 @@ def extract_features(embed_fn, state, source, *, batch_size: int, mesh,
     padding dropped afterwards), so `embed_fn` compiles once; each process reads only the
     rows of each batch that its devices hold, and every process gets all features.
     """
-    from jssl import parallel  # layer 6 helper; imported here to keep this module light
-
     n = len(source) if not max_examples else min(len(source), max_examples)
     # A capped split is a fixed random subset (in index order), not its first rows: splits
     # may be sorted by class (the embedded MNIST is), and the first rows would be a few classes.
@@ -353,6 +325,28 @@ def extract_features(embed_fn, state, source, *, batch_size: int, mesh,
     return np.concatenate(features), np.concatenate(labels)
 
 
+def encode_source(modules: Sequence, variables: Sequence, source, *, batch_size: int,
+                  mesh) -> tuple[list[np.ndarray], np.ndarray]:
+    """Features of every example of `source` by every encoder (`modules[k].apply(
+    variables[k], images, train=False)`: frozen, evaluation mode), as host arrays in source
+    order, and the labels. The batches are sharded over `mesh` (the run's)."""
+    feats, labels = [], None
+    for module, v in zip(modules, variables):
+        x, labels = extract_features(_sharded_apply(module, mesh), v, source,
+                                     batch_size=batch_size, mesh=mesh)
+        feats.append(x)
+    return feats, labels
+
+
+@functools.lru_cache(maxsize=16)
+def _sharded_apply(module, mesh):
+    """One jitted evaluation-mode forward per (encoder architecture, mesh): modules are
+    hashable by their fields, so restoring the same architecture again compiles nothing."""
+    return jax.jit(lambda variables, x: module.apply(variables, x, train=False),
+                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                   out_shardings=parallel.batch_sharding(mesh))
+
+
 def calibrate_batch_stats(method, state, source, config, mesh, *, num_batches: int = 20):
     """Re-estimate BatchNorm running statistics with train-mode forward passes (no gradients).
 
@@ -360,9 +354,6 @@ def calibrate_batch_stats(method, state, source, config, mesh, *, num_batches: i
     its activations; evaluating it with them would make the random-init baseline weaker
     than it is. With momentum 0.9, 20 batches leave 0.9**20 = 12% of the initial values.
     """
-    from jssl import parallel
-    from jssl.data import pipeline
-
     calib = parallel.jit(method.calibrate, in_shardings=(parallel.replicated(mesh),
                                                           parallel.batch_sharding(mesh)),
                          out_shardings=parallel.replicated(mesh))
@@ -380,8 +371,6 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
     set; the probe's weight decay is chosen on `config.eval.val_split`; accuracies are
     reported on `config.eval.test_split`. Nothing is selected on test.
     """
-    from jssl.data import sources
-
     ev, name, data_dir = config.eval, config.data.name, config.data.data_dir
     feats = {}
     for key, split in (("train", ev.train_split), ("val", ev.val_split), ("test", ev.test_split)):
@@ -408,8 +397,6 @@ def evaluate_classifier(predict_fn, state, config, mesh) -> dict:
     """Accuracy of a method's own classifier (`predict_fn(state, images) -> logits`) on the
     config's validation and test splits: "classifier_val_accuracy" is for model selection,
     "classifier_accuracy" (test) is reported, never selected on."""
-    from jssl.data import sources
-
     ev, out = config.eval, {}
     for key, split in (("classifier_val_accuracy", ev.val_split),
                        ("classifier_accuracy", ev.test_split)):

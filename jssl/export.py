@@ -17,6 +17,7 @@ variables; `load_encoder` reads it back without the workdir.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -27,16 +28,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import serialization
 
-from jssl import augment
-from jssl.checkpoint import EXPERIMENT_FILE, restore_host
-from jssl.config import ConfigError
+from jssl import augment, io, models
+from jssl.checkpoint import restore_host, saved_config
+from jssl.config import compute_dtype, eval_transform, from_flat, get_field
+from jssl.errors import ConfigError
 
-__all__ = ["Encoder", "load_config", "load_encoder", "export_encoder", "main"]
+__all__ = ["Encoder", "Encoders", "load_encoder", "load_encoders", "export_encoder", "main"]
 
 FORMAT = "jssl-encoder-1"
-# The config fields that build an encoder (jssl.methods.common.backbone_from_config and
-# eval_transform); an exported file carries exactly these.
+# The config fields that build an encoder (`models.backbone_from_config`, `compute_dtype`
+# and `eval_transform`); an exported file carries exactly these.
 _ENCODER_FIELDS = ("model.backbone", "model.num_filters", "model.stem", "dtype",
                    "data.image_size", "augment.view1.mean", "augment.view1.std")
 
@@ -55,46 +58,18 @@ class Encoder(nn.Module):
         return self.backbone(x, train=train).astype(jnp.float32)
 
 
-def _unflatten(flat: dict) -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The experiment config of a jssl workdir, from its experiment.json (every field that
-    identifies the run; run-control fields such as `eval` are absent)."""
-    path = os.path.join(workdir, EXPERIMENT_FILE)
-    if not os.path.exists(path):
-        raise ConfigError(f"{workdir}: no {EXPERIMENT_FILE}; give the --workdir of a jssl run")
-    try:
-        with open(path) as f:
-            flat = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read it ({e})") from None
-    return ml_collections.ConfigDict(_unflatten(flat))
-
-
 def _encoder_module(config: ml_collections.ConfigDict) -> Encoder:
-    from jssl.methods.common import backbone_from_config, eval_transform
-
-    return Encoder(backbone=backbone_from_config(config), **eval_transform(config))
+    return Encoder(backbone=models.backbone_from_config(config.model, compute_dtype(config)),
+                   **eval_transform(config))
 
 
 def _from_workdir(workdir: str, step: int | None):
-    config = load_config(workdir)
+    config = saved_config(workdir)
     for field in _ENCODER_FIELDS:
         try:
-            value = config
-            for part in field.split("."):
-                value = value[part]
+            get_field(config, field)
         except KeyError:
-            raise ConfigError(f"{workdir}/{EXPERIMENT_FILE} lacks {field}; this run cannot be "
+            raise ConfigError(f"{workdir}: its config lacks {field}; this run cannot be "
                               "exported") from None
     _, tree = restore_host(workdir, step)
     params, stats = tree.get("params", {}), tree.get("batch_stats", {})
@@ -108,20 +83,13 @@ def _from_workdir(workdir: str, step: int | None):
 
 
 def _encoder_fields(config: ml_collections.ConfigDict) -> dict:
-    flat = {}
-    for field in _ENCODER_FIELDS:
-        value = config
-        for part in field.split("."):
-            value = value[part]
-        flat[field] = list(value) if isinstance(value, (tuple, list)) else value
-    return flat
+    return {field: (list(v) if isinstance(v := get_field(config, field), (tuple, list)) else v)
+            for field in _ENCODER_FIELDS}
 
 
 def load_encoder(path: str, *, step: int | None = None) -> tuple[Encoder, dict]:
     """(module, variables) of the encoder in `path`: a jssl workdir (its latest checkpoint, or
     `step`) or a file written by `export_encoder`. Variables are NumPy arrays on the host."""
-    from flax import serialization
-
     if os.path.isdir(path):
         config, variables = _from_workdir(path, step)
         return _encoder_module(config), variables
@@ -135,7 +103,7 @@ def load_encoder(path: str, *, step: int | None = None) -> tuple[Encoder, dict]:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a jssl encoder file (format {FORMAT} expected); write "
                           "one with python -m jssl.export")
-    config = ml_collections.ConfigDict(_unflatten(json.loads(blob["config"])))
+    config = from_flat(json.loads(blob["config"]))
     variables = jax.tree_util.tree_map(np.asarray, blob["variables"])
     return _encoder_module(config), variables
 
@@ -143,18 +111,76 @@ def load_encoder(path: str, *, step: int | None = None) -> tuple[Encoder, dict]:
 def export_encoder(workdir: str, out: str, *, step: int | None = None) -> str:
     """Write the encoder of `workdir` (latest checkpoint, or `step`) to the msgpack file
     `out`; refuses to overwrite an existing file. Returns `out`."""
-    from flax import serialization
-
     if os.path.exists(out):
         raise ConfigError(f"--out {out} exists; choose another path (nothing was overwritten)")
     config, variables = _from_workdir(workdir, step)
     blob: dict[str, Any] = {"format": FORMAT, "config": json.dumps(_encoder_fields(config)),
                             "variables": variables}
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(serialization.msgpack_serialize(blob))
-    os.replace(tmp, out)
+    io.write_bytes(out, serialization.msgpack_serialize(blob))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoders:
+    """K restored encoders: `Encoder` modules, their variables (host NumPy), feature widths."""
+
+    names: tuple[str, ...]
+    paths: tuple[str, ...]
+    modules: tuple[Any, ...]
+    variables: tuple[dict, ...]
+    widths: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def subset(self, indices: Sequence[int]) -> "Encoders":
+        return Encoders(*(tuple(getattr(self, f.name)[i] for i in indices)
+                          for f in dataclasses.fields(self)))
+
+
+def _first_difference(expected, loaded) -> str:
+    exp = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in
+           jax.tree_util.tree_leaves_with_path(expected)}
+    got = {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in
+           jax.tree_util.tree_leaves_with_path(loaded)}
+    for key in sorted(set(exp) | set(got)):
+        if exp.get(key) != got.get(key):
+            return (f"{key}: architecture {exp.get(key, 'absent')}, checkpoint "
+                    f"{got.get(key, 'absent')}")
+    return "none"
+
+
+def load_encoders(paths: Sequence[str], names: Sequence[str] = (), *,
+                  field: str = "config.fusion.encoders") -> Encoders:
+    """Restore the encoders of `paths` (jssl workdirs or exported files), e.g. the frozen
+    encoders of fusion.
+
+    Raises ConfigError (one line naming `<field>[i]` and the path) when one is missing,
+    holds no complete checkpoint or no backbone, or when its checkpoint does not fit the
+    architecture its config describes.
+    """
+    modules, variables, widths = [], [], []
+    for i, path in enumerate(paths):
+        where = f"{field}[{i}]"
+        try:
+            module, v = load_encoder(path)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        dummy = jnp.zeros((1, module.size, module.size, 3), jnp.uint8)
+        expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy)
+        if (jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(v)
+                or jax.tree_util.tree_map(lambda x: tuple(x.shape), expected)
+                != jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), v)):
+            raise ConfigError(f"{where}: {path}: its checkpoint does not fit the encoder its "
+                              f"config describes ({_first_difference(expected, v)}); give the "
+                              "workdir of a complete, unmodified jssl run")
+        out = jax.eval_shape(module.apply, v, dummy)
+        modules.append(module)
+        variables.append(v)
+        widths.append(int(out.shape[-1]))
+    names = tuple(names) or tuple(os.path.basename(os.path.normpath(p)) for p in paths)
+    return Encoders(names=names, paths=tuple(paths), modules=tuple(modules),
+                    variables=tuple(variables), widths=tuple(widths))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,11 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
 
 
 def _parse(argv: list[str]):
+    # main() may run more than once in a process (tests, notebooks): forget the last parse,
+    # and the override flags (--config.<field>) the config flag defined for its file.
+    FLAGS.unparse_flags()
+    for name in [n for n in FLAGS if n.startswith("config.")]:
+        delattr(FLAGS, name)
     try:
         FLAGS(argv)
         if FLAGS.config is not None:
@@ -65,7 +70,8 @@ def _parse(argv: list[str]):
 
 
 def _start_processes() -> None:
-    """jax.distributed, before any JAX computation (jssl.parallel.initialize_distributed)."""
+    """jax.distributed, before any JAX computation (jssl.parallel.initialize_distributed).
+    jssl.parallel imports jax: imported here, after the flags parsed (see main)."""
     from jssl import parallel
 
     try:
@@ -111,22 +117,31 @@ def _explain(e: Exception, argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; `argv` (default sys.argv) starts with the program name. Errors exit
+    (SystemExit) with status 2 after one line on stderr."""
     argv = list(sys.argv if argv is None else argv)
+    saved, sys.argv = sys.argv, argv  # the config flag reads its overrides from sys.argv
+    try:
+        return _main(argv)
+    finally:
+        sys.argv = saved
+
+
+def _main(argv: list[str]) -> int:
     config, workdir = _parse(argv)
     _start_processes()
 
+    # jax and the library after the flags are known to be good: a mistyped flag is one line
+    # in a fraction of a second, without loading them.
     import jax
 
-    from jssl import train  # heavy imports after the flags are known to be good
-    from jssl.config import ConfigError
-    from jssl.data.sources import DataError
+    from jssl import checkpoint, studies, train
+    from jssl.errors import ConfigError, DataError
 
     try:
         if config is None:  # --mode=eval --workdir DIR: the run's own config
-            config = train.config_from_workdir(workdir)
+            config = checkpoint.saved_config(workdir)
         if config.get("study"):  # several runs compared (e.g. configs/fkt.py:compare)
-            from jssl import studies
-
             if FLAGS.mode == "eval":
                 _fail("--mode=eval evaluates one run; give the --workdir of one of the "
                       "study's runs (its sub-directories)")

@@ -11,6 +11,9 @@ import math
 import os
 
 import jax
+from tensorboardX import SummaryWriter  # TensorFlow-free
+
+from jssl import io
 
 __all__ = ["MetricWriter", "METRICS_FILE", "EVAL_FILE"]
 
@@ -35,10 +38,7 @@ class MetricWriter:
             with open(path) as f:
                 kept = [line for line in f if _step_of(line) is not None
                         and _step_of(line) <= resume_step]
-            with open(path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(path + ".tmp", path)
-        from tensorboardX import SummaryWriter  # light, TensorFlow-free
+            io.write_text(path, "".join(kept))
         self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict, *, file: str = METRICS_FILE) -> None:

@@ -11,6 +11,8 @@ each holding only the rows of a batch that its own devices hold (`process_rows`)
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -30,13 +32,12 @@ def detected_cluster() -> str | None:
     job step with more than one task (srun; one process per GPU, JAX's convention). A
     single-task SLURM job, or a plain machine, runs as one process with every local device.
     """
-    import os
-
     if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and all(
             v in os.environ for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID",
                                       "SLURM_LOCALID")):
         return "slurm"
     try:  # JAX's own detection of Cloud TPU VMs (no network query off a TPU VM)
+        # JAX's own detection has no public API: a private import, guarded.
         from jax._src.clusters import cloud_tpu_cluster as tpu
     except ImportError:  # pragma: no cover - a jax without it: give the flags instead
         return None

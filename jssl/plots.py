@@ -17,6 +17,10 @@ import sys
 
 import numpy as np
 
+from jssl import io
+from jssl.metric_writer import EVAL_FILE, METRICS_FILE
+from jssl.optim import learning_rate_schedule
+
 __all__ = ["available", "can_embed", "figure", "curves_figure", "lr_figure", "features_figure",
            "write_plots", "PLOT_FILES", "MAX_POINTS"]
 
@@ -108,8 +112,6 @@ def curves_figure(metrics: list[dict], evals: list[dict]):
 def lr_figure(config, metrics: list[dict]):
     """The schedule `jssl.optim.learning_rate_schedule` builds from config.optimizer over the
     whole run (line) and the learning rates the run logged (dots)."""
-    from jssl.optim import learning_rate_schedule
-
     schedule = learning_rate_schedule(config.optimizer, total_steps=config.total_steps,
                                       batch_size=config.batch_size)
     steps = np.unique(np.linspace(0, config.total_steps, min(config.total_steps + 1, 1000),
@@ -172,9 +174,7 @@ def features_figure(features: np.ndarray, labels: np.ndarray, *, seed: int = 0,
 
 def _save(fig, path: str) -> np.ndarray:
     """Write `fig` to `path` (atomically) and return its pixels (H, W, 3) uint8."""
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    io.write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
@@ -187,8 +187,6 @@ def write_plots(workdir: str, config, *, features=None, labels=None, writer=None
     Reads metrics.jsonl and eval.jsonl from the workdir. Returns the paths written; without
     matplotlib, one warning line and [].
     """
-    from jssl.metric_writer import EVAL_FILE, METRICS_FILE
-
     if not available():
         return []
     metrics = _read_jsonl(os.path.join(workdir, METRICS_FILE))

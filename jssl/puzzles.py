@@ -116,7 +116,7 @@ def permutation_set(num_permutations: int, num_tiles: int = 9, *, seed: int = 0,
     Measured minimum Hamming distances (9 tiles, "maxmin", seeds 0-3 alike): P = 100 -> 6,
     P = 1000 -> 5 (P = 701 -> 5); the paper's "mean" rule gives 2 for all three, a random
     set of distinct permutations 3 (P = 100) and 2 (P = 1000). The official Jigsaw++ code ships 701
-    permutations with minimum distance 3 (jssl METHODS.md).
+    permutations with minimum distance 3 (docs/methods.md).
 
     Args:
       num_permutations: P, 1 <= P <= num_tiles!.

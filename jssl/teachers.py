@@ -1,6 +1,6 @@
 """Teachers of cluster-based knowledge transfer: images -> features to cluster.
 
-Noroozi et al. (CVPR 2018, METHODS.md section 5) cluster the features of a teacher over
+Noroozi et al. (CVPR 2018, docs/methods.md section 5) cluster the features of a teacher over
 the whole training set and train a student to classify the clusters. A teacher here is a
 pure function of uint8 images (B, H, W, C) -> (B, F) float32, jit-able:
 
@@ -26,8 +26,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from ml_collections import config_dict
 
-from jssl.config import ConfigError
+from jssl import evaluate, export, hog, parallel
+from jssl.config import config_group
+from jssl.errors import ConfigError
+from jssl.losses import l2_normalize
 
 __all__ = ["Teacher", "checkpoint_teacher", "hog_teacher", "encoder_layers",
            "extract_features", "sharded_features", "teacher_config", "TEACHER_KINDS"]
@@ -43,9 +47,7 @@ def teacher_config(kind: str, **overrides) -> ml_collections.ConfigDict:
     at `path`; "hog": HOG descriptors of the raw images with the `hog` fields. `layer`
     ("" = the encoder's pooled output) applies to the first two kinds.
     """
-    from ml_collections import config_dict
-
-    c = ml_collections.ConfigDict(dict(
+    return config_group("teacher_config", dict(
         kind=kind,
         run=None,  # kind "config": the teacher's own config
         path=config_dict.placeholder(str),  # kind "checkpoint"
@@ -53,12 +55,7 @@ def teacher_config(kind: str, **overrides) -> ml_collections.ConfigDict:
         hog=ml_collections.ConfigDict(dict(orientations=9, pixels_per_cell=(4, 4),
                                            cells_per_block=(2, 2), block_norm="L2-Hys",
                                            transform_sqrt=False)),
-    ))
-    for key, value in overrides.items():
-        if key not in c:
-            raise KeyError(f"teacher_config: unknown field {key!r}")
-        c[key] = value
-    return c
+    ), overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +95,6 @@ def _flatten_intermediates(tree, prefix=()) -> dict[tuple[str, ...], jax.Array]:
 def encoder_layers(path: str, image_shape: tuple[int, int, int]) -> list[str]:
     """The `layer` names of the encoder at `path` ("backbone/..." module paths whose output
     has a batch axis), for images of `image_shape` (H, W, C)."""
-    from jssl import export
-
     module, variables = export.load_encoder(path)
     images = jnp.zeros((1, *image_shape), jnp.uint8)
     found = _flatten_intermediates(_captured(module, variables, images, True))
@@ -109,8 +104,6 @@ def encoder_layers(path: str, image_shape: tuple[int, int, int]) -> list[str]:
 def checkpoint_teacher(path: str, *, layer: str = "", step: int | None = None,
                        name: str | None = None) -> Teacher:
     """The encoder of a jssl run (`path`: workdir or exported file), at `layer`."""
-    from jssl import export
-
     module, variables = export.load_encoder(path, step=step)
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
     target = _layer_path(layer)
@@ -136,8 +129,6 @@ def hog_teacher(*, orientations: int = 9, pixels_per_cell=(4, 4), cells_per_bloc
                 block_norm: str = "L2-Hys", transform_sqrt: bool = False,
                 name: str = "hog") -> Teacher:
     """HOG descriptors (`jssl.hog.hog`) of the raw uint8 images as a teacher."""
-    from jssl import hog
-
     kw = dict(orientations=int(orientations), pixels_per_cell=tuple(pixels_per_cell),
               cells_per_block=tuple(cells_per_block), block_norm=block_norm,
               transform_sqrt=bool(transform_sqrt))
@@ -153,13 +144,9 @@ def sharded_features(teacher: Teacher, mesh, *, normalize: bool = True):
     """`fn(_, images) -> (B, F)` jitted over `mesh` (batch on "data"): the teacher's
     features, rows L2-normalised when `normalize`; the signature of an `embed_fn` of
     `jssl.evaluate` (the first argument, a state, is ignored)."""
-    from jssl import parallel
-
     def embed(_, images):
         f = teacher.features(images).astype(jnp.float32)
-        if normalize:
-            f = f / jnp.maximum(jnp.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-        return f
+        return l2_normalize(f) if normalize else f
 
     data = parallel.batch_sharding(mesh)
     return jax.jit(embed, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
@@ -169,8 +156,6 @@ def extract_features(teacher: Teacher, source, *, batch_size: int, mesh,
                      normalize: bool = True) -> np.ndarray:
     """(N, F) float32 features of every example of `source`, in order, rows L2-normalised
     when `normalize` (the batches are sharded over `mesh`; the teacher compiles once)."""
-    from jssl import evaluate
-
     fn = sharded_features(teacher, mesh, normalize=normalize)
     features, _ = evaluate.extract_features(fn, jnp.zeros(()), source, batch_size=batch_size,
                                             mesh=mesh)

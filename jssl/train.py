@@ -16,31 +16,31 @@ results.json.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
+from typing import Callable
 
 import jax
 import ml_collections
-import numpy as np
+import tqdm
 
-from jssl import checkpoint, evaluate, methods, parallel
-from jssl.config import ConfigError, validate
+from jssl import checkpoint, evaluate, io, methods, models, parallel, plots
+from jssl.checkpoint import CONFIG_FILE
+from jssl.config import validate
 from jssl.data import pipeline, sources
+from jssl.errors import ConfigError
 from jssl.metric_writer import EVAL_FILE, MetricWriter
 
-__all__ = ["train_and_evaluate", "evaluate_workdir", "config_from_workdir", "known_names",
-           "RESULTS_FILE", "CONFIG_FILE"]
+__all__ = ["train_and_evaluate", "evaluate_workdir", "run_steps", "finished_results",
+           "known_names", "RESULTS_FILE", "CONFIG_FILE"]
 
 RESULTS_FILE = "results.json"
-CONFIG_FILE = "config.json"  # the whole config the run was last started with
 
 
 def known_names(config: ml_collections.ConfigDict) -> dict:
     """Names config fields may take (checked by jssl.config.validate, in this order)."""
-    from jssl import models
     known = {"method": list(methods.REGISTRY), "model.backbone": list(models.BACKBONES)}
     names = methods.loss_names(config.method)
     if names:
@@ -51,6 +51,7 @@ def known_names(config: ml_collections.ConfigDict) -> dict:
 def setup(config: ml_collections.ConfigDict, workdir: str, devices=None):
     """Every check that can fail on user input, before anything is written."""
     validate(config, len(devices) if devices else jax.device_count(), known=known_names(config))
+    methods.validate(config)
     if config.batch_size % jax.process_count():
         raise ConfigError(f"config.batch_size: {config.batch_size} is not divisible by the "
                           f"{jax.process_count()} processes")
@@ -73,7 +74,7 @@ class _Run:
         self.data_sharding = parallel.batch_sharding(self.mesh)
         data_info = methods.DataInfo(num_classes=self.source.num_classes,
                                      image_shape=self.source.image_shape)
-        self.method = methods.build(config, data_info)
+        self.method = methods.build(config, data_info, self.mesh)
         # Shapes first; parameters are born replicated.
         self.rng = jax.random.PRNGKey(config.seed)
         abstract = jax.eval_shape(self.method.init, self.rng)
@@ -129,47 +130,57 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=No
     return results
 
 
-def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
-    """The config of the run in `workdir` (for `--mode=eval` without `--config`).
+def finished_results(workdir: str, config: ml_collections.ConfigDict | None = None) -> dict | None:
+    """The results.json of a finished run in `workdir` (trained to `config.total_steps`,
+    when a config is given, and evaluated), else None: the one rule of "is this run done"
+    that the studies and the results table use to reuse a run."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    if not os.path.exists(path):
+        return None
+    results = io.read_json(path)
+    if "eval" not in results:
+        return None
+    if config is not None and results.get("final_step") != config.total_steps:
+        return None
+    return results
 
-    Its config.json when there is one (written at every start of a run: run-control fields
-    such as `eval.*` included); else experiment.json (every field that identifies the run)
-    over `jssl.config.base_config()`, whose defaults then fill the run-control fields.
-    Sequences come back as tuples, as the config files write them.
+
+def run_steps(step_fn: Callable, state, batches, *, start_step: int, end_step: int,
+              log_every: int, on_log: Callable[[int, dict], None] | None = None,
+              after_step: Callable[[int, object], None] | None = None, progress=None):
+    """The loop every training goes through: steps `start_step + 1 .. end_step` of
+    `state, metrics = step_fn(state, batch)` over `batches(start_step, end_step)`.
+
+    The step moves nothing between host and device (the batch is already a global array:
+    an implicit transfer raises); the only host round-trip is the metrics every `log_every`
+    steps and at the last, checked for a finite loss (FloatingPointError naming the step
+    otherwise) and handed to `on_log(step, scalars)` with `steps_per_s`. `after_step(step,
+    state)` runs after every step (checkpoints, evaluation). Returns the final state.
     """
-    from jssl.checkpoint import EXPERIMENT_FILE
-    from jssl.config import _flatten, base_config
-
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        path = os.path.join(workdir, EXPERIMENT_FILE)
-    if not os.path.exists(path):
-        raise ConfigError(f"--workdir {workdir} holds no jssl run (no {EXPERIMENT_FILE}); give "
-                          "the workdir of a run, or --config")
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--workdir {workdir}: cannot read {path} ({e}); pass --config") from None
-    if path.endswith(EXPERIMENT_FILE):
-        nested: dict = {}
-        for key, value in {**_flatten(base_config().to_dict()), **saved}.items():
-            node = nested
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        saved = nested
-    return ml_collections.ConfigDict(_tuples(saved))
-
-
-def _tuples(x):
-    """JSON lists back to the tuples config files use, recursively."""
-    if isinstance(x, dict):
-        return {k: _tuples(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return tuple(_tuples(v) for v in x)
-    return x
+    t_last, step_last = time.perf_counter(), start_step
+    step = start_step
+    for batch in batches(start_step, end_step):
+        with jax.transfer_guard("disallow"):
+            state, metrics = step_fn(state, batch)
+        step += 1
+        if progress is not None:
+            progress.update(1)
+        if step % log_every == 0 or step == end_step:
+            scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            scalars["steps_per_s"] = (step - step_last) / max(now - t_last, 1e-9)
+            t_last, step_last = now, step
+            if not math.isfinite(scalars["loss"]):
+                raise FloatingPointError(
+                    f"loss is {scalars['loss']} at step {step}; lower config.optimizer.lr or "
+                    "check the data (the last checkpoint is kept)")
+            if on_log is not None:
+                on_log(step, scalars)
+            if progress is not None:
+                progress.set_postfix(loss=f"{scalars['loss']:.4f}")
+        if after_step is not None:
+            after_step(step, state)
+    return state
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -182,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     is_main = jax.process_index() == 0
     ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
     if is_main:
-        _write_json(workdir, CONFIG_FILE, config.to_dict())
+        io.write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
     state = run.restore_or_init(ckpt)
     start_step = int(jax.device_get(state.step))
 
@@ -199,39 +210,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
     progress = None
     if is_main and config.progress and start_step < config.total_steps:
-        import tqdm
         progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc="train",
                              unit="step", dynamic_ncols=True)
-    t_last, step_last = time.perf_counter(), start_step
+
+    def after_step(step, state):
+        if step % config.checkpoint_every == 0 or step == config.total_steps:
+            ckpt.save(step, state)
+        if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
+            writer.write(step, _eval_scalars(run.evaluate(state, config)), file=EVAL_FILE)
+
     train_start = time.perf_counter()
     try:
-        step = start_step
-        for batch in batches(start_step, config.total_steps):
-            # The step itself moves nothing between host and device (the batch is already
-            # a global array): any implicit transfer here is a bug and raises.
-            with jax.transfer_guard("disallow"):
-                state, metrics = step_fn(state, batch)
-            step += 1
-            if progress is not None:
-                progress.update(1)
-            if step % config.log_every == 0 or step == config.total_steps:
-                # The only host round-trip of the loop: scalars every log_every steps.
-                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                now = time.perf_counter()
-                scalars["steps_per_s"] = (step - step_last) / max(now - t_last, 1e-9)
-                t_last, step_last = now, step
-                if not math.isfinite(scalars["loss"]):
-                    raise FloatingPointError(
-                        f"loss is {scalars['loss']} at step {step}; lower config.optimizer.lr or "
-                        "check the data (the last checkpoint is kept)")
-                writer.write(step, scalars)
-                if progress is not None:
-                    progress.set_postfix(loss=f"{scalars['loss']:.4f}")
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
-                ckpt.save(step, state)
-            if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
-                ev = run.evaluate(state, config)
-                writer.write(step, _eval_scalars(ev), file=EVAL_FILE)
+        state = run_steps(step_fn, state, batches, start_step=start_step,
+                          end_step=config.total_steps, log_every=config.log_every,
+                          on_log=writer.write, after_step=after_step, progress=progress)
     finally:
         if progress is not None:
             progress.close()
@@ -259,8 +251,6 @@ def _plots(run: _Run, state, config, workdir: str, writer: MetricWriter, step: i
     """
     if not config.plots:
         return
-    from jssl import plots
-
     is_main = jax.process_index() == 0
     if not plots.available(warn=is_main):
         return
@@ -285,23 +275,5 @@ def _eval_scalars(ev: dict) -> dict:
 
 
 def _write_results(workdir: str, results: dict) -> None:
-    if jax.process_index() != 0:
-        return
-    _write_json(workdir, RESULTS_FILE, results)
-
-
-def _write_json(workdir: str, name: str, value: dict) -> None:
-    tmp = os.path.join(workdir, name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(value), f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(workdir, name))
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x
+    if jax.process_index() == 0:
+        io.write_json(os.path.join(workdir, RESULTS_FILE), results)

@@ -11,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scipy import ndimage
 
 from jssl import augment as A
+from jssl.config import load_file
 
 N, S = 8, 16
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -35,7 +36,7 @@ def _jit(fn, **kw):
 
 
 def _view(**overrides):
-    view = A.solo_cifar_views("simclr", crop_size=S)[0]
+    view = A.solo_cifar_views("symmetric", crop_size=S)[0]
     view.update(solarize_prob=0.3)  # every op of the pipeline on
     view.update(overrides)
     return view
@@ -290,14 +291,16 @@ def test_augment_image_composes_ops_in_solo_learn_order():
 
     @jax.jit
     def by_hand(key, x):
-        k = jax.random.split(key, 6)
-        x = A.random_resized_crop(k[0], x, size=S, scale=VIEW["crop_scale"])
-        x = A.color_jitter(k[1], x, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
+        # One draw of all the view's uniforms, sliced in order: crop 22, jitter 9,
+        # grayscale 1, blur 2, solarize 1, flip 1 (augment.NUM_UNIFORMS).
+        u = jax.random.uniform(key, (36,))
+        x = A.random_resized_crop(u[:22], x, size=S, scale=VIEW["crop_scale"])
+        x = A.color_jitter(u[22:31], x, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
                            prob=0.8)
-        x = A.random_grayscale(k[2], x, prob=0.2)
-        x = A.gaussian_blur(k[3], x, prob=0.5)
-        x = A.solarize(k[4], x, prob=0.3)
-        x = A.horizontal_flip(k[5], x, prob=0.5)
+        x = A.random_grayscale(u[31:32], x, prob=0.2)
+        x = A.gaussian_blur(u[32:34], x, prob=0.5)
+        x = A.solarize(u[34:35], x, prob=0.3)
+        x = A.horizontal_flip(u[35:36], x, prob=0.5)
         return A.normalize(x, VIEW["mean"], VIEW["std"])
 
     for seed in range(3):
@@ -367,31 +370,40 @@ def test_center_view_normalises_and_resizes():
 
 
 def test_solo_cifar_views_match_solo_learn_yamls():
-    b1, b2 = A.solo_cifar_views("barlow_twins")
+    """The recipes are solo-learn's yamls (`augmentations/<recipe>.yaml`, or the inline one
+    of vicreg / wmse), and each zoo config's cifar10 preset holds its recipe's views."""
+    b1, b2 = A.solo_cifar_views("asymmetric")
     assert (b1["solarize_prob"], b2["solarize_prob"]) == (0.0, 0.2)
     assert {k: b1[k] for k in ("brightness", "contrast", "saturation", "hue")} == \
         {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
     assert b1["crop_scale"] == (0.08, 1.0) and b1["crop_size"] == 32 and b1["blur_prob"] == 0
-    assert A.solo_cifar_views("byol") == [b1, b2]
-    s1, s2 = A.solo_cifar_views("simclr", crop_size=S)
+    s1, s2 = A.solo_cifar_views("symmetric", crop_size=S)
     assert s1 == s2 and s1 is not s2 and s1["crop_size"] == S
     assert (s1["brightness"], s1["contrast"], s1["saturation"], s1["hue"]) == (.8, .8, .8, .2)
     assert (s1["blur_prob"], s1["solarize_prob"], s1["color_jitter_prob"]) == (0.5, 0.0, 0.8)
-    v1, v2 = A.solo_cifar_views("vicreg")
-    assert v1 == v2 and v1["crop_scale"] == (0.2, 1.0) and v1["solarize_prob"] == 0.1
     assert b1["mean"] == (0.4914, 0.4822, 0.4465) and b1["std"] == (0.2470, 0.2435, 0.2616)
-    for view in (b1, b2, s1, v1):
+    for view in (b1, b2, s1):
         assert jax.eval_shape(lambda k, x, v=view: A.augment_view(k, x, v), jax.random.key(0),
                               _uint8(2)).shape == (2, view["crop_size"], view["crop_size"], 3)
-    w1, w2 = A.solo_cifar_views("mocov2")  # symmetric_weak.yaml
+    w1, w2 = A.solo_cifar_views("symmetric_weak")
     assert w1 == w2 and (w1["brightness"], w1["saturation"], w1["hue"], w1["blur_prob"]) == \
         (0.4, 0.4, 0.1, 0.5)
-    assert A.solo_cifar_views("simsiam") == [w1, w2]
-    m1, _ = A.solo_cifar_views("wmse")  # inline in wmse.yaml
+    v1, v2 = A.solo_cifar_views("asymmetric", crop_scale=(0.2, 1.0), solarize_prob=0.1)
+    assert v1 == v2 and v1["crop_scale"] == (0.2, 1.0) and v1["brightness"] == 0.4
+    m1, m2 = A.solo_cifar_views("symmetric", crop_scale=(0.2, 1.0), blur_prob=0.0)
     assert m1["crop_scale"] == (0.2, 1.0) and m1["blur_prob"] == 0 and m1["brightness"] == 0.8
-    for name in ("mocov3", "dino"):
-        assert A.solo_cifar_views(name) == [b1, b2]
-    for name in ("supcon", "swav"):
-        assert A.solo_cifar_views(name) == [s1 | {"crop_size": 32}, s2 | {"crop_size": 32}]
-    with pytest.raises(ValueError, match="barlow_twins, byol, dino, mocov2, mocov3, simclr"):
-        A.solo_cifar_views("moco")
+    with pytest.raises(ValueError, match="asymmetric, symmetric, symmetric_weak"):
+        A.solo_cifar_views("simclr")
+    with pytest.raises(ValueError, match="unknown view fields size"):
+        A.solo_cifar_views("symmetric", size=3)
+
+    s32 = A.solo_cifar_views("symmetric")
+    by_config = {"barlow_twins": [b1, b2], "byol": [b1, b2], "mocov3": [b1, b2],
+                 "dino": [b1, b2], "nnclr": [b1, b2], "simclr": s32, "supcon": s32,
+                 "swav": s32, "dcl": s32, "mocov2": [w1, w2], "simsiam": [w1, w2],
+                 "vicreg": [v1, v2], "wmse": [m1, m2]}
+    for name, views in by_config.items():
+        c = load_file(name, "cifar10")
+        got = [{k: tuple(v) if isinstance(v, list) else v for k, v in view.to_dict().items()}
+               for view in (c.augment.view1, c.augment.view2)]
+        assert got == views, name

@@ -38,6 +38,7 @@ def test_count_flops_conv_forward_and_backward(stride):
     assert bench.count_flops(tapped, x, w) == 3 * forward
 
 
+@pytest.mark.slow
 def test_bench_json_line(capsys):
     assert bench.main(["--backbone", "resnet18_tiny", "--width", "4", "--batch", "8",
                        "--image-size", "16", "--proj", "16", "--steps", "1", "--warmup", "0",
@@ -48,3 +49,31 @@ def test_bench_json_line(capsys):
         assert key in out, key
     assert out["devices"] == jax.device_count() and out["backend"] == "cpu"
     assert out["flops_per_step"] > 0 and 0 < out["mfu"]
+
+
+def test_metamask_bench_times_every_mode_against_the_base_step(capsys):
+    """`python -m jssl.bench --method metamask`: the base step and each mode timed in one
+    run, ratios of their medians."""
+    assert bench.main(["--method", "metamask", "--modes", "first_order",
+                       "--backbone", "convnet", "--width", "4", "--batch", "8",
+                       "--image-size", "16", "--proj", "16", "--steps", "1", "--warmup", "0"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["method"] == "metamask" and out["modes"] == ["first_order"]
+    assert out["step_s_median_first_order"] > 0 and out["base_step_s_median"] > 0
+    assert out["ratio_first_order"] == pytest.approx(
+        out["step_s_median_first_order"] / out["base_step_s_median"], rel=0.01)
+    assert "ratio" not in out  # the headline ratio is the exact mode's, not timed here
+    with pytest.raises(SystemExit, match="--modes 'second_order': choose from exact"):
+        bench.main(["--method", "metamask", "--modes", "second_order"])
+
+
+def test_bench_finds_the_shipped_configs_by_name():
+    """The benchmarks load configs/<method>.py from the package (any installation)."""
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(method="simclr", batch=8, image_size=16, backbone="resnet18_tiny",
+                           stem="cifar", width=4, conv_impl="xla", dtype="float32")
+    c = bench.sized_config(args)
+    assert (c.loss.name, c.batch_size, c.data.image_size) == ("nt_xent", 8, 16)
+    with pytest.raises(SystemExit, match="--method nope: no config file configs/nope.py"):
+        bench.sized_config(SimpleNamespace(**{**vars(args), "method": "nope"}))

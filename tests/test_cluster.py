@@ -4,10 +4,9 @@ unsharded, empty clusters re-seeded as scikit-learn does, no N x K distance arra
 import jax
 import numpy as np
 import pytest
+import sklearn.cluster as sklearn_cluster  # a test dependency: missing is a failure, not a skip
 
 from jssl import cluster, parallel
-
-sklearn_cluster = pytest.importorskip("sklearn.cluster")
 
 
 def _blobs(n=600, d=8, centers=12, spread=1.0, seed=0, ids=False):

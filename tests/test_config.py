@@ -1,28 +1,36 @@
 """Config presets and validation: each user mistake is one ConfigError naming the field."""
-import importlib.util
 import os
 
 import pytest
 
 from jssl import config as jc
+from jssl import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["simclr", "mocov2", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "swav", "dino",
-           "wmse", "dcl", "supcon", "rotation", "jigsaw", "jigsaw_pp"]
+# The pretext zoo: every shipped config that declares ZOO (a new method's config joins it).
+CONFIGS = sorted(jc.zoo())
+load = jc.load_file
 
 
-def load(name, preset=""):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+def test_the_zoo_is_derived_from_the_configs():
+    assert {"simclr", "barlow_twins", "nnclr", "jigsaw_pp", "rotation"} <= set(CONFIGS)
+    assert not {"fkt", "metamask", "fusion", "transfer"} & set(CONFIGS)  # not zoo rows
+    assert jc.zoo()["nnclr"] == {"reference": 91.88}
+    assert jc.zoo()["supcon"]["note"] == "uses the labels"
+    # The files live in the package (configs/ is a link), so any installation finds them.
+    assert os.path.realpath(os.path.join(ROOT, "configs")) == os.path.realpath(jc.CONFIG_DIR)
+    assert jc.config_file("simclr").startswith(jc.CONFIG_DIR)
+    with pytest.raises(jc.ConfigError, match="no config file configs/nope.py; choose one of "
+                                             "barlow_twins, byol"):
+        jc.config_file("nope")
 
 
-@pytest.mark.parametrize("name", CONFIGS + ["fkt"])
+@pytest.mark.parametrize("name", CONFIGS + ["fkt", "metamask", "transfer"])
 @pytest.mark.parametrize("preset", ["", "smoke", "cifar10"])
 def test_presets_are_valid(name, preset):
     c = load(name, preset)
     jc.validate(c, num_devices=8)
+    methods.validate(c)
     for field in ("batch_size", "total_steps", "log_every", "checkpoint_every", "eval_every",
                   "seed", "dtype"):
         assert field in c
@@ -39,9 +47,65 @@ def test_cifar10_preset_is_solo_learn_recipe():
     assert s.loss.temperature == 0.2 and s.model.projector_dim == 256 and s.optimizer.lr == 0.4
 
 
-def test_unknown_preset():
+def test_unknown_preset_lists_the_files_presets():
     with pytest.raises(jc.ConfigError, match="unknown preset 'nope'.*smoke"):
         load("barlow_twins", "nope")
+    with pytest.raises(jc.ConfigError, match="choose one of smoke, compare, or no preset"):
+        load("fusion", "cifar10")
+
+
+def test_config_group_refuses_unknown_fields():
+    group = jc.config_group("demo_config", {"a": 1, "b": 2}, {"b": 3})
+    assert group.to_dict() == {"a": 1, "b": 3}
+    with pytest.raises(KeyError, match="demo_config: unknown field 'c'; fields: a, b"):
+        jc.config_group("demo_config", {"a": 1, "b": 2}, {"c": 3})
+    with pytest.raises(KeyError, match="view_config: unknown field 'size'"):
+        jc.view_config(size=3)
+
+
+def _method_error(name, mutate, match):
+    c = load(name, "smoke")
+    with c.unlocked():
+        mutate(c)
+    with pytest.raises(jc.ConfigError, match=match) as e:
+        methods.validate(c)
+    assert "\n" not in str(e.value)
+
+
+def test_fields_a_method_never_reads_are_refused():
+    """A value set where the method never looks would be silently ignored: refused instead."""
+    _method_error("jigsaw", lambda c: setattr(c, "queue_size", 64),
+                  r"config\.queue_size: the puzzle method never reads it \(got 64\); set 0")
+    _method_error("rotation", lambda c: setattr(c.ema, "base_momentum", 0.99),
+                  r"config\.ema\.base_momentum: the puzzle method never reads it")
+    _method_error("transfer", lambda c: setattr(c.augment.view2, "solarize_prob", 0.2),
+                  r"config\.augment\.view2: the transfer method never reads it .*set it equal "
+                  r"to augment\.view1")
+    _method_error("transfer", lambda c: setattr(c, "queue_size", 64),
+                  r"config\.queue_size: the transfer method never reads it")
+    _method_error("fkt", lambda c: setattr(c.model, "num_prototypes", 8),
+                  r"config\.model\.num_prototypes: the joint method never reads it")
+    # Pretrain: method state that the objective does not use.
+    _method_error("simclr", lambda c: setattr(c.ema, "base_momentum", 0.99),
+                  r"config\.ema\.base_momentum: loss 'nt_xent' has no target; set it to 0")
+    _method_error("simclr", lambda c: setattr(c, "queue_size", 64),
+                  r"config\.queue_size: loss 'nt_xent' has no queue")
+
+
+def test_queue_rules_belong_to_their_objective():
+    """MoCo writes the keys of both views per step, NNCLR the first view's projections: the
+    queue must hold whole steps of each (the rule lives with the pretext, not in
+    jssl.config.validate)."""
+    _method_error("mocov2", lambda c: setattr(c, "queue_size", 96),
+                  r"config\.queue_size: 96 is not a multiple of 64 \(each step enqueues the keys "
+                  r"of both views\); use 64")
+    _method_error("nnclr", lambda c: setattr(c, "queue_size", 48),
+                  r"config\.queue_size: 48 is not a multiple of 32 \(each step enqueues the "
+                  r"first view's projections\); use 32")
+    c = load("nnclr", "smoke")
+    c.queue_size = 96  # 3 steps of 32 rows: fine for NNCLR (not for MoCo)
+    jc.validate(c, num_devices=8)
+    methods.validate(c)
 
 
 def _bad(mutate, match, num_devices=8, known=None):

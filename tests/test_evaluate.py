@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jssl import evaluate
+from jssl.data.subsets import few_label_subset
 
 N_TRAIN, N_VAL, N_TEST, DIM, CLASSES = 200, 48, 56, 10, 3  # all divisible by 8 devices
 
@@ -204,22 +205,22 @@ def test_linear_probe_rejects_bad_input():
 def test_few_label_subset():
     counts = [100, 50, 20, 10, 3, 0]
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(6), counts))
-    a = evaluate.few_label_subset(labels, 0.1, seed=0, num_classes=6)
-    assert np.array_equal(a, evaluate.few_label_subset(labels, 0.1, seed=0, num_classes=6))
-    assert not np.array_equal(a, evaluate.few_label_subset(labels, 0.1, seed=1, num_classes=6))
+    a = few_label_subset(labels, 0.1, seed=0, num_classes=6)
+    assert np.array_equal(a, few_label_subset(labels, 0.1, seed=0, num_classes=6))
+    assert not np.array_equal(a, few_label_subset(labels, 0.1, seed=1, num_classes=6))
     assert np.all(np.diff(a) > 0)  # sorted, no repeats
     # round(0.1 * count), at least one per class present; the absent class 5 gives none.
     assert np.bincount(labels[a], minlength=6).tolist() == [10, 5, 2, 1, 1, 0]
-    np.testing.assert_array_equal(evaluate.few_label_subset(labels, 1.0, seed=3, num_classes=6),
+    np.testing.assert_array_equal(few_label_subset(labels, 1.0, seed=3, num_classes=6),
                                   np.arange(len(labels)))
     # Within a class every member can be drawn: the draw is random, not the first members.
-    draws = np.concatenate([evaluate.few_label_subset(labels, 0.1, seed=s, num_classes=6)
+    draws = np.concatenate([few_label_subset(labels, 0.1, seed=s, num_classes=6)
                             for s in range(20)])
     assert len(np.unique(draws[labels[draws] == 1])) > 30
     with pytest.raises(ValueError, match="fraction"):
-        evaluate.few_label_subset(labels, 0.0, seed=0, num_classes=6)
+        few_label_subset(labels, 0.0, seed=0, num_classes=6)
     with pytest.raises(ValueError, match="labels"):
-        evaluate.few_label_subset(labels, 0.5, seed=0, num_classes=4)
+        few_label_subset(labels, 0.5, seed=0, num_classes=4)
 
 
 def test_sharded_features_give_the_same_answers():

@@ -10,16 +10,13 @@ from jssl import checkpoint, export, methods, parallel, train
 from jssl.config import ConfigError
 from jssl.data import sources
 from jssl.methods import joint
-from tests.test_train import smoke
+from tests.shared import smoke
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A SimCLR smoke run of a few steps on 8 devices: (config, workdir)."""
-    c = smoke("simclr", total_steps=3, checkpoint_every=3)
-    workdir = str(tmp_path_factory.mktemp("export") / "simclr")
-    train.train_and_evaluate(c, workdir)
-    return c, workdir
+@pytest.fixture
+def trained(shared_run):
+    """The shared SimCLR smoke run (4 steps on 8 devices): (config, workdir)."""
+    return shared_run("simclr")
 
 
 def _images(c, n=16):
@@ -77,9 +74,9 @@ def test_init_from_starts_fkt_from_the_pretrained_backbone(trained):
     # The FKT smoke model is the same backbone as the SimCLR smoke run's.
     assert (f.model.backbone, f.model.num_filters) == (c.model.backbone, c.model.num_filters)
     info = methods.DataInfo(10, (f.data.image_size,) * 2 + (1,))
-    fresh = joint.build(f, info).init(jax.random.PRNGKey(0))
+    fresh = jax.jit(joint.build(f, info).init)(jax.random.PRNGKey(0))
     f.model.init_from = workdir
-    started = joint.build(f, info).init(jax.random.PRNGKey(0))
+    started = jax.jit(joint.build(f, info).init)(jax.random.PRNGKey(0))
     params, stats = checkpoint.load_backbone(workdir)
     for got, want, before in zip(jax.tree_util.tree_leaves(started.params["backbone"]),
                                  jax.tree_util.tree_leaves(params),
@@ -105,4 +102,4 @@ def test_init_from_mismatch_and_missing_are_one_line_errors(trained, tmp_path):
     f.model.init_from = workdir
     f.model.num_filters = c.model.num_filters * 2
     with pytest.raises(ConfigError, match="does not match"):
-        joint.build(f, info).init(jax.random.PRNGKey(0))
+        jax.eval_shape(joint.build(f, info).init, jax.random.PRNGKey(0))

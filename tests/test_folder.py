@@ -136,7 +136,7 @@ def test_folder_errors_are_one_line(tmp_path):
 def test_training_runs_on_a_folder(classes_dir, tmp_path):
     """A smoke pretraining run and its evaluation read the folder end to end."""
     from jssl import train
-    from tests.test_train import smoke
+    from tests.shared import smoke
 
     root, _ = classes_dir
     c = smoke("simclr", total_steps=2, batch_size=16)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jssl import checkpoint, export, methods, parallel, train
+from jssl import checkpoint, evaluate, export, methods, parallel, train
 from jssl import config as jc
 from jssl.config import ConfigError
 from jssl.data import sources
@@ -19,20 +19,21 @@ from jssl.methods import fusion
 from jssl.models.fusion import FusionHead
 from jssl.studies import fusion as study
 from tests.test_config import load
-from tests.test_train import smoke
+from tests.shared import smoke
 
 
 @pytest.fixture(scope="module")
-def encoders(tmp_path_factory):
+def encoders(tmp_path_factory, shared_run):
     """Stage 1 of the study on two tiny pretexts of different widths (rotation: 16
-    features, SimCLR: 32), a few steps each: (study config, study workdir, encoder paths)."""
+    features, SimCLR: 32), a few steps each: (study config, study workdir, encoder paths).
+    The SimCLR encoder is the shared smoke run, copied where stage 1 finds it finished."""
     root = str(tmp_path_factory.mktemp("fusion") / "study")
     c = load("fusion", "compare")
     rot = smoke("rotation", total_steps=3, checkpoint_every=3, log_every=3)
     rot.model.num_filters = 4
-    sim = smoke("simclr", total_steps=3, checkpoint_every=3, log_every=3)
-    for pc in (rot, sim):
-        pc.eval.max_examples, pc.eval.linear_max_steps = 128, 5
+    rot.eval.max_examples, rot.eval.linear_max_steps = 128, 5
+    sim, sim_dir = shared_run("simclr")
+    shutil.copytree(sim_dir, os.path.join(root, study.ENCODERS_DIR, "simclr"))
     c.compare.pretexts = {"rotation": rot, "simclr": sim}
     info = study.pretrain_encoders(c, root)
     return c, root, tuple(info[n]["workdir"] for n in ("rotation", "simclr"))
@@ -41,9 +42,10 @@ def encoders(tmp_path_factory):
 @pytest.fixture(scope="module")
 def val_features(encoders):
     """The two encoders' features of the validation split: (Encoders, features, labels)."""
-    enc = fusion.load_encoders(encoders[2])
-    feats, labels = fusion.encode_source(enc, sources.get_source("mnist_embedded", "validation"),
-                                         batch_size=250)
+    enc = export.load_encoders(encoders[2])
+    feats, labels = evaluate.encode_source(enc.modules, enc.variables,
+                                           sources.get_source("mnist_embedded", "validation"),
+                                           batch_size=250, mesh=parallel.make_mesh())
     return enc, feats, labels
 
 
@@ -57,6 +59,10 @@ def _config(paths, **fields):
 
 def _info():
     return methods.DataInfo(10, (28, 28, 1))
+
+
+def _build(c, devices=None):
+    return methods.build(c, _info(), parallel.make_mesh(devices))
 
 
 def _images(n=16, split="train"):
@@ -150,9 +156,9 @@ def test_frozen_encoders_do_not_change_in_training(encoders, tmp_path):
             jax.tree_util.tree_structure(want)
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
             np.testing.assert_array_equal(a, b)
-    widths = fusion.load_encoders(paths).widths
-    initial = fusion.build_head(c, 10, widths).init(jax.random.PRNGKey(c.seed),
-                                                    [0.0] * 2, [1.0] * 2)
+    widths = export.load_encoders(paths).widths
+    initial = fusion.head_init(fusion.setup(c, 10, widths), jax.random.PRNGKey(c.seed),
+                               [0.0] * 2, [1.0] * 2)
     leaves = zip(jax.tree_util.tree_leaves(initial.params),
                  jax.tree_util.tree_leaves(tree["params"]))
     moved = [np.abs(np.asarray(a) - b).max() for a, b in leaves]
@@ -169,7 +175,9 @@ def test_no_gradient_of_the_encoders_is_computed(encoders):
     encoders is larger (the check can fail), and `encode` passes no gradient."""
     _, _, paths = encoders
     c = _config(paths, cache_features=False)
-    method, head, enc, _ = fusion.build_parts(c, _info())
+    enc = export.load_encoders(paths)
+    s = fusion.setup(c, 10, enc.widths)
+    method = methods.build(c, _info(), parallel.make_mesh())
     state = method.init(jax.random.PRNGKey(0))
     images, labels = _images(16)
     batch = {"image": images, "label": labels}
@@ -181,7 +189,7 @@ def test_no_gradient_of_the_encoders_is_computed(encoders):
 
     def leaky(params, v):  # the encoders as trainable as the head (what must not happen)
         feats = [m.apply(vk, images) for m, vk in zip(enc.modules, v)]
-        return head.objective(params, state, feats, labels)[0]
+        return fusion.objective(s, params, state, feats, labels)[0]
 
     leaky_text = jax.jit(jax.grad(leaky, argnums=(0, 1))).lower(state.params, variables).as_text()
     assert _count(leaky_text) > forward
@@ -197,7 +205,7 @@ def test_cached_features_give_the_same_steps(encoders):
     src = sources.get_source("mnist_embedded", "train")
     losses = {}
     for cache in (True, False):
-        method = methods.build(_config(paths, cache_features=cache), _info())
+        method = methods.build(_config(paths, cache_features=cache), _info(), mesh)
         state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
         step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
         out = []
@@ -213,32 +221,32 @@ def test_missing_or_incompatible_encoder_is_named(encoders, tmp_path):
     _, _, paths = encoders
     missing = str(tmp_path / "no_such_run")
     with pytest.raises(ConfigError, match=r"config\.fusion\.encoders\[1\]: .*no_such_run") as e:
-        methods.build(_config([paths[0], missing]), _info())
+        _build(_config([paths[0], missing]))
     assert "\n" not in str(e.value)
     empty = tmp_path / "not_a_run"
     empty.mkdir()
     with pytest.raises(ConfigError, match=r"encoders\[0\]: .*not_a_run.*experiment\.json"):
-        fusion.load_encoders([str(empty)])
-    # A checkpoint that does not fit its experiment.json (another width).
+        export.load_encoders([str(empty)])
+    # A checkpoint that does not fit the config it was saved with (another width).
     bad = str(tmp_path / "edited")
     shutil.copytree(paths[1], bad)
-    with open(os.path.join(bad, "experiment.json")) as f:
-        exp = json.load(f)
-    exp["model.num_filters"] = 2 * exp["model.num_filters"]
-    with open(os.path.join(bad, "experiment.json"), "w") as f:
-        json.dump(exp, f)
+    with open(os.path.join(bad, "config.json")) as f:
+        saved = json.load(f)
+    saved["model"]["num_filters"] = 2 * saved["model"]["num_filters"]
+    with open(os.path.join(bad, "config.json"), "w") as f:
+        json.dump(saved, f)
     with pytest.raises(ConfigError, match=r"encoders\[1\]: .*edited: its checkpoint does not "
                                           r"fit .*architecture \(\d+,"):
-        fusion.load_encoders([paths[0], bad])
+        export.load_encoders([paths[0], bad])
     with pytest.raises(ConfigError, match=r"config\.fusion\.encoders: \(\)"):
-        methods.build(_config([]), _info())
+        _build(_config([]))
 
 
 def _fit(paths, val_features, devices, mode):
     enc, feats, labels = val_features
     c = _config(paths, mode=mode)
     c.total_steps, c.log_every = 4, 1
-    trainer = fusion.HeadTrainer(c, 10, enc.widths, parallel.make_mesh(devices))
+    trainer = study.HeadTrainer(c, 10, enc.widths, parallel.make_mesh(devices))
     state, history = trainer.fit(feats, labels, seed=0)
     return [h["loss"] for h in history], trainer.outputs(state, feats)
 
@@ -271,9 +279,10 @@ def test_presets_and_config_errors():
                           ({"mode": "single", "single_index": 2}, r"config\.fusion\.single_index"),
                           ({"labelled_fraction": 0.0}, r"config\.fusion\.labelled_fraction")]:
         with pytest.raises(ConfigError, match=match):
-            fusion.validate_fusion(_config(["a", "b"], **fields))
+            fusion.validate(_config(["a", "b"], **fields))
 
 
+@pytest.mark.slow
 def test_study_end_to_end(encoders):
     """Stage 1 reused, every variant and baseline trained on 2 seeds, the report written;
     pretext matching and the negative-transfer numbers agree with the per-run records."""

@@ -5,12 +5,11 @@ import functools
 import jax
 import numpy as np
 import pytest
+import skimage.data as skimage_data  # test dependencies: missing is a failure, not a skip
+import skimage.feature as skimage_feature
 
 from jssl import hog as jhog
 from jssl.data import sources
-
-skimage_data = pytest.importorskip("skimage.data")
-skimage_feature = pytest.importorskip("skimage.feature")
 
 
 def _ours(images, **kw):

@@ -7,7 +7,8 @@ import pytest
 
 from jssl import config as jc
 from jssl import methods, parallel, train
-from jssl.data import pipeline, sources
+from jssl.data import sources
+from jssl.data.subsets import labelled_split, source_labels
 from jssl.methods import joint
 from tests.test_config import load
 
@@ -42,13 +43,14 @@ def test_gradients_of_each_term_reach_the_right_parameters():
     """CE reaches backbone and classifier, not the projector; L_SSL reaches backbone and
     projector, not the classifier."""
     c = _smoke()
-    method, loss_terms, make_inputs = joint.build_parts(c, _info(c))
-    state = method.init(jax.random.PRNGKey(0))
-    views, clean, labels = make_inputs(state, _batch(c))
-    ce_grads = jax.grad(lambda p: loss_terms(p, state.batch_stats, views, clean, labels)[0])(
-        state.params)
-    ssl_grads = jax.grad(lambda p: loss_terms(p, state.batch_stats, views, clean, labels)[1])(
-        state.params)
+    s = joint.setup(c, _info(c))
+    state = joint.init(s, jax.random.PRNGKey(0))
+    inputs = joint.make_inputs(s, state, _batch(c))
+    # Both terms' gradients from one compiled Jacobian (row 0: CE, row 1: L_SSL).
+    jac = jax.jit(jax.jacrev(lambda p: jnp.stack(
+        joint.loss_terms(s, p, state.batch_stats, inputs)[:2])))(state.params)
+    ce_grads = jax.tree_util.tree_map(lambda g: g[0], jac)
+    ssl_grads = jax.tree_util.tree_map(lambda g: g[1], jac)
     ce, ssl = _norms(ce_grads), _norms(ssl_grads)
     assert ce["backbone"] > 0 and ce["classifier"] > 0 and ce["projector"] == 0
     assert ssl["backbone"] > 0 and ssl["projector"] > 0 and ssl["classifier"] == 0
@@ -85,11 +87,11 @@ def test_lambda_zero_is_supervised_training():
 
 def test_labelled_subset_deterministic_balanced_and_disjoint_from_validation():
     train_src = sources.get_source("mnist_embedded", "train")
-    lab, unl = joint.labelled_split(train_src, 0.1, seed=0)
-    lab2, _ = joint.labelled_split(train_src, 0.1, seed=0)
+    lab, unl = labelled_split(train_src, 0.1, seed=0)
+    lab2, _ = labelled_split(train_src, 0.1, seed=0)
     np.testing.assert_array_equal(lab, lab2)
-    assert not np.array_equal(lab, joint.labelled_split(train_src, 0.1, seed=1)[0])
-    labels = pipeline.source_labels(train_src)
+    assert not np.array_equal(lab, labelled_split(train_src, 0.1, seed=1)[0])
+    labels = source_labels(train_src)
     counts = np.bincount(labels[lab], minlength=10)
     expect = np.floor(0.1 * np.bincount(labels, minlength=10) + 0.5)
     np.testing.assert_array_equal(counts, expect)  # class-balanced: 10% of every class
@@ -98,7 +100,7 @@ def test_labelled_subset_deterministic_balanced_and_disjoint_from_validation():
     train_ids = sources.embedded_split_indices("mnist_embedded", "train")
     val_ids = sources.embedded_split_indices("mnist_embedded", "validation")
     assert np.intersect1d(train_ids[lab], val_ids).size == 0
-    _, everything = joint.labelled_split(train_src, 1.0, seed=0)
+    _, everything = labelled_split(train_src, 1.0, seed=0)
     assert len(everything) == len(train_src)  # 100% labelled: SSL on the whole split
 
 

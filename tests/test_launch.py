@@ -110,7 +110,9 @@ if sys.argv[4] == "ssh" and any("jssl.main" in a for a in sys.argv): sys.exit(3)
     # The packed checkout: this repository's files, ignored ones (caches, runs) left out.
     with tarfile.open(tmp_path / "jssl-t1.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {"jssl/train.py", "configs/barlow_twins.py", "setup.cfg"} <= names
+    assert {"jssl/train.py", "jssl/configs/barlow_twins.py", "setup.cfg"} <= names
+    with tarfile.open(tmp_path / "jssl-t1.tar.gz") as tar:
+        assert tar.getmember("configs").issym()  # the link to jssl/configs, kept a link
     assert not any("__pycache__" in n for n in names)
 
 

@@ -369,6 +369,53 @@ def test_mocov3_key_gets_no_gradient_and_query_gradient_is_right():
                     order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
+# --- NNCLR -------------------------------------------------------------------------------
+
+
+def nnclr_reference(p, nn, temperature):
+    p, nn = _unit_rows(p), _unit_rows(nn)
+    total = 0.0
+    for i in range(len(p)):
+        logits = [np.dot(nn[i], p[k]) / temperature for k in range(len(p))]
+        total += np.log(sum(np.exp(x) for x in logits)) - logits[i]
+    return total / len(p)
+
+
+@pytest.mark.parametrize("temperature", [0.1, 1.0])
+def test_nnclr_matches_reference(temperature):
+    p, nn = _rand((8, 5), 46), _rand((8, 5), 47)
+    got = jax.jit(lambda a, b: L.nnclr(a, b, temperature=temperature))(p, nn)
+    np.testing.assert_allclose(got, nnclr_reference(p, nn, temperature), rtol=1e-5)
+
+
+def test_nearest_neighbour_is_the_most_cosine_similar_support_row():
+    support = _unit_rows(_rand((12, 4), 48)).astype(np.float32)
+    z = _rand((6, 4), 49) * np.arange(1, 7, dtype=np.float32)[:, None]  # scale is irrelevant
+    got = np.asarray(L.nearest_neighbour(z, support))
+    cos = _unit_rows(z) @ support.T
+    np.testing.assert_array_equal(got, support[np.argmax(cos, axis=1)])
+    # A support row itself (any positive scale) finds itself.
+    np.testing.assert_array_equal(np.asarray(L.nearest_neighbour(3 * support[[4, 7]], support)),
+                                  support[[4, 7]])
+    with pytest.raises(ValueError, match=r"support must have shape \(K, 4\)"):
+        L.nearest_neighbour(z, support[:, :3])
+
+
+def test_nnclr_neighbours_get_no_gradient_and_prediction_gradient_is_right():
+    support = _unit_rows(_rand((10, 4), 50)).astype(np.float32)
+
+    def loss(p, z):  # the positives looked up from z: no gradient may reach z
+        return L.nnclr(p, L.nearest_neighbour(z, support), temperature=0.2)
+
+    gp, gz = jax.jit(jax.grad(loss, argnums=(0, 1)))(_rand((6, 4), 51), _rand((6, 4), 52))
+    assert np.any(np.asarray(gp) != 0) and np.all(np.asarray(gz) == 0)
+    with jax.enable_x64(True):
+        nn = jnp.asarray(_rand((5, 3), 53), jnp.float64)
+        p0 = jnp.asarray(_rand((5, 3), 54), jnp.float64)
+        check_grads(lambda p: L.nnclr(p, nn, temperature=0.5), (p0,),
+                    order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
 # --- VICReg ------------------------------------------------------------------------------
 
 
@@ -735,6 +782,7 @@ def _two_view_cases():
         "dcl": lambda a, b: L.dcl(a, b, sigma=0.5),
         "moco": lambda a, b: L.moco(a, b, L.l2_normalize(b[::-1].astype(jnp.float32))),
         "mocov3": L.mocov3,
+        "nnclr": L.nnclr,
         "vicreg": L.vicreg,
         "wmse": L.wmse,
         "byol": L.byol,
@@ -760,7 +808,8 @@ def test_bfloat16_inputs_give_float32(name):
     lambda a, b: L.dcl(a, b, temperature=0.01, sigma=0.01),
     lambda a, b: L.moco(a, b, L.l2_normalize(b[::-1]), temperature=0.01),
     lambda a, b: L.mocov3(a, b, temperature=0.01),
-], ids=["dcl", "dclw", "moco", "mocov3"])
+    lambda a, b: L.nnclr(a, b, temperature=0.01),
+], ids=["dcl", "dclw", "moco", "mocov3", "nnclr"])
 def test_contrastive_finite_at_small_temperature(loss_fn):
     z1, z2 = 1e3 * _rand((32, 16), 160), 1e3 * _rand((32, 16), 161)
     loss, grads = jax.value_and_grad(loss_fn)(z1, z2)
@@ -798,6 +847,8 @@ def _global_batch_cases():
         "dclw": (lambda b, r: L.dcl(*b, sigma=0.5), (z1, z2), ()),
         "moco": (lambda b, r: L.moco(b[0], b[1], r[0]), (z1, z2), (queue,)),
         "mocov3": (lambda b, r: L.mocov3(*b), (z1, z2), ()),
+        "nnclr": (lambda b, r: L.nnclr(b[0], L.nearest_neighbour(b[1], r[0])), (z1, z2),
+                  (queue,)),
         "vicreg": (lambda b, r: L.vicreg(*b), (z1, z2), ()),
         "wmse": (lambda b, r: L.wmse(*b), (z1, z2), ()),
         "byol": (lambda b, r: L.byol(*b), (z1, z2), ()),

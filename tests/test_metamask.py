@@ -140,7 +140,7 @@ def test_presets():
     for preset in ("", "smoke", "cifar10", "compare", "compare_smoke"):
         c = load("metamask", preset)
         jc.validate(c, num_devices=8, known=train.known_names(c))
-        metamask._validate(c)
+        metamask.validate(c)
     c = load("metamask", "cifar10")
     assert (c.batch_size, c.total_steps, c.data.name) == (512, 800 * (50000 // 512), "cifar10")
     assert (c.optimizer.name, c.optimizer.lr, c.optimizer.momentum,
@@ -247,17 +247,17 @@ def test_one_device_equals_eight_and_meta_passes_keep_batchnorm_statistics(eight
     mesh = parallel.make_mesh(jax.devices()[:1])
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     source = sources.get_source(c.data.name, c.data.train_split)
-    method, parts = metamask.build_parts(c, methods.DataInfo(source.num_classes,
-                                                             source.image_shape))
+    s = metamask.setup(c)
 
     def step(state, batch):
-        views = parts["make_views"](state, batch["image"])
-        net, _ = parts["network_update"](state, views)
-        full, metrics = parts["update"](state, views)
+        views = metamask.make_inputs(s, state, batch)
+        net, _ = metamask.network_update(s, state, views)
+        full, metrics = metamask.update(s, state, views)
         return full, net, metrics
 
     step = jax.jit(step, in_shardings=(repl, data), out_shardings=repl)
-    state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(c.seed))
+    state = jax.jit(functools.partial(metamask.init, s), out_shardings=repl)(
+        jax.random.PRNGKey(c.seed))
     batches = pipeline.TrainBatches(source, batch_size=c.batch_size, seed=c.seed, mesh=mesh)
     losses = []
     for batch in batches(0, c.total_steps):
@@ -303,6 +303,7 @@ def test_resume_is_exact(eight, tmp_path):
 
 # --- The study --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_study_writes_table_and_plots(eight, tmp_path):
     """The study on one seed; its MetaMask arm is the finished smoke run (reused, as an
     interrupted study reuses its finished runs), the no-mask arm trains here."""

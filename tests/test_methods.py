@@ -1,4 +1,4 @@
-"""Every method config trains: a few sharded steps per config, and the method state
+"""Every zoo config trains: a few sharded steps per config, and the method state
 (momentum targets, queues, prototypes, centres) behaves as the papers say."""
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jssl import config as jc
-from jssl import methods, parallel
+from jssl import losses, methods, parallel
 from jssl.methods import pretrain
 from tests.test_config import CONFIGS, load
 
@@ -24,7 +24,8 @@ def _run(config, steps, devices=None, batch_seed=0):
     jc.validate(config, len(devices or jax.devices()))
     mesh = parallel.make_mesh(devices)
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    method = methods.build(config, methods.DataInfo(10, (config.data.image_size,) * 2 + (1,)))
+    method = methods.build(config, methods.DataInfo(10, (config.data.image_size,) * 2 + (1,)),
+                           mesh)
     state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(config.seed))
     step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
     states, logs = [state], []
@@ -55,7 +56,8 @@ def test_every_config_trains(name):
     if c.ema.base_momentum:
         assert _changed(states[0].extras["target"]["params"], extras["target"]["params"])
     if c.queue_size:
-        assert int(extras["queue_ptr"]) == (3 * 2 * c.batch_size) % c.queue_size
+        per_step = {"moco": 2, "nnclr": 1}[c.loss.name] * c.batch_size
+        assert int(extras["queue_ptr"]) == (3 * per_step) % c.queue_size
 
 
 def test_ema_schedule():
@@ -105,11 +107,51 @@ def test_swav_prototypes_stay_unit_norm_and_freeze():
     assert _changed(states[1].params["prototypes"], states[2].params["prototypes"])
 
 
+def _step_inputs(config, state):
+    """The method, and the step's inputs (augmented views) of `_run`'s first batch."""
+    method = methods.build(config, methods.DataInfo(10, (config.data.image_size,) * 2 + (1,)),
+                           parallel.make_mesh())
+    return method, jax.jit(method.make_inputs)(state, _batch(config, seed=0))
+
+
 def test_dino_center_is_ema_of_teacher_logits():
+    """centre' = m centre + (1 - m) mean of the teacher's scores of the large crops, the
+    teacher being the momentum network before the step (its scores recomputed here)."""
     c = load("dino", "smoke")
     states, _ = _run(c, 1)
-    assert states[0].extras["center"].shape == (1, c.model.num_prototypes)
-    assert _changed(states[0].extras["center"], states[1].extras["center"])
+    s0, s1 = states
+    _, inputs = _step_inputs(c, s0)
+    model = pretrain.build_model(c)
+    teacher = jax.jit(lambda v, x: model.apply(v, x, train=True, predict=False,
+                                               mutable=["batch_stats"])[0]["s"])
+    scores = [teacher(s0.extras["target"], x) for x in inputs["views"][:2]]
+    m = c.loss.center_momentum
+    assert m < 1 and np.abs(np.asarray(s1.extras["center"])).max() > 0
+    want = m * np.asarray(s0.extras["center"]) + (1 - m) * np.mean(
+        np.concatenate(scores), axis=0, keepdims=True)
+    np.testing.assert_allclose(s1.extras["center"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_nnclr_positives_are_nearest_neighbours_and_z1_is_enqueued():
+    c = load("nnclr", "smoke")
+    states, _ = _run(c, 1)
+    s0, s1 = states
+    queue0 = np.asarray(s0.extras["queue"])
+    np.testing.assert_allclose(np.linalg.norm(queue0, axis=1), 1.0, rtol=1e-5)
+    _, inputs = _step_inputs(c, s0)
+    model = pretrain.build_model(c)
+    project = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]["z"])
+    z1 = np.asarray(project({"params": s0.params, "batch_stats": s0.batch_stats},
+                            inputs["views"][0]), np.float64)
+    z1n = z1 / np.linalg.norm(z1, axis=1, keepdims=True)
+    # The positives: each projection's most cosine-similar row of the old queue.
+    np.testing.assert_array_equal(np.asarray(losses.nearest_neighbour(z1, queue0)),
+                                  queue0[np.argmax(z1n @ queue0.T, axis=1)])
+    # The first view's normalised projections overwrote the oldest rows; the rest is kept.
+    n = c.batch_size
+    np.testing.assert_allclose(s1.extras["queue"][:n], z1n, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(s1.extras["queue"][n:], queue0[n:])
+    assert int(s1.extras["queue_ptr"]) == n % c.queue_size
 
 
 @pytest.mark.parametrize("name", ["mocov2", "dino", "jigsaw_pp"])

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from jssl import config as jc
-from jssl import parallel, train
+from jssl import checkpoint, parallel, train
 from tests.test_config import ROOT
-from tests.test_train import read_metrics, smoke
+from tests.shared import read_metrics, smoke
 
 SCRIPT = os.path.join(ROOT, "launch", "local_multiprocess.sh")
 OVERRIDES = {"total_steps": 4, "log_every": 1, "checkpoint_every": 2, "plots": False}
@@ -60,12 +60,15 @@ def two_process_runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["barlow_twins", "simclr"])
-def test_two_processes_equal_one_process(two_process_runs, tmp_path, name):
+def test_two_processes_equal_one_process(two_process_runs, shared_run, name):
     workdir = two_process_runs[name]
-    one = str(tmp_path / "one")
-    c = smoke(name, **OVERRIDES)
-    r1 = train.train_and_evaluate(c, one, devices=jax.devices())
+    c, one = shared_run(name)  # the same config (OVERRIDES) on one process, 8 devices
+    assert {k: c[k] for k in ("total_steps", "log_every", "checkpoint_every")} == \
+        {k: OVERRIDES[k] for k in ("total_steps", "log_every", "checkpoint_every")}
+    with open(os.path.join(one, train.RESULTS_FILE)) as f:
+        r1 = json.load(f)
     rows1, rows2 = read_metrics(one), read_metrics(workdir)
     assert [r["step"] for r in rows2] == [1, 2, 3, 4]  # written once, by process 0
     l1, l2 = [r["loss"] for r in rows1], [r["loss"] for r in rows2]
@@ -88,6 +91,7 @@ def test_two_processes_equal_one_process(two_process_runs, tmp_path, name):
             assert not os.path.exists(os.path.join(workdir, png)), png
 
 
+@pytest.mark.slow
 def test_two_process_run_resumes_from_its_checkpoint(two_process_runs, tmp_path):
     full = two_process_runs["barlow_twins"]
     part = tmp_path / "part"
@@ -102,6 +106,7 @@ def test_two_process_run_resumes_from_its_checkpoint(two_process_runs, tmp_path)
     assert [r["loss"] for r in got] == [r["loss"] for r in want]  # same layout: bit-exact
 
 
+@pytest.mark.slow
 def test_eval_mode_without_config_reads_the_runs_config(two_process_runs, tmp_path, capsys):
     """`--mode=eval --workdir DIR`, no --config: the run's own config (config.json), here on
     one process with 8 devices, re-evaluates the checkpoint the two processes wrote."""
@@ -120,7 +125,7 @@ def test_eval_mode_without_config_reads_the_runs_config(two_process_runs, tmp_pa
     assert printed["eval"] == pytest.approx(before["eval"])
 
 
-def test_config_from_workdir_without_config_json(tmp_path):
+def test_saved_config_without_config_json(tmp_path):
     """A run without config.json (written before it existed): experiment.json over
     base_config's defaults, which fill the run-control fields."""
     c = smoke("barlow_twins")
@@ -129,7 +134,7 @@ def test_config_from_workdir_without_config_json(tmp_path):
     workdir.mkdir()
     with open(workdir / "experiment.json", "w") as f:
         json.dump(jc.experiment_fields(c), f)
-    got = train.config_from_workdir(str(workdir))
+    got = checkpoint.saved_config(str(workdir))
     assert jc.experiment_fields(got) == json.loads(json.dumps(jc.experiment_fields(c)))
     assert got.eval.to_dict() == jc.base_config().eval.to_dict()
     assert got.plots is True and got.log_every == jc.base_config().log_every
@@ -137,7 +142,7 @@ def test_config_from_workdir_without_config_json(tmp_path):
     assert got.loss.lambd == c.loss.lambd  # method fields absent from base_config
     jc.validate(got, num_devices=8)
     with pytest.raises(jc.ConfigError, match="holds no jssl run"):
-        train.config_from_workdir(str(tmp_path / "nothing"))
+        checkpoint.saved_config(str(tmp_path / "nothing"))
 
 
 def test_process_rows_cover_the_batch_in_order():

@@ -12,56 +12,79 @@ import pytest
 
 from jssl import config as jc
 from jssl import train
-from tests.test_config import ROOT, load
-
-
-def smoke(name="barlow_twins", **overrides):
-    c = load(name, "smoke")
-    c.eval.random_init_baseline = False
-    for k, v in overrides.items():
-        target = c
-        *path, last = k.split(".")
-        for p in path:
-            target = target[p]
-        target[last] = v
-    return c
-
-
-def read_metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+from tests.shared import copy_run, read_metrics, smoke
+from tests.test_config import ROOT
 
 
 @pytest.mark.parametrize("name", ["barlow_twins", "simclr"])
-def test_smoke_run_outputs(tmp_path, name):
-    c = smoke(name)
-    c.eval.random_init_baseline = True
-    workdir = str(tmp_path / "run")
-    results = train.train_and_evaluate(c, workdir)
-
+def test_smoke_run_outputs(shared_run, name):
+    c, workdir = shared_run(name)
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
     rows = read_metrics(workdir)
-    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
-    assert results["final_step"] == 6
+    assert results["final_step"] == 4 and results["resumed_from_step"] == 0
     assert results["train_step_compilations"] == 1  # no recompilation after step 1
-    for key in ("eval", "random_init_eval"):
+    for key in ("eval", "random_init_eval") if c.eval.random_init_baseline else ("eval",):
         ev = results[key]
         assert 0.0 <= ev["knn_accuracy"] <= 1.0 and 0.0 <= ev["linear_accuracy"] <= 1.0
-    with open(os.path.join(workdir, "results.json")) as f:
-        saved = json.load(f)
-    assert saved["eval"] == pytest.approx(results["eval"])
+        assert ev["num_test"] == c.eval.max_examples
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert jc.from_nested(json.load(f)) == c
+
+
+def test_eval_every_writes_evaluations_during_training(tmp_path):
+    """eval_every > 0: an evaluation every eval_every steps (not at the last, which the end of
+    the run evaluates), each a row of eval.jsonl with the accuracies."""
+    c = smoke(total_steps=4, eval_every=2, checkpoint_every=4, log_every=2)
+    c.eval.max_examples, c.eval.linear_max_steps = 64, 5
+    workdir = str(tmp_path / "evals")
+    results = train.train_and_evaluate(c, workdir)
+    rows = read_metrics(workdir, "eval.jsonl")
+    assert [r["step"] for r in rows] == [2, 4]  # step 2 during training, step 4 at the end
+    assert all(0 <= r["eval/knn_accuracy"] <= 1 for r in rows)
+    assert rows[-1]["eval/knn_accuracy"] == results["eval"]["knn_accuracy"]
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+    """A learning rate far too large: the loss becomes non-finite; the run stops at the first
+    logged step that shows it, with one line naming the step and the fix, and the
+    checkpoints written before it are kept."""
+    c = smoke(total_steps=40, log_every=1, checkpoint_every=1)
+    c.optimizer.lr = 1e12
+    workdir = str(tmp_path / "nan")
+    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf|-inf) at step (\d+); lower "
+                                                 r"config\.optimizer\.lr") as e:
+        train.train_and_evaluate(c, workdir)
+    assert "\n" not in str(e.value)
+    step = int(str(e.value).split("at step ")[1].split(";")[0])
+    assert 1 < step < 40
+    kept = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    assert kept and kept[-1] == step - 1  # the failing step wrote nothing
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def test_keep_checkpoints_prunes_the_oldest(tmp_path):
+    c = smoke(total_steps=5, checkpoint_every=1, keep_checkpoints=2, log_every=5)
+    c.eval.max_examples, c.eval.linear_max_steps = 64, 5
+    workdir = str(tmp_path / "keep")
+    train.train_and_evaluate(c, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "5"]
 
 
 def test_loss_decreases_and_parameters_change(tmp_path):
     """A real (small) run learns: the loss goes down and the parameters move."""
-    c = smoke(total_steps=40, log_every=10, checkpoint_every=40)
+    c = smoke(total_steps=40, log_every=1, checkpoint_every=40)
     c.optimizer.name, c.optimizer.lr = "sgd", 0.05
+    c.eval.max_examples, c.eval.linear_max_steps = 64, 5
     workdir = str(tmp_path / "learn")
     train.train_and_evaluate(c, workdir)
     losses = [r["loss"] for r in read_metrics(workdir)]
-    assert losses[-1] < 0.8 * losses[0], losses
+    # Per-step losses are noisy (new views every step): the last 10 against the first 10.
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
 
     from jssl import checkpoint
     run = train._Run(c, workdir)
@@ -73,12 +96,15 @@ def test_loss_decreases_and_parameters_change(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["barlow_twins", "simclr"])
-def test_one_device_equals_eight(tmp_path, name):
-    c = smoke(name, total_steps=4, log_every=1, checkpoint_every=4)
+def test_one_device_equals_eight(shared_run, tmp_path, name):
+    c, eight = shared_run(name)  # the 8-device run
+    c = jc.from_nested(c.to_dict())
+    c.plots, c.eval.random_init_baseline = False, False
     r1 = train.train_and_evaluate(c, str(tmp_path / "one"), devices=jax.devices()[:1])
-    r8 = train.train_and_evaluate(c, str(tmp_path / "eight"), devices=jax.devices())
+    with open(os.path.join(eight, "results.json")) as f:
+        r8 = json.load(f)
     l1 = [r["loss"] for r in read_metrics(str(tmp_path / "one"))]
-    l8 = [r["loss"] for r in read_metrics(str(tmp_path / "eight"))]
+    l8 = [r["loss"] for r in read_metrics(eight)]
     # Same global-batch step: the first updates agree to float32 rounding (per-device
     # BatchNorm statistics or losses would differ at the percent level at once). Later
     # steps are compared looser: Barlow Twins' per-dimension standardisation divides by
@@ -89,39 +115,34 @@ def test_one_device_equals_eight(tmp_path, name):
     assert r1["eval"]["knn_accuracy"] == pytest.approx(r8["eval"]["knn_accuracy"], abs=0.02)
 
 
-def test_resume_is_bit_exact(tmp_path):
-    c = smoke(total_steps=6, log_every=1, checkpoint_every=3)
-    full = str(tmp_path / "full")
-    train.train_and_evaluate(c, full)
+def test_resume_is_bit_exact_and_compiles_the_step_once(shared_run, tmp_path):
+    c, full = shared_run("simclr")
     want = read_metrics(full)
-
-    # An interrupted run: the same run, stopped after its step-3 checkpoint was written.
-    part = str(tmp_path / "part")
-    train.train_and_evaluate(c, part)
+    # An interrupted run: the same run, stopped after its step-2 checkpoint was written.
+    part = copy_run(full, tmp_path / "part")
     import shutil
-    shutil.rmtree(os.path.join(part, "checkpoints", "6"))
+    shutil.rmtree(os.path.join(part, "checkpoints", "4"))
     resumed = train.train_and_evaluate(c, part)
-    assert resumed["resumed_from_step"] == 3
+    assert resumed["resumed_from_step"] == 2
+    assert resumed["train_step_compilations"] == 1  # the restored state: no second compile
     got = read_metrics(part)
-    assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
     for a, b in zip(want, got):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
 
 
-def test_finished_run_is_not_retrained(tmp_path):
-    c = smoke()
-    workdir = str(tmp_path / "done")
-    train.train_and_evaluate(c, workdir)
-    again = train.train_and_evaluate(c, workdir)
-    assert again["resumed_from_step"] == 6 and again["train_step_compilations"] == 0
+def test_finished_run_is_not_retrained(shared_run, tmp_path):
+    c, workdir = shared_run("simclr")
+    again = train.train_and_evaluate(c, copy_run(workdir, tmp_path / "done"))
+    assert again["resumed_from_step"] == 4 and again["train_step_compilations"] == 0
 
 
-def test_other_experiment_in_workdir_is_refused_and_untouched(tmp_path):
-    workdir = str(tmp_path / "exp")
-    train.train_and_evaluate(smoke(), workdir)
+def test_other_experiment_in_workdir_is_refused_and_untouched(shared_run, tmp_path):
+    _, shared = shared_run("barlow_twins")
+    workdir = copy_run(shared, tmp_path / "exp")
     before = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
               for d, _, files in os.walk(workdir) for f in files}
-    other = smoke()
+    other = jc.from_nested(shared_run("barlow_twins")[0].to_dict())
     other.loss.lambd = 0.02
     with pytest.raises(jc.ConfigError, match=r"holds a different experiment \(loss\.lambd: 0\.0051 -> 0\.02\)"):
         train.train_and_evaluate(other, workdir)
@@ -138,13 +159,15 @@ def _cli(*args, **kw):
 
 @pytest.mark.slow
 def test_kill_9_at_any_moment_then_resume_is_exact(tmp_path):
-    """kill -9 during training (possibly mid-checkpoint), rerun: same losses as uninterrupted."""
-    common = ["--config", "configs/barlow_twins.py:smoke", "--config.total_steps=24",
-              "--config.log_every=1", "--config.checkpoint_every=4",
-              "--config.eval.random_init_baseline=False"]
+    """kill -9 during training (possibly mid-checkpoint), rerun: same losses as uninterrupted
+    (the uninterrupted reference runs in this process: the same program on the same 8
+    devices as the command line's)."""
+    fields = {"total_steps": 24, "log_every": 1, "checkpoint_every": 4}
+    common = ["--config", "configs/barlow_twins.py:smoke",
+              "--config.eval.random_init_baseline=False",
+              *(f"--config.{k}={v}" for k, v in fields.items())]
     ref = str(tmp_path / "ref")
-    p = _cli(*common, "--workdir", ref)
-    assert p.wait(timeout=300) == 0, p.stderr.read()
+    train.train_and_evaluate(smoke(**fields), ref)
     want = read_metrics(ref)
 
     work = str(tmp_path / "killed")
@@ -163,6 +186,42 @@ def test_kill_9_at_any_moment_then_resume_is_exact(tmp_path):
     got = read_metrics(work)
     assert [r["step"] for r in got] == list(range(1, 25))
     assert [r["loss"] for r in got] == [r["loss"] for r in want]
+
+
+_ONE_STEP = """
+import jax, numpy as np
+from jssl import config as jc, methods, parallel
+c = jc.load_file("simclr", "smoke")
+mesh = parallel.make_mesh()
+repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+method = methods.build(c, methods.DataInfo(10, (16, 16, 1)), mesh)
+state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
+rng = np.random.default_rng(0)
+batch = jax.device_put({"image": rng.integers(0, 256, (32, 16, 16, 1), dtype=np.uint8),
+                        "label": np.zeros(32, np.int32)}, data)
+step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
+state, metrics = step(state, batch)
+print(float(metrics["loss"]), float(metrics["grad_norm"]),
+      float(sum(np.sum(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(state.params))))
+"""
+
+
+def test_the_test_xla_flags_keep_the_numbers(tmp_path):
+    """The suite compiles with less LLVM optimisation (tests/conftest.py); a sharded train
+    step (augmentation included) under XLA's default flags, in a subprocess, gives the same
+    loss, gradient norm and parameters."""
+    def run(flags):
+        env = dict(os.environ, XLA_FLAGS=flags, PYTHONUNBUFFERED="1",
+                   JAX_COMPILATION_CACHE_DIR=str(tmp_path / flags.replace(" ", "_")))
+        done = subprocess.run([sys.executable, "-c", _ONE_STEP], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [float(x) for x in done.stdout.split()]
+
+    default = run("--xla_force_host_platform_device_count=8")
+    tests = run(os.environ["XLA_FLAGS"])
+    assert "xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
+    np.testing.assert_allclose(tests, default, rtol=1e-6)
 
 
 def test_bfloat16_run(tmp_path):

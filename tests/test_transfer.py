@@ -14,6 +14,7 @@ import pytest
 from jssl import checkpoint, methods, parallel, teachers, train
 from jssl import config as jc
 from jssl.data import sources
+from jssl.data.subsets import PseudoLabelSource
 from jssl.methods import transfer
 from jssl.studies import transfer as study
 from tests.test_config import load
@@ -103,7 +104,7 @@ def test_student_trains_on_the_pseudo_labels():
     jc.validate(c, 8)
     mesh = parallel.make_mesh()
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    method = methods.build(c, methods.DataInfo(10, (8, 8, 1)))
+    method = methods.build(c, methods.DataInfo(10, (8, 8, 1)), mesh)
     state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
     assert set(state.params) == {"backbone", "head"}
     step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
@@ -122,7 +123,7 @@ def test_student_trains_on_the_pseudo_labels():
 def test_pseudo_label_source_and_errors(tmp_path):
     src = sources.get_source("digits_embedded", "train")
     labels = np.arange(len(src)) % 7
-    relabelled = transfer.PseudoLabelSource(src, labels, 7)
+    relabelled = PseudoLabelSource(src, labels, 7)
     idx = np.array([5, 0, 3])
     images, got = relabelled.read(idx)
     np.testing.assert_array_equal(images, src.read(idx)[0])
@@ -138,6 +139,7 @@ def test_pseudo_label_source_and_errors(tmp_path):
         transfer.load_pseudo_labels(None, len(src), 7)
 
 
+@pytest.mark.slow
 def test_study_runs_and_resumes_each_stage(tmp_path):
     """HOG teacher -> k-means -> a student per seed: outputs, then a rerun reuses every
     stage, and lost students are retrained alone, to the same numbers."""
@@ -244,6 +246,7 @@ def _teacher_run(tmp_path) -> str:
     return wd
 
 
+@pytest.mark.slow
 def test_checkpoint_teacher_layers_and_an_isolated_student(tmp_path):
     teacher_dir = _teacher_run(tmp_path)
     layers = teachers.encoder_layers(teacher_dir, (8, 8, 1))

@@ -32,20 +32,16 @@ import re
 
 import numpy as np
 
+from jssl.data.subsets import check_indices, stratified_split
+from jssl.errors import DataError
+
 __all__ = ["FolderSource", "folder_source", "IMAGE_EXTENSIONS", "DEFAULT_SIZE"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_SIZE = 224
 PRELOAD_BYTES = 2 << 30
-_TEST_FRACTION, _VALIDATION_FRACTION = 0.2, 0.1
 _SPLIT_SEED = 20240521  # fixed: the same files form each split on every run and machine
 _SLICE = re.compile(r"^(?P<base>[^\[\]]+)(?P<slice>\[(?P<lo>\d+)?%?:(?P<hi>\d+)?%?\])?$")
-
-
-def _error(message: str):
-    from jssl.data.sources import DataError
-
-    return DataError(message)
 
 
 def _subdirs(path: str) -> list[str]:
@@ -61,11 +57,11 @@ def _images_in(path: str) -> list[str]:
 def _layout(root: str) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, int], ...]]]:
     """(class names, {split: ((file, label), ...)}) of the folder data set at `root`."""
     if not os.path.isdir(root):
-        raise _error(f"data.name folder:{root}: no such folder; give a folder of class "
+        raise DataError(f"data.name folder:{root}: no such folder; give a folder of class "
                      "sub-folders (or of split folders of class sub-folders)")
     top = _subdirs(root)
     if not top:
-        raise _error(f"data.name folder:{root}: no class sub-folders in it")
+        raise DataError(f"data.name folder:{root}: no class sub-folders in it")
     # Split folders: every entry of the sub-folder is itself a folder (of a class).
     nested = [d for d in top if not _images_in(os.path.join(root, d))
               and _subdirs(os.path.join(root, d))]
@@ -84,18 +80,10 @@ def _layout(root: str) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, int]
         files = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
                  for f in _images_in(os.path.join(root, c))]
         labels = np.array([label for _, label in files], np.int64)
-        rng = np.random.default_rng(_SPLIT_SEED)
-        parts: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
-        for c in range(len(classes)):
-            members = rng.permutation(np.flatnonzero(labels == c))
-            n_test = int(np.floor(_TEST_FRACTION * members.size + 0.5))
-            n_val = int(np.floor(_VALIDATION_FRACTION * members.size + 0.5))
-            parts["test"] += members[:n_test].tolist()
-            parts["validation"] += members[n_test:n_test + n_val].tolist()
-            parts["train"] += members[n_test + n_val:].tolist()
-        splits = {k: tuple(files[i] for i in sorted(v)) for k, v in parts.items()}
+        parts = stratified_split(labels, _SPLIT_SEED)
+        splits = {k: tuple(files[i] for i in v) for k, v in parts.items()}
     if not any(splits.values()):
-        raise _error(f"data.name folder:{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+        raise DataError(f"data.name folder:{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
                      "in its class sub-folders")
     return tuple(classes), splits
 
@@ -107,7 +95,7 @@ def _select(root: str, split: str, splits: dict) -> tuple[tuple[str, int], ...]:
         if not m or m.group("base") not in splits:
             available = sorted(splits) + (["train+validation"] if {"train", "validation"}
                                           <= set(splits) else [])
-            raise _error(f"data split {split!r} of folder:{root}: unknown; available: "
+            raise DataError(f"data split {split!r} of folder:{root}: unknown; available: "
                          f"{', '.join(available)} (optionally sliced, e.g. train[:90%])")
         chosen = splits[m.group("base")]
         if m.group("slice"):  # a percent slice over a fixed permutation of the split
@@ -135,7 +123,7 @@ def _storage(root: str) -> tuple[int, int, int]:
                     sizes.add(im.size)
                     gray = gray and im.mode in ("1", "L", "I;16", "I")
             except OSError as e:
-                raise _error(f"data.name folder:{root}: cannot read image {path} ({e}); "
+                raise DataError(f"data.name folder:{root}: cannot read image {path} ({e}); "
                              "remove or replace the file") from None
     w, h = sizes.pop() if len(sizes) == 1 else (DEFAULT_SIZE, DEFAULT_SIZE)
     return h, w, 1 if gray else 3
@@ -168,7 +156,7 @@ class FolderSource:
         self.num_classes = len(classes)
         self._files = _select(root, split, splits)
         if not self._files:
-            raise _error(f"data split {split!r} of folder:{root} holds no images")
+            raise DataError(f"data split {split!r} of folder:{root} holds no images")
         self._shape = _storage(root)
         self._labels = np.array([label for _, label in self._files], np.int32)
         self._images = None
@@ -188,9 +176,7 @@ class FolderSource:
         return len(self._files)
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from jssl.data.sources import _check_indices
-
-        idx = _check_indices(indices, len(self), self.name + ":" + self.split)
+        idx = check_indices(indices, len(self), self.name + ":" + self.split)
         if self._images is not None:
             return self._images[idx], self._labels[idx]
         images = np.stack([_decode(self._files[i][0], self._shape) for i in idx]) if idx.size \

@@ -18,7 +18,7 @@ import numpy as np
 
 from jssl import parallel
 
-__all__ = ["batch_indices", "TrainBatches", "SubsetSource", "JointBatches", "source_labels"]
+__all__ = ["batch_indices", "TrainBatches", "JointBatches"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -73,40 +73,6 @@ class TrainBatches:
                     pending.append(pool.submit(self.host_batch, next_step))
                     next_step += 1
                 yield parallel.to_global(host, self.mesh)
-
-
-class SubsetSource:
-    """The examples `indices` of `source`, as a source of their own (position i reads
-    `source[indices[i]]`)."""
-
-    def __init__(self, source, indices):
-        self.source = source
-        self.indices = np.asarray(indices, dtype=np.int64)
-        if self.indices.ndim != 1 or self.indices.size == 0:
-            raise ValueError("SubsetSource needs a non-empty 1-D array of indices")
-        if self.indices.min() < 0 or self.indices.max() >= len(source):
-            raise ValueError(f"SubsetSource indices must be in [0, {len(source)})")
-        self.num_classes = source.num_classes
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.source.image_shape
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.source.read(self.indices[np.asarray(indices, dtype=np.int64)])
-
-
-def source_labels(source, chunk: int = 4096) -> np.ndarray:
-    """All labels of a source, in order (reads the images too, in chunks: host memory only
-    ever holds one chunk)."""
-    out = []
-    for start in range(0, len(source), chunk):
-        _, labels = source.read(np.arange(start, min(start + chunk, len(source))))
-        out.append(np.asarray(labels))
-    return np.concatenate(out).astype(np.int64)
 
 
 class JointBatches(TrainBatches):

@@ -43,19 +43,18 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from jssl.data.folder import folder_source
+from jssl.data.subsets import check_indices, stratified_split
+from jssl.errors import DataError
+
 __all__ = ["EMBEDDED", "EMBEDDED_SPLITS", "ArraySource", "DataError", "Source", "TfdsSource",
            "embedded_split_indices", "get_source"]
 
 EMBEDDED = ("mnist_embedded", "digits_embedded")
 _ALIASES = {"embedded": "mnist_embedded"}
 EMBEDDED_SPLITS = ("train", "validation", "test", "train+validation")
-_TEST_FRACTION, _VALIDATION_FRACTION = 0.2, 0.1
 # Fixed once and for all: changing it would silently change every embedded test set.
 _SPLIT_SEED = 20240521
-
-
-class DataError(ValueError):
-    """A data set, split or index the user asked for cannot be served (one-line message)."""
 
 
 @runtime_checkable
@@ -80,18 +79,6 @@ class Source(Protocol):
         ...
 
 
-def _check_indices(indices: Any, n: int, where: str) -> np.ndarray:
-    idx = np.asarray(indices)
-    if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
-        raise DataError(f"indices for {where}: need a 1-D integer array, got shape {idx.shape} "
-                        f"dtype {idx.dtype}; pass e.g. np.arange(n)")
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
-        raise DataError(f"indices for {where}: index {bad} is out of range for {n} examples; "
-                        f"use indices in 0..{n - 1}")
-    return idx.astype(np.int64, copy=False)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class ArraySource:
     """A split held in memory: images uint8 (N, H, W, C), labels int32 (N,), read-only."""
@@ -111,7 +98,7 @@ class ArraySource:
         return int(self.labels.shape[0])
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx = _check_indices(indices, len(self), f"{self.name}:{self.split}")
+        idx = check_indices(indices, len(self), f"{self.name}:{self.split}")
         return self.images[idx], self.labels[idx]  # fancy indexing copies: callers may write
 
 
@@ -187,17 +174,7 @@ _LOADERS = {"mnist_embedded": _load_mnist, "digits_embedded": _load_digits}
 
 @functools.cache
 def _split_table(name: str) -> dict[str, np.ndarray]:
-    labels = _LOADERS[name]()[1]
-    rng = np.random.default_rng(_SPLIT_SEED)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
-    for c in np.unique(labels):  # stratify: the same fractions of every class
-        members = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(np.floor(_TEST_FRACTION * members.size + 0.5))
-        n_val = int(np.floor(_VALIDATION_FRACTION * members.size + 0.5))
-        parts["test"].append(members[:n_test])
-        parts["validation"].append(members[n_test:n_test + n_val])
-        parts["train"].append(members[n_test + n_val:])
-    table = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    table = stratified_split(_LOADERS[name]()[1], _SPLIT_SEED)
     table["train+validation"] = np.sort(np.concatenate([table["train"], table["validation"]]))
     return {k: _frozen(v) for k, v in table.items()}
 
@@ -264,7 +241,7 @@ class TfdsSource:
         return [self._records[k] for k in keys]
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx = _check_indices(indices, len(self), f"{self.name}:{self.split}")
+        idx = check_indices(indices, len(self), f"{self.name}:{self.split}")
         images = np.empty((idx.size, *self._shape), np.uint8)
         labels = np.empty((idx.size,), np.int32)
         for i, record in enumerate(self._gather(idx.tolist()) if idx.size else []):
@@ -381,8 +358,6 @@ def get_source(name: str, split: str, data_dir: str | None = None, *,
     if canonical in _LOADERS:
         return _embedded_source(canonical, split)
     if name.startswith("folder:"):
-        from jssl.data.folder import folder_source
-
         if not name[len("folder:"):]:
             raise DataError("data.name 'folder:': give the path, e.g. folder:/data/intel_image")
         return folder_source(name[len("folder:"):], split)

@@ -7,10 +7,10 @@ the Barlow Twins cross-correlation, the Sinkhorn sums over samples) and the valu
 single-device one. Never call collectives here.
 
 Conventions follow the original papers by default; keyword arguments reproduce the peers'
-(solo-learn, lightly) and the official codes' variants where they differ (METHODS.md, s. 1).
+(solo-learn, lightly) and the official codes' variants where they differ (docs/methods.md, section 1).
 The implementations live in private modules, re-exported here:
 
-  _contrastive     nt_xent, dcl, moco, mocov3
+  _contrastive     nt_xent, dcl, moco, mocov3, nnclr, nearest_neighbour
   _redundancy      barlow_twins, vicreg, wmse
   _bootstrap       byol, simsiam
   _clustering      sinkhorn_knopp, swav, dino, dino_center
@@ -21,7 +21,7 @@ from jssl.losses._bootstrap import byol, simsiam
 from jssl.losses._classification import jigsaw, jigsaw_pp, rotation
 from jssl.losses._clustering import dino, dino_center, sinkhorn_knopp, swav
 from jssl.losses._common import l2_normalize
-from jssl.losses._contrastive import dcl, moco, mocov3, nt_xent
+from jssl.losses._contrastive import dcl, moco, mocov3, nearest_neighbour, nnclr, nt_xent
 from jssl.losses._redundancy import barlow_twins, vicreg, wmse
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "l2_normalize",
     "moco",
     "mocov3",
+    "nearest_neighbour",
+    "nnclr",
     "nt_xent",
     "rotation",
     "simsiam",

@@ -206,3 +206,63 @@ def mocov3(q: jax.Array, k: jax.Array, *, temperature: float = 0.2) -> jax.Array
     logits = q @ k.T / temperature
     nll = jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits)
     return 2.0 * temperature * jnp.mean(nll)
+
+
+def nearest_neighbour(z: jax.Array, support: jax.Array) -> jax.Array:
+    r"""The row of `support` most cosine-similar to each row of `z` (NNCLR's NN operator).
+
+    .. math:: \operatorname{NN}(z_i) = s_{j^*}, \qquad
+              j^* = \arg\max_j \hat z_i \cdot \hat s_j
+
+    with :math:`\hat{\ }` L2 normalisation of z (the support set is stored normalised, as
+    NNCLR's queue is). The result is a lookup, so no gradient flows through it.
+
+    Args:
+      z: (N, D) embeddings.
+      support: (K, D) support set (the queue of earlier embeddings).
+
+    Returns:
+      (N, D) float32 rows of `support`.
+    """
+    _check_2d("z", z)
+    _check_2d("support", support)
+    if support.shape[1] != z.shape[1]:
+        raise ValueError(f"support must have shape (K, {z.shape[1]}), got {support.shape}")
+    support = jax.lax.stop_gradient(_at_least_f32(support))
+    sims = jax.lax.stop_gradient(l2_normalize(_at_least_f32(z))) @ support.T
+    return support[jnp.argmax(sims, axis=1)]
+
+
+def nnclr(p: jax.Array, nn: jax.Array, *, temperature: float = 0.1) -> jax.Array:
+    r"""NNCLR's contrastive loss, one direction (Dwibedi et al. 2021, arXiv 2104.14548).
+
+    The positive of sample i is the nearest neighbour :math:`\operatorname{NN}(z_i)` of its
+    first view's projection in a support set (`nearest_neighbour`); its negatives are the
+    nearest neighbours of the other samples of the (global) batch. With :math:`\hat{\ }`
+    L2 normalisation and :math:`p` the predictions of the second view:
+
+    .. math:: L = \operatorname{mean}_i -\log
+              \frac{e^{\hat{n}_i \cdot \hat p_i/\tau}}{\sum_k e^{\hat n_i \cdot \hat p_k/\tau}},
+              \qquad n_i = \operatorname{NN}(z^{(1)}_i).
+
+    The caller symmetrises: ``(nnclr(p2, nn1) + nnclr(p1, nn2)) / 2`` (solo-learn's
+    convention; the paper symmetrises too). `nn` is a target under stop-gradient. tau: the
+    paper 0.1, solo-learn's CIFAR recipe 0.2.
+
+    Args:
+      p: predictions of the other view, shape (N, D).
+      nn: nearest neighbours from the support set, shape (N, D).
+      temperature: tau.
+
+    Returns:
+      Scalar float32 loss.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> round(float(nnclr(jnp.eye(2), jnp.eye(2), temperature=1.0)), 4)  # -log(e/(e+1))
+      0.3133
+    """
+    _check_pair("p", p, "nn", nn)
+    n_hat = jax.lax.stop_gradient(l2_normalize(_at_least_f32(nn)))
+    logits = n_hat @ l2_normalize(_at_least_f32(p)).T / temperature
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))

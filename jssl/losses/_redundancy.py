@@ -27,7 +27,7 @@ def barlow_twins(
       * ``unbiased=False, eps=1e-5`` (default): the paper's code standardises with a
         ``BatchNorm1d(affine=False)``: biased variance plus eps (solo-learn and lightly too).
       * ``unbiased=True, eps=0``: ``(z - mean) / z.std(0)`` with the unbiased std and no
-        eps, as MetaMask's official code (and the PyTorch step in shared/bench) does.
+        eps, as MetaMask's official code (and the PyTorch step in benchmarks/torch_barlow_step.py) does.
       * ``scale`` multiplies the whole loss (solo-learn's ``scale_loss``; 0.1 in its CIFAR
         recipe, 1.0 in the paper).
 

@@ -1,14 +1,19 @@
 """Training methods: each builds the pure functions (`Method`) the one train loop runs.
 
-The registry maps `config.method` to a module with `build(config, data_info) -> Method`.
+The registry maps `config.method` to a module with `validate(config)` and
+`build(config, data_info, mesh) -> Method` (docs/adding_a_method.md). Every list of
+methods, losses and configs elsewhere (the config checks, the tests, the results table) is
+derived from it.
 """
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 from jssl.methods.common import DataInfo, Method, TrainState
 
-__all__ = ["REGISTRY", "build", "loss_names", "DataInfo", "Method", "TrainState"]
+__all__ = ["REGISTRY", "build", "validate", "loss_names", "module", "DataInfo", "Method",
+           "TrainState"]
 
 # method name -> module path; modules are imported on use.
 REGISTRY = {
@@ -21,14 +26,22 @@ REGISTRY = {
 }
 
 
+def module(method: str) -> ModuleType:
+    return importlib.import_module(REGISTRY[method])
+
+
 def loss_names(method: str) -> list[str]:
     """The `config.loss.name` values a method accepts (its PRETEXTS), [] if it has none."""
     if method not in REGISTRY:
         return []
-    module = importlib.import_module(REGISTRY[method])
-    return sorted(getattr(module, "PRETEXTS", {}))
+    return sorted(getattr(module(method), "PRETEXTS", {}))
 
 
-def build(config, data_info: DataInfo) -> Method:
-    module = importlib.import_module(REGISTRY[config.method])
-    return module.build(config, data_info)
+def validate(config) -> None:
+    """The method's own checks of `config` (ConfigError, one line); `jssl.config.validate`
+    checks the fields every config has."""
+    module(config.method).validate(config)
+
+
+def build(config, data_info: DataInfo, mesh=None) -> Method:
+    return module(config.method).build(config, data_info, mesh)

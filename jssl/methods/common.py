@@ -1,17 +1,36 @@
-"""What every method shares: the TrainState pytree and the Method record the loop runs."""
+"""The method kit: what every method shares, written once.
+
+A method is a module of `jssl.methods` with
+
+    validate(config)                      ConfigError (one line) for anything it cannot run
+    build(config, data, mesh) -> Method   the pure functions the one train loop runs
+
+and, for tests and benchmarks, its update as a top-level pure function of a static record
+built from the config (e.g. `pretrain.update(setup, state, inputs)`). The pieces every
+method needs are here: the `TrainState` pytree, the `Method` record, state initialisation,
+the step's PRNG key and augmented views, frozen features in the evaluation transform,
+BatchNorm re-estimation, the metrics every step logs, one classification step, and the
+check that refuses config fields a method never reads.
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from jssl import losses
+from jssl import augment, losses, models
+from jssl.config import get_field
+from jssl.errors import ConfigError
 
-__all__ = ["TrainState", "Method", "DataInfo", "classifier_update", "step_metrics"]
+__all__ = ["TrainState", "Method", "DataInfo", "init_state", "step_key", "make_views",
+           "variables", "embed_features", "calibrate_backbone", "classifier_update",
+           "step_metrics", "global_norm", "refuse_unread", "require_group"]
 
 
 @flax.struct.dataclass
@@ -44,23 +63,98 @@ class DataInfo:
 class Method:
     """The pure functions the one train loop (jssl/train.py) runs for a method.
 
-    init(rng) -> TrainState                     parameters, BN stats, optimizer state
-    train_step(state, batch) -> (state, metrics)  batch: {"image": uint8 (B,H,W,C), "label": (B,)}
+    init(rng) -> TrainState                       parameters, BN stats, optimizer state
+    make_inputs(state, batch) -> inputs           the step's device inputs from a global
+                                                  batch {"image": uint8 (B,H,W,C), "label"}:
+                                                  augmented views, puzzles ... (keys from
+                                                  `step_key(state)`)
+    update(state, inputs) -> (state, metrics)     one optimizer step on those inputs
+    train_step(state, batch)                      make_inputs, then update (what is jitted)
     embed(state, images) -> (B, F) float32        frozen features of uint8 images (eval mode)
-    calibrate(state, images) -> state             update BN statistics only (train-mode forward,
-                                                  no gradient); used for the random-init baseline
-    predict(state, images) -> (B, C) logits       optional: a trained classifier (joint methods);
-                                                  evaluation adds its val/test accuracy
+    calibrate(state, images) -> state             BN statistics only (train-mode forward, no
+                                                  gradient): for the random-init baseline
+    predict(state, images) -> (B, C) logits       optional: a trained classifier (joint,
+                                                  fusion); evaluation adds its accuracy
     batches(source, mesh) -> TrainBatches-like    optional: the training stream (default: one
-                                                  stream of config.batch_size from the train split)
+                                                  stream of config.batch_size from the split)
     """
 
     init: Callable[[jax.Array], TrainState]
-    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    make_inputs: Callable[[TrainState, dict], Any]
+    update: Callable[[TrainState, Any], tuple[TrainState, dict]]
     embed: Callable[[TrainState, jax.Array], jax.Array]
     calibrate: Callable[[TrainState, jax.Array], TrainState]
     predict: Callable[[TrainState, jax.Array], jax.Array] | None = None
     batches: Callable[[Any, Any], Any] | None = None
+
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        return self.update(state, self.make_inputs(state, batch))
+
+
+# --- State, keys, views ------------------------------------------------------------------
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+               *inputs: Any, num_keys: int = 0, extras: Callable | None = None,
+               params: Callable | None = None, **apply_kw: Any) -> TrainState:
+    """A fresh TrainState: `model.init` on `inputs` (evaluation mode) with the first of
+    `jax.random.split(rng, 2 + num_keys)`, the state's own key the second; `params(p)`
+    post-processes the parameters, `extras(params, batch_stats, keys)` returns the method
+    state (the `num_keys` remaining keys are its to use). The optimizer state is
+    `tx.init(params)`."""
+    init_rng, state_rng, *keys = jax.random.split(rng, 2 + num_keys)
+    variables = models.init_variables(model, init_rng, *inputs, train=False, **apply_kw)
+    p = variables["params"]
+    if params is not None:
+        p = params(p)
+    batch_stats = variables.get("batch_stats", {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p, batch_stats=batch_stats,
+                      opt_state=tx.init(p), rng=state_rng,
+                      extras=extras(p, batch_stats, keys) if extras is not None else {})
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """The step's key: the state's key with the step folded in, so the randomness of step s
+    depends on (seed, s) only."""
+    return jax.random.fold_in(state.rng, state.step)
+
+
+def make_views(state: TrainState, images: jax.Array,
+               views: Sequence[Mapping[str, Any]]) -> list[jax.Array]:
+    """One augmented view (`augment.augment_view`) of uint8 `images` per entry of `views`,
+    each with its own key from `step_key(state)`."""
+    keys = jax.random.split(step_key(state), len(views))
+    return [augment.augment_view(k, images, v) for k, v in zip(keys, views)]
+
+
+# --- Evaluation-time pieces ---------------------------------------------------------------
+
+
+def variables(state: TrainState) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def embed_features(model: nn.Module, state: TrainState, images: jax.Array,
+                   transform: Mapping[str, Any]) -> jax.Array:
+    """(B, F) float32 backbone features (`model.features`, evaluation mode) of uint8 images
+    in the evaluation transform (`augment.center_view(**transform)`)."""
+    x = augment.center_view(images, **transform)
+    return model.apply(variables(state), x, train=False,
+                       method=type(model).features).astype(jnp.float32)
+
+
+def calibrate_backbone(model: nn.Module, state: TrainState, images: jax.Array,
+                       transform: Mapping[str, Any]) -> TrainState:
+    """`state` with the backbone's BatchNorm statistics updated by one train-mode forward of
+    `images` (evaluation transform, no gradient); the heads' statistics are kept. Features
+    (`embed_features`) read the backbone's statistics alone."""
+    x = augment.center_view(images, **transform)
+    _, upd = model.apply(variables(state), x, train=True, mutable=["batch_stats"],
+                         method=type(model).features)
+    return state.replace(batch_stats={**state.batch_stats, **upd["batch_stats"]})
+
+
+# --- The step's pieces ---------------------------------------------------------------------
 
 
 def global_norm(tree) -> jax.Array:
@@ -75,30 +169,6 @@ def step_metrics(loss, grads, params, h, lr) -> dict:
     return {"loss": loss, "lr": lr, "grad_norm": global_norm(grads),
             "param_norm": global_norm(params),
             "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0))}
-
-
-def compute_dtype(config):
-    """The computation dtype of `config.dtype` (parameters stay float32)."""
-    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-
-
-def backbone_from_config(config, dtype=None):
-    """The backbone `config.model` describes (name, width, stem for ResNets, conv_impl)."""
-    from jssl import models
-
-    m = config.model
-    overrides = {"num_filters": m.num_filters}
-    if m.backbone.startswith("resnet"):
-        overrides["stem"] = m.stem
-    return models.build_backbone(m.backbone, dtype=compute_dtype(config) if dtype is None else dtype,
-                                 conv_impl=m.get("conv_impl", "auto"), **overrides)
-
-
-def eval_transform(config) -> dict:
-    """Keywords of `augment.center_view` for evaluation-time features of this config: the
-    data's image size and the first view's normalisation."""
-    v = config.augment.view1
-    return {"size": int(config.data.image_size), "mean": tuple(v.mean), "std": tuple(v.std)}
 
 
 def classifier_update(model, tx, schedule, loss_fn, state: TrainState, x: jax.Array,
@@ -122,3 +192,36 @@ def classifier_update(model, tx, schedule, loss_fn, state: TrainState, x: jax.Ar
     metrics[accuracy_name] = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state), metrics
+
+
+# --- Config checks every method uses ---------------------------------------------------------
+
+
+def require_group(config: ml_collections.ConfigDict, group: str, helper: str) -> None:
+    """ConfigError unless `config.<group>` exists (added by the method's `helper`)."""
+    if group not in config:
+        raise ConfigError(f"config.{group}: missing; this method's configs add it with "
+                          f"{helper}()")
+
+
+def refuse_unread(config: ml_collections.ConfigDict, method: str,
+                  fields: Mapping[str, tuple[Any, str]]) -> None:
+    """ConfigError for a field `method` never reads that is not at its neutral value.
+
+    `fields` maps a dotted field to (the only value it may hold, how to set it), e.g.
+    {"queue_size": (0, "set 0")}. A value set there would be silently ignored, so a user
+    who set it expecting an effect is told instead."""
+    for field, (neutral, fix) in fields.items():
+        value = get_field(config, field)
+        if isinstance(value, ml_collections.ConfigDict):
+            value = value.to_dict()
+        if isinstance(neutral, ml_collections.ConfigDict):
+            neutral = neutral.to_dict()
+        if value != neutral:
+            raise ConfigError(f"config.{field}: the {method} method never reads it (got "
+                              f"{_short(value)}); {fix}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

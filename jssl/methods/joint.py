@@ -1,5 +1,5 @@
 """Joint SSL + supervised optimisation through one backbone: Functional Knowledge Transfer
-(Chhipa et al., ICIP 2023, arXiv 2304.01354; METHODS.md section 2).
+(Chhipa et al., ICIP 2023, arXiv 2304.01354; docs/methods.md section 2).
 
 One shared backbone f, a projector g for a pretext loss of the zoo, a linear classifier c on
 a clean (un-augmented: resized and centre-cropped) view of the labelled images:
@@ -18,6 +18,10 @@ official code does. Evaluation adds the classifier's validation and test accurac
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+from typing import Any, Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,30 +30,31 @@ import numpy as np
 import optax
 
 from jssl import augment, models
+from jssl.checkpoint import load_backbone
+from jssl.config import compute_dtype, config_group, eval_transform
 from jssl.data import pipeline
-from jssl.evaluate import few_label_subset
+from jssl.data.subsets import SubsetSource, labelled_split
+from jssl.errors import ConfigError
 from jssl.methods import pretrain
-from jssl.methods.common import DataInfo, Method, TrainState, step_metrics
+from jssl.methods.common import (DataInfo, Method, TrainState, calibrate_backbone,
+                                 embed_features, init_state, make_views, refuse_unread,
+                                 require_group, step_metrics, variables)
 from jssl.optim import build_optimizer
 
-__all__ = ["JointModel", "PRETEXTS", "build", "build_parts", "joint_config", "labelled_split"]
+__all__ = ["JointModel", "PRETEXTS", "Setup", "setup", "init", "make_inputs", "loss_terms",
+           "update", "build", "joint_config", "validate"]
 
 PRETEXTS = {name: p for name, p in pretrain.PRETEXTS.items() if not p.needs}
 
 
 def joint_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.joint` group (configs/fkt.py adds it); defaults are the paper's."""
-    c = ml_collections.ConfigDict(dict(
+    return config_group("joint_config", dict(
         ssl_weight=1.0,  # lambda
         labelled_fraction=1.0,  # 0.01, 0.1, 1.0: seeded class-balanced subset of the train split
         labelled_batch_size=64,  # global
         subset_seed=0,  # the labelled subset's seed (fixed across training seeds)
-    ))
-    for key, value in overrides.items():
-        if key not in c:
-            raise KeyError(f"joint_config: unknown field {key!r}")
-        c[key] = value
-    return c
+    ), overrides)
 
 
 class JointModel(nn.Module):
@@ -74,20 +79,9 @@ class JointModel(nn.Module):
         return self(x, train), self.classify(x, train)
 
 
-def labelled_split(source, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labelled, unlabelled) indices of `source`: a seeded class-balanced `fraction`, and
-    the rest (all of it when the rest is empty)."""
-    labels = pipeline.source_labels(source)
-    labelled = few_label_subset(labels, fraction, seed=seed, num_classes=source.num_classes)
-    rest = np.setdiff1d(np.arange(len(labels)), labelled)
-    return labelled, (rest if rest.size else np.arange(len(labels)))
-
-
 def _with_backbone(variables: dict, params: dict, batch_stats: dict, path: str) -> dict:
     """`variables` with the backbone's parameters and statistics replaced by loaded ones,
     which must have the same structure and shapes (ConfigError naming the first mismatch)."""
-    from jssl.config import ConfigError
-
     out = dict(variables)
     for collection, new in (("params", params), ("batch_stats", batch_stats)):
         if collection not in variables or "backbone" not in variables[collection]:
@@ -105,18 +99,24 @@ def _with_backbone(variables: dict, params: dict, batch_stats: dict, path: str) 
     return out
 
 
-def _validate(config: ml_collections.ConfigDict, pretext: pretrain.Pretext,
-              num_devices: int = 1) -> None:
-    from jssl.config import ConfigError
-
-    if "joint" not in config:
-        raise ConfigError("config.joint: missing; joint configs add it with "
-                          "jssl.methods.joint.joint_config()")
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    require_group(config, "joint", "jssl.methods.joint.joint_config")
+    name = config.loss.name
+    if name not in pretrain.PRETEXTS:
+        raise ConfigError(f"config.loss.name: unknown loss {name!r}; choose one of "
+                          f"{', '.join(sorted(PRETEXTS))}")
+    if name not in PRETEXTS:
+        raise ConfigError(f"config.loss.name: {name!r} needs "
+                          f"{', '.join(sorted(pretrain.PRETEXTS[name].needs))}, which the joint "
+                          "method does not keep; choose a stateless pretext (nt_xent, "
+                          "barlow_twins, vicreg, ...)")
+    refuse_unread(config, "joint", {
+        "ema.base_momentum": (0.0, "set 0 (no momentum target)"),
+        "queue_size": (0, "set 0 (no queue)"),
+        "model.predictor_dim": (0, "set 0 (no predictor)"),
+        "model.num_prototypes": (0, "set 0 (no prototypes)"),
+        "augment.num_small_crops": (0, "set 0 (two views)")})
     j = config.joint
-    if pretext.needs:
-        raise ConfigError(f"config.loss.name: {config.loss.name!r} needs "
-                          f"{', '.join(sorted(pretext.needs))}, which the joint method does not "
-                          "keep; choose a stateless pretext (nt_xent, barlow_twins, vicreg, ...)")
     if not 0.0 < j.labelled_fraction <= 1.0:
         raise ConfigError(f"config.joint.labelled_fraction: must be in (0, 1], got "
                           f"{j.labelled_fraction!r}")
@@ -131,123 +131,119 @@ def _validate(config: ml_collections.ConfigDict, pretext: pretrain.Pretext,
                           "validation split (model selection); train on a disjoint split")
 
 
-def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
-    """The joint method's pure functions for this config."""
-    return build_parts(config, data)[0]
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static parts of the joint method for one config (`setup(config, data)`)."""
+
+    config: ml_collections.ConfigDict
+    model: JointModel
+    pretext: pretrain.Pretext
+    loss_kw: Mapping[str, Any]
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    views: tuple
+    transform: Mapping[str, Any]
+    loaded: tuple | None  # (params, batch_stats) of `model.init_from`'s backbone
+
+    @property
+    def ssl_weight(self) -> float:
+        return float(self.config.joint.ssl_weight)
 
 
-def build_parts(config: ml_collections.ConfigDict, data: DataInfo):
-    """(Method, loss_terms, make_inputs): `loss_terms(params, batch_stats, views, clean,
-    labels) -> (ce, ssl, aux)` the objective's two terms, `make_inputs(state, batch) ->
-    (views, clean, labels)` the step's inputs (for tests of the gradients)."""
-    if config.loss.name not in PRETEXTS:
-        raise ValueError(f"config.loss.name: unknown loss {config.loss.name!r}; choose one of "
-                         f"{', '.join(sorted(PRETEXTS))}")
-    pretext = PRETEXTS[config.loss.name]
-    _validate(config, pretext)
-    j = config.joint
+def setup(config: ml_collections.ConfigDict, data: DataInfo) -> Setup:
+    validate(config)
     ssl_model = pretrain.build_model(config)
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     model = JointModel(backbone=ssl_model.backbone, projector=ssl_model.projector,
-                       classifier=models.Classifier(data.num_classes, dtype=dtype))
-    kw = pretrain.loss_kwargs(config)
+                       classifier=models.Classifier(data.num_classes,
+                                                    dtype=compute_dtype(config)))
     tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
                                    batch_size=config.batch_size)
-    views = [config.augment.view1, config.augment.view2]
-    size = config.data.image_size
-    mean, std = tuple(views[0].mean), tuple(views[0].std)
-    lam = float(j.ssl_weight)
+    init_from = config.model.get("init_from")
+    return Setup(config=config, model=model, pretext=PRETEXTS[config.loss.name],
+                 loss_kw=pretrain.loss_kwargs(config), tx=tx, schedule=schedule,
+                 views=(config.augment.view1, config.augment.view2),
+                 transform=eval_transform(config),
+                 loaded=load_backbone(init_from) if init_from else None)
 
-    loaded = None
-    if config.model.get("init_from"):
-        from jssl.checkpoint import load_backbone
 
-        loaded = load_backbone(config.model.init_from)
+def init(s: Setup, rng: jax.Array) -> TrainState:
+    size = s.config.data.image_size
+    state = init_state(s.model, s.tx, rng, jnp.zeros((2, size, size, 3), jnp.float32),
+                       method=JointModel.init_all)
+    if s.loaded is None:
+        return state
+    loaded = _with_backbone(variables(state), *s.loaded, s.config.model.init_from)
+    return state.replace(params=loaded["params"], batch_stats=loaded.get("batch_stats", {}),
+                         opt_state=s.tx.init(loaded["params"]))
 
-    def init(rng: jax.Array) -> TrainState:
-        init_rng, state_rng = jax.random.split(rng)
-        dummy = jnp.zeros((2, size, size, 3), jnp.float32)
-        variables = models.init_variables(model, init_rng, dummy, train=False,
-                                          method=JointModel.init_all)
-        params = variables["params"]
-        if loaded is not None:
-            variables = _with_backbone(variables, *loaded, config.model.init_from)
-            params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables.get("batch_stats", {}),
-                          opt_state=tx.init(params), rng=state_rng)
 
-    def loss_terms(params, batch_stats, inputs, clean, labels):
-        """(CE, L_SSL, aux): the two terms of the objective, separately differentiable."""
-        online = []
-        for x in inputs:
-            out, upd = model.apply({"params": params, "batch_stats": batch_stats}, x,
-                                   train=True, mutable=["batch_stats"])
-            batch_stats = upd["batch_stats"]
-            online.append(out)
-        # Without views (lambda = 0) the step is supervised training exactly: no SSL forward
-        # touches the BatchNorm statistics.
-        ssl = pretext.loss(online, None, {}, None, **kw)[0] if online else jnp.zeros(())
-        logits, upd = model.apply({"params": params, "batch_stats": batch_stats}, clean,
-                                  train=True, mutable=["batch_stats"], method=JointModel.classify)
-        ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-        return ce, ssl, {"batch_stats": upd["batch_stats"], "logits": logits,
-                         "h": online[0]["h"] if online else logits}
+def make_inputs(s: Setup, state: TrainState, batch: dict) -> dict:
+    """{"views": the two augmented views of the unlabelled batch ([] when lambda = 0),
+    "clean": the labelled images in the evaluation transform, "labels"}."""
+    clean = augment.center_view(batch["labelled_image"], **s.transform)
+    views = make_views(state, batch["image"], s.views) if s.ssl_weight else []
+    return {"views": views, "clean": clean, "labels": batch["labelled_label"]}
 
-    def clean_view(images: jax.Array) -> jax.Array:
-        return augment.center_view(images, size=size, mean=mean, std=std)
 
-    def make_inputs(state: TrainState, batch: dict):
-        if lam == 0:
-            return [], clean_view(batch["labelled_image"]), batch["labelled_label"]
-        rng = jax.random.fold_in(state.rng, state.step)
-        keys = jax.random.split(rng, len(views))
-        inputs = [augment.augment_view(k, batch["image"], v) for k, v in zip(keys, views)]
-        return inputs, clean_view(batch["labelled_image"]), batch["labelled_label"]
+def loss_terms(s: Setup, params, batch_stats, inputs: dict):
+    """(CE, L_SSL, aux): the objective's two terms, separately differentiable in params."""
+    online = []
+    for x in inputs["views"]:
+        out, upd = s.model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                 train=True, mutable=["batch_stats"])
+        batch_stats = upd["batch_stats"]
+        online.append(out)
+    # Without views (lambda = 0) the step is supervised training exactly: no SSL forward
+    # touches the BatchNorm statistics.
+    ssl = s.pretext.loss(online, None, {}, None, **s.loss_kw)[0] if online else jnp.zeros(())
+    logits, upd = s.model.apply({"params": params, "batch_stats": batch_stats}, inputs["clean"],
+                                train=True, mutable=["batch_stats"], method=JointModel.classify)
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, inputs["labels"]))
+    return ce, ssl, {"batch_stats": upd["batch_stats"], "logits": logits,
+                     "h": online[0]["h"] if online else logits}
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        inputs, clean, labels = make_inputs(state, batch)
 
-        def loss_fn(params):
-            ce, ssl, aux = loss_terms(params, state.batch_stats, inputs, clean, labels)
-            return ce + lam * ssl, (aux["batch_stats"], ce, ssl, aux["logits"], aux["h"])
+def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]:
+    """One optimizer step on CE + lambda * L_SSL: one backward pass, nothing frozen."""
+    def loss_fn(params):
+        ce, ssl, aux = loss_terms(s, params, state.batch_stats, inputs)
+        return ce + s.ssl_weight * ssl, (aux["batch_stats"], ce, ssl, aux["logits"], aux["h"])
 
-        (loss, (batch_stats, ce, ssl, logits, h)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = step_metrics(loss, grads, params, h, schedule(state.step))
-        metrics.update(ce_loss=ce, ssl_loss=ssl, train_accuracy=jnp.mean(
-            (jnp.argmax(logits, -1) == labels).astype(jnp.float32)))
-        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                             opt_state=opt_state), metrics
+    (loss, (batch_stats, ce, ssl, logits, h)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = step_metrics(loss, grads, params, h, s.schedule(state.step))
+    metrics.update(ce_loss=ce, ssl_loss=ssl, train_accuracy=jnp.mean(
+        (jnp.argmax(logits, -1) == inputs["labels"]).astype(jnp.float32)))
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state), metrics
 
-    def variables(state):
-        return {"params": state.params, "batch_stats": state.batch_stats}
 
-    def embed(state: TrainState, images: jax.Array) -> jax.Array:
-        h = model.apply(variables(state), clean_view(images), train=False,
-                        method=JointModel.features)
-        return h.astype(jnp.float32)
+def predict(s: Setup, state: TrainState, images: jax.Array) -> jax.Array:
+    x = augment.center_view(images, **s.transform)
+    return s.model.apply(variables(state), x, train=False,
+                         method=JointModel.classify).astype(jnp.float32)
 
-    def predict(state: TrainState, images: jax.Array) -> jax.Array:
-        return model.apply(variables(state), clean_view(images), train=False,
-                           method=JointModel.classify).astype(jnp.float32)
 
-    def calibrate(state: TrainState, images: jax.Array) -> TrainState:
-        _, upd = model.apply(variables(state), clean_view(images), train=True,
-                             mutable=["batch_stats"], method=JointModel.init_all)
-        return state.replace(batch_stats=upd["batch_stats"])
+def batches(s: Setup, source, mesh):
+    """Per step: the unlabelled batch (the rest of the split) and the labelled batch (the
+    seeded class-balanced fraction), each a function of (seed, step)."""
+    j = s.config.joint
+    validate(s.config, mesh.size)
+    labelled, unlabelled = labelled_split(source, j.labelled_fraction, j.subset_seed)
+    return pipeline.JointBatches(SubsetSource(source, unlabelled), SubsetSource(source, labelled),
+                                 batch_size=s.config.batch_size,
+                                 labelled_batch_size=j.labelled_batch_size,
+                                 seed=s.config.seed, mesh=mesh)
 
-    def batches(source, mesh):
-        _validate(config, pretext, mesh.size)
-        labelled, unlabelled = labelled_split(source, j.labelled_fraction, j.subset_seed)
-        return pipeline.JointBatches(pipeline.SubsetSource(source, unlabelled),
-                                     pipeline.SubsetSource(source, labelled),
-                                     batch_size=config.batch_size,
-                                     labelled_batch_size=j.labelled_batch_size,
-                                     seed=config.seed, mesh=mesh)
 
-    method = Method(init=init, train_step=train_step, embed=embed, calibrate=calibrate,
-                    predict=predict, batches=batches)
-    return method, loss_terms, make_inputs
+def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
+    """The joint method's pure functions for this config."""
+    s = setup(config, data)
+    return Method(init=functools.partial(init, s), make_inputs=functools.partial(make_inputs, s),
+                  update=functools.partial(update, s),
+                  embed=functools.partial(embed_features, s.model, transform=s.transform),
+                  calibrate=functools.partial(calibrate_backbone, s.model,
+                                              transform=s.transform),
+                  predict=functools.partial(predict, s), batches=functools.partial(batches, s))

@@ -1,4 +1,4 @@
-"""MetaMask (Li et al., NeurIPS 2022, arXiv 2209.07902; METHODS.md section 3).
+"""MetaMask (Li et al., NeurIPS 2022, arXiv 2209.07902; docs/methods.md section 3).
 
 A mask M = sigmoid(m) (m: one logit per backbone feature, initialised to 0) multiplies the
 backbone features h before two heads, a Barlow Twins projector and a contrastive projector:
@@ -33,7 +33,9 @@ mask's learning rate follows the network's schedule per step, not per epoch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -43,11 +45,15 @@ import numpy as np
 import optax
 
 from jssl import augment, losses, models
-from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, global_norm, step_metrics
+from jssl.config import compute_dtype, config_group, eval_transform
+from jssl.errors import ConfigError
+from jssl.methods.common import (DataInfo, Method, TrainState, calibrate_backbone, global_norm,
+                                 init_state, make_views, require_group, step_metrics, variables)
 from jssl.optim import build_optimizer, decay_mask, learning_rate_schedule
 
 __all__ = ["MODES", "PRETEXTS", "MetaMaskModel", "mask_hypergradient", "metamask_config",
-           "build", "build_parts", "mask_values", "MASK_QUANTILES"]
+           "Setup", "setup", "init", "make_inputs", "network_update", "meta_update", "update",
+           "build", "validate", "mask_values", "MASK_QUANTILES"]
 
 MODES = ("exact", "first_order", "finite_difference")
 # config.loss.name: the one objective this method trains (checked by jssl.config.validate).
@@ -151,7 +157,7 @@ def mask_hypergradient(loss_fn: Callable[[Any, Any], jax.Array], params: Any, ma
 def metamask_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.metamask` group (configs/metamask.py adds it); defaults are the official
     code's (lr 1e-3, momentum 0.9, wd 5e-4 for the mask)."""
-    c = ml_collections.ConfigDict(dict(
+    return config_group("metamask_config", dict(
         enabled=True,  # False: no mask and no meta update (the baseline network)
         mode="exact",  # mask_hypergradient mode
         lr=1e-3,  # the mask's peak learning rate (not scaled with the batch)
@@ -159,23 +165,15 @@ def metamask_config(**overrides) -> ml_collections.ConfigDict:
         weight_decay=5e-4,
         sigmoid=True,  # M = sigmoid(m), m = 0 at init; False: M = m, m = 1 (--disable-sigmoid)
         fd_radius=0.01,  # finite_difference mode: step length along the gradient
-    ))
-    for key, value in overrides.items():
-        if key not in c:
-            raise KeyError(f"metamask_config: unknown field {key!r}")
-        c[key] = value
-    return c
+    ), overrides)
 
 
-def _validate(config: ml_collections.ConfigDict) -> None:
-    from jssl.config import ConfigError
-
+def validate(config: ml_collections.ConfigDict) -> None:
     def require(ok, field, message):
         if not ok:
             raise ConfigError(f"config.{field}: {message}")
 
-    require("metamask" in config, "metamask",
-            "missing; MetaMask configs add it with jssl.methods.metamask.metamask_config()")
+    require_group(config, "metamask", "jssl.methods.metamask.metamask_config")
     mm = config.metamask
     require(isinstance(mm.enabled, bool), "metamask.enabled", f"must be True or False, got "
             f"{mm.enabled!r}")
@@ -242,18 +240,18 @@ class MetaMaskModel(nn.Module):
 
 
 def build_model(config: ml_collections.ConfigDict) -> MetaMaskModel:
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    dtype = compute_dtype(config)
     m = config.model
-    projector = models.Projector(hidden_dims=tuple(m.projector_hidden_dims),
-                                 out_dim=m.projector_dim, use_bn=m.projector_bn,
-                                 last_bn=m.projector_last_bn,
-                                 activation=m.projector_activation, dtype=dtype)
-    contrastive = models.Projector(hidden_dims=tuple(m.contrastive_hidden_dims),
-                                   out_dim=m.contrastive_dim, use_bn=m.projector_bn,
-                                   last_bn=m.projector_last_bn,
-                                   activation=m.projector_activation, dtype=dtype)
-    return MetaMaskModel(backbone=backbone_from_config(config, dtype), projector=projector,
-                         contrastive_projector=contrastive)
+
+    def projector(hidden, out):
+        return models.Projector(hidden_dims=tuple(hidden), out_dim=out, use_bn=m.projector_bn,
+                                last_bn=m.projector_last_bn, activation=m.projector_activation,
+                                dtype=dtype)
+
+    return MetaMaskModel(backbone=models.backbone_from_config(m, dtype),
+                         projector=projector(m.projector_hidden_dims, m.projector_dim),
+                         contrastive_projector=projector(m.contrastive_hidden_dims,
+                                                         m.contrastive_dim))
 
 
 def _mask_fn(sigmoid: bool):
@@ -272,141 +270,154 @@ def mask_values(state, config: ml_collections.ConfigDict) -> np.ndarray | None:
 
 # --- Method ---------------------------------------------------------------------------------
 
-def build_parts(config: ml_collections.ConfigDict, data: DataInfo):
-    """(Method, parts): `parts` holds the step's pieces, for tests and benchmarks:
-    "network_update"(state, views) -> (state, metrics), step 1 (`state.step` not advanced);
-    "meta_update"(state, views, lr) -> (state, metrics), steps 2-3 at the state's parameters
-    with the virtual step's learning rate `lr`; "update"(state, views) the whole step on
-    augmented views; "make_views"(state, images); "schedule" the network's learning rate."""
-    _validate(config)
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static parts of MetaMask for one config (`setup(config)`)."""
+
+    config: ml_collections.ConfigDict
+    model: MetaMaskModel
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule  # the network's learning rate
+    mask_tx: optax.GradientTransformation
+    mask_schedule: optax.Schedule  # the mask's: the network's shape, its own peak
+    views: tuple
+    transform: Mapping[str, Any]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.metamask.enabled)
+
+    def mask_fn(self, logits):
+        return _mask_fn(self.config.metamask.sigmoid)(logits)
+
+    def current_mask(self, state: TrainState):
+        return self.mask_fn(state.extras["mask_logits"]) if self.enabled else None
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+    validate(config)
     mm = config.metamask
-    enabled = bool(mm.enabled)
-    model = build_model(config)
-    feature_dim = model.backbone.num_features
-    mask_fn = _mask_fn(mm.sigmoid)
     tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
                                    batch_size=config.batch_size)
-    # The mask's schedule: the network's shape (warm-up, cosine) with its own peak.
     mask_opt = ml_collections.ConfigDict(config.optimizer.to_dict())
     mask_opt.lr, mask_opt.scale_lr_with_batch = float(mm.lr), False
     mask_schedule = learning_rate_schedule(mask_opt, total_steps=config.total_steps,
                                            batch_size=config.batch_size)
     mask_tx = optax.chain(optax.add_decayed_weights(mm.weight_decay),
                           optax.sgd(mask_schedule, momentum=mm.momentum))
-    opt = config.optimizer
-    lo = config.loss
-    bt_kw = dict(lambd=lo.lambd, scale=lo.scale, unbiased=lo.unbiased, eps=lo.eps)
-    temperature, weight = float(lo.temperature), float(lo.contrastive_weight)
-    views = [config.augment.view1, config.augment.view2]
-    size = config.data.image_size
-    mean, std = tuple(views[0].mean), tuple(views[0].std)
-
-    def current_mask(state):
-        return mask_fn(state.extras["mask_logits"]) if enabled else None
-
-    def init(rng: jax.Array) -> TrainState:
-        init_rng, state_rng = jax.random.split(rng)
-        dummy = jnp.zeros((2, size, size, 3), jnp.float32)
-        variables = models.init_variables(model, init_rng, dummy, None, train=False)
-        params = variables["params"]
-        extras: dict[str, Any] = {}
-        if enabled:
-            logits = jnp.full((feature_dim,), 0.0 if mm.sigmoid else 1.0, jnp.float32)
-            extras = {"mask_logits": logits, "mask_opt_state": mask_tx.init(logits)}
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables.get("batch_stats", {}),
-                          opt_state=tx.init(params), rng=state_rng, extras=extras)
-
-    def network_update(state: TrainState, inputs: Sequence[jax.Array]):
-        mask = current_mask(state)
-        mask = None if mask is None else jax.lax.stop_gradient(mask)
-
-        def loss_fn(params):
-            batch_stats, outs = state.batch_stats, []
-            for x in inputs:  # one pass per view, each with its own batch statistics
-                out, upd = model.apply({"params": params, "batch_stats": batch_stats}, x, mask,
-                                       train=True, mutable=["batch_stats"])
-                batch_stats = upd["batch_stats"]
-                outs.append(out)
-            bt = losses.barlow_twins(outs[0]["z"], outs[1]["z"], **bt_kw)
-            ntx = losses.nt_xent(outs[0]["c"], outs[1]["c"], temperature=temperature)
-            return bt + weight * ntx, (batch_stats, bt, ntx, outs[0]["h"])
-
-        (loss, (batch_stats, bt, ntx, h)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = step_metrics(loss, grads, params, h, schedule(state.step))
-        metrics.update(bt_loss=bt, nt_xent_loss=ntx)
-        return state.replace(params=params, batch_stats=batch_stats,
-                             opt_state=opt_state), metrics
-
-    def meta_update(state: TrainState, inputs: Sequence[jax.Array], lr):
-        extras = state.extras
-        batch_stats = state.batch_stats  # read (train mode uses batch statistics), never written
-
-        def meta_loss(params, logits):
-            mask = mask_fn(logits)
-            zs = [model.apply({"params": params, "batch_stats": batch_stats}, x, mask,
-                              train=True, mutable=["batch_stats"],
-                              method=MetaMaskModel.contrastive)[0] for x in inputs]
-            return losses.nt_xent(*zs, temperature=temperature)
-
-        # The network's momentum buffer after its update, and its per-parameter weight decay.
-        velocity = optax.tree_utils.tree_get(state.opt_state, "trace")
-        wd = opt.weight_decay
-        if opt.exclude_bias_and_norm:
-            wd = jax.tree_util.tree_map(lambda keep: wd if keep else 0.0, decay_mask(state.params))
-        logits = extras["mask_logits"]
-        hyper = mask_hypergradient(meta_loss, state.params, logits, velocity, lr=lr,
-                                   momentum=opt.momentum, weight_decay=wd, mode=mm.mode,
-                                   radius=mm.fd_radius)
-        updates, mask_opt_state = mask_tx.update(hyper, extras["mask_opt_state"], logits)
-        logits = optax.apply_updates(logits, updates)
-        mask = mask_fn(logits)
-        qs = jnp.percentile(mask, jnp.asarray(MASK_QUANTILES, jnp.float32))
-        metrics = {"hypergrad_norm": global_norm(hyper), "mask_lr": mask_schedule(state.step),
-                   "mask_mean": jnp.mean(mask), "mask_min": jnp.min(mask),
-                   "mask_max": jnp.max(mask), "mask_std": jnp.std(mask)}
-        metrics.update({f"mask_q{q:02d}": qs[i] for i, q in enumerate(MASK_QUANTILES)})
-        extras = {**extras, "mask_logits": logits, "mask_opt_state": mask_opt_state}
-        return state.replace(extras=extras), metrics
-
-    def make_views(state: TrainState, images: jax.Array) -> list[jax.Array]:
-        rng = jax.random.fold_in(state.rng, state.step)
-        keys = jax.random.split(rng, len(views))
-        return [augment.augment_view(k, images, v) for k, v in zip(keys, views)]
-
-    def update(state: TrainState, inputs: Sequence[jax.Array]):
-        """The whole step on augmented views: network update, then the mask's meta update."""
-        new, metrics = network_update(state, inputs)
-        if enabled:
-            new, meta_metrics = meta_update(new, inputs, schedule(state.step))
-            metrics.update(meta_metrics)
-        return new.replace(step=state.step + 1), metrics
-
-    def train_step(state: TrainState, batch: dict):
-        return update(state, make_views(state, batch["image"]))
-
-    def embed(state: TrainState, images: jax.Array) -> jax.Array:
-        x = augment.center_view(images, size=size, mean=mean, std=std)
-        h = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                        train=False, method=MetaMaskModel.features).astype(jnp.float32)
-        mask = current_mask(state)
-        return h if mask is None else h * mask
-
-    def calibrate(state: TrainState, images: jax.Array) -> TrainState:
-        x = augment.center_view(images, size=size, mean=mean, std=std)
-        _, upd = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                             current_mask(state), train=True, mutable=["batch_stats"])
-        return state.replace(batch_stats=upd["batch_stats"])
-
-    method = Method(init=init, train_step=train_step, embed=embed, calibrate=calibrate)
-    parts = {"network_update": network_update, "meta_update": meta_update,
-             "make_views": make_views, "update": update, "schedule": schedule}
-    return method, parts
+    return Setup(config=config, model=build_model(config), tx=tx, schedule=schedule,
+                 mask_tx=mask_tx, mask_schedule=mask_schedule,
+                 views=(config.augment.view1, config.augment.view2),
+                 transform=eval_transform(config))
 
 
-def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
+def init(s: Setup, rng: jax.Array) -> TrainState:
+    size = s.config.data.image_size
+    feature_dim = s.model.backbone.num_features
+
+    def extras(params, batch_stats, keys):
+        if not s.enabled:
+            return {}
+        logits = jnp.full((feature_dim,), 0.0 if s.config.metamask.sigmoid else 1.0, jnp.float32)
+        return {"mask_logits": logits, "mask_opt_state": s.mask_tx.init(logits)}
+
+    return init_state(s.model, s.tx, rng, jnp.zeros((2, size, size, 3), jnp.float32), None,
+                      extras=extras)
+
+
+def make_inputs(s: Setup, state: TrainState, batch: dict) -> list[jax.Array]:
+    """The two augmented views of the batch (the one mini-batch of all three updates)."""
+    return make_views(state, batch["image"], s.views)
+
+
+def network_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array]):
+    """Step 1: SGD-momentum on the network with the mask held fixed (`state.step` is not
+    advanced). Returns (state, metrics)."""
+    mask = s.current_mask(state)
+    mask = None if mask is None else jax.lax.stop_gradient(mask)
+    lo = s.config.loss
+
+    def loss_fn(params):
+        batch_stats, outs = state.batch_stats, []
+        for x in inputs:  # one pass per view, each with its own batch statistics
+            out, upd = s.model.apply({"params": params, "batch_stats": batch_stats}, x, mask,
+                                     train=True, mutable=["batch_stats"])
+            batch_stats = upd["batch_stats"]
+            outs.append(out)
+        bt = losses.barlow_twins(outs[0]["z"], outs[1]["z"], lambd=lo.lambd, scale=lo.scale,
+                                 unbiased=lo.unbiased, eps=lo.eps)
+        ntx = losses.nt_xent(outs[0]["c"], outs[1]["c"], temperature=lo.temperature)
+        return bt + lo.contrastive_weight * ntx, (batch_stats, bt, ntx, outs[0]["h"])
+
+    (loss, (batch_stats, bt, ntx, h)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = step_metrics(loss, grads, params, h, s.schedule(state.step))
+    metrics.update(bt_loss=bt, nt_xent_loss=ntx)
+    return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
+
+
+def meta_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array], lr):
+    """Steps 2-3: the mask's hypergradient at the state's parameters through a virtual
+    SGD-momentum step of learning rate `lr`, then the mask's own SGD-momentum step.
+    BatchNorm statistics are read (train mode uses batch statistics), never written."""
+    extras = state.extras
+    batch_stats = state.batch_stats
+    mm, opt = s.config.metamask, s.config.optimizer
+    temperature = s.config.loss.temperature
+
+    def meta_loss(params, logits):
+        mask = s.mask_fn(logits)
+        zs = [s.model.apply({"params": params, "batch_stats": batch_stats}, x, mask,
+                            train=True, mutable=["batch_stats"],
+                            method=MetaMaskModel.contrastive)[0] for x in inputs]
+        return losses.nt_xent(*zs, temperature=temperature)
+
+    # The network's momentum buffer after its update, and its per-parameter weight decay.
+    velocity = optax.tree_utils.tree_get(state.opt_state, "trace")
+    wd = opt.weight_decay
+    if opt.exclude_bias_and_norm:
+        wd = jax.tree_util.tree_map(lambda keep: wd if keep else 0.0, decay_mask(state.params))
+    logits = extras["mask_logits"]
+    hyper = mask_hypergradient(meta_loss, state.params, logits, velocity, lr=lr,
+                               momentum=opt.momentum, weight_decay=wd, mode=mm.mode,
+                               radius=mm.fd_radius)
+    updates, mask_opt_state = s.mask_tx.update(hyper, extras["mask_opt_state"], logits)
+    logits = optax.apply_updates(logits, updates)
+    mask = s.mask_fn(logits)
+    qs = jnp.percentile(mask, jnp.asarray(MASK_QUANTILES, jnp.float32))
+    metrics = {"hypergrad_norm": global_norm(hyper), "mask_lr": s.mask_schedule(state.step),
+               "mask_mean": jnp.mean(mask), "mask_min": jnp.min(mask),
+               "mask_max": jnp.max(mask), "mask_std": jnp.std(mask)}
+    metrics.update({f"mask_q{q:02d}": qs[i] for i, q in enumerate(MASK_QUANTILES)})
+    extras = {**extras, "mask_logits": logits, "mask_opt_state": mask_opt_state}
+    return state.replace(extras=extras), metrics
+
+
+def update(s: Setup, state: TrainState, inputs: Sequence[jax.Array]):
+    """The whole step on augmented views: network update, then the mask's meta update."""
+    new, metrics = network_update(s, state, inputs)
+    if s.enabled:
+        new, meta_metrics = meta_update(s, new, inputs, s.schedule(state.step))
+        metrics.update(meta_metrics)
+    return new.replace(step=state.step + 1), metrics
+
+
+def embed(s: Setup, state: TrainState, images: jax.Array) -> jax.Array:
+    """The masked backbone features (what the official k-NN monitor reads)."""
+    x = augment.center_view(images, **s.transform)
+    h = s.model.apply(variables(state), x, train=False,
+                      method=MetaMaskModel.features).astype(jnp.float32)
+    mask = s.current_mask(state)
+    return h if mask is None else h * mask
+
+
+def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """MetaMask's pure functions for this config."""
-    return build_parts(config, data)[0]
+    s = setup(config)
+    return Method(init=functools.partial(init, s), make_inputs=functools.partial(make_inputs, s),
+                  update=functools.partial(update, s), embed=functools.partial(embed, s),
+                  calibrate=functools.partial(calibrate_backbone, s.model,
+                                              transform=s.transform))

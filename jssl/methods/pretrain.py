@@ -2,23 +2,29 @@
 
 One method for every objective that compares embeddings of augmented views: Barlow Twins,
 SimCLR, SupCon, DCL, VICReg, W-MSE (symmetric), BYOL, MoCo v3 (momentum target and
-predictor), SimSiam (predictor, no target), MoCo v2 (momentum target and a queue), SwAV
-(prototypes, multi-crop) and DINO (momentum teacher, centre, multi-crop). The network is
+predictor), SimSiam (predictor, no target), MoCo v2 (momentum target and a queue), NNCLR
+(predictor and a support queue), SwAV (prototypes, multi-crop) and DINO (momentum teacher,
+centre, multi-crop). The network is
 
     backbone -> projector -> [predictor]   (online, trained)
                           -> [prototypes]
     EMA copy of the same  (target / teacher, config.ema, no gradient)
 
 and the loss is a pure function of `jssl.losses`. Method state that is not a parameter (the
-target network, the MoCo queue, the DINO centre) lives in `TrainState.extras`, so it is
-sharded, donated and checkpointed with everything else. A new embedding objective needs one
-loss in `jssl.losses`, one entry in `PRETEXTS` and a config file.
+target network, a queue, the DINO centre) lives in `TrainState.extras`, so it is sharded,
+donated and checkpointed with everything else. A new embedding objective is one loss in
+`jssl.losses`, one entry in `PRETEXTS` and a config file (docs/adding_a_method.md).
+
+The step's pieces are top-level pure functions of a `Setup` (the static parts built from
+the config by `setup`): `init`, `make_inputs` (the augmented crops) and `update` (one
+optimizer step on them), which tests and benchmarks call directly.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -26,12 +32,15 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jssl import augment, losses, models
-from jssl.methods.common import DataInfo, Method, TrainState, backbone_from_config, step_metrics
+from jssl import losses, models
+from jssl.config import compute_dtype, eval_transform
+from jssl.errors import ConfigError
+from jssl.methods.common import (DataInfo, Method, TrainState, calibrate_backbone,
+                                 embed_features, init_state, make_views, step_metrics)
 from jssl.optim import build_optimizer
 
-__all__ = ["SSLModel", "Pretext", "PRETEXTS", "build", "build_parts", "build_model",
-           "ema_momentum"]
+__all__ = ["SSLModel", "Pretext", "PRETEXTS", "Setup", "setup", "init", "make_inputs",
+           "update", "build", "build_model", "ema_momentum", "validate", "loss_kwargs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +52,14 @@ class Pretext:
     (prototype scores) when the model has them; `target` the same for the large crops from
     the momentum network (None without one); `kw` the config.loss fields except `name`.
     `needs` lists what the model must have ("predictor", "prototypes", "target", "queue").
+    `extras(config, key) -> dict` is the objective's initial state (a queue, a centre);
+    `validate(config)` raises ConfigError for settings the objective cannot run.
     """
 
     loss: Callable[..., tuple[jax.Array, dict]]
     needs: frozenset = frozenset()
+    extras: Callable[[ml_collections.ConfigDict, jax.Array], dict] | None = None
+    validate: Callable[[ml_collections.ConfigDict], None] | None = None
 
 
 def _views_2(online):
@@ -90,6 +103,34 @@ def _mocov3(online, target, extras, labels, **kw):
             + losses.mocov3(online[1]["p"], target[0]["z"], **kw)), {}
 
 
+# --- Queues (MoCo's negatives, NNCLR's support set) ---------------------------------------
+
+
+def _queue_extras(config, key) -> dict:
+    """A queue of `queue_size` random unit rows of the projection width, and its pointer."""
+    queue = jax.random.normal(key, (config.queue_size, config.model.projector_dim))
+    return {"queue": losses.l2_normalize(queue), "queue_ptr": jnp.zeros((), jnp.int32)}
+
+
+def _enqueue(extras: dict, keys: jax.Array) -> dict:
+    """The queue with `keys` (L2-normalised, no gradient) written over its oldest rows."""
+    queue, ptr = extras["queue"], extras["queue_ptr"]
+    keys = jax.lax.stop_gradient(losses.l2_normalize(keys)).astype(queue.dtype)
+    return {"queue": jax.lax.dynamic_update_slice_in_dim(queue, keys, ptr, axis=0),
+            "queue_ptr": (ptr + keys.shape[0]) % queue.shape[0]}
+
+
+def _queue_rule(per_step: int, what: str):
+    """validate hook: the queue holds a whole number of steps' keys (each step writes
+    `per_step` x batch_size rows at the pointer, which must never wrap mid-write)."""
+    def check(config):
+        rows = per_step * config.batch_size
+        if config.queue_size % rows:
+            raise ConfigError(f"config.queue_size: {config.queue_size} is not a multiple of "
+                              f"{rows} ({what}); use {rows * max(1, config.queue_size // rows)}")
+    return check
+
+
 def _mocov2(online, target, extras, labels, **kw):
     # Symmetrised InfoNCE against one queue of past keys (solo-learn's mocov2plus is
     # symmetric too); the keys of both views are enqueued afterwards, oldest overwritten.
@@ -97,10 +138,18 @@ def _mocov2(online, target, extras, labels, **kw):
     loss = 0.5 * (losses.moco(online[0]["z"], target[1]["z"], queue, **kw)
                   + losses.moco(online[1]["z"], target[0]["z"], queue, **kw))
     keys = jnp.concatenate([target[0]["z"], target[1]["z"]], axis=0)
-    keys = jax.lax.stop_gradient(losses.l2_normalize(keys))
-    ptr = extras["queue_ptr"]
-    new_queue = jax.lax.dynamic_update_slice_in_dim(queue, keys.astype(queue.dtype), ptr, axis=0)
-    return loss, {"queue": new_queue, "queue_ptr": (ptr + keys.shape[0]) % queue.shape[0]}
+    return loss, _enqueue(extras, keys)
+
+
+def _nnclr(online, target, extras, labels, **kw):
+    # Each view's nearest neighbour in the support queue is the positive of the other view's
+    # prediction, symmetrised (Dwibedi et al. 2021; solo-learn). The first view's
+    # projections are enqueued afterwards (solo-learn enqueues z1 only).
+    support = extras["queue"]
+    nn1 = losses.nearest_neighbour(online[0]["z"], support)
+    nn2 = losses.nearest_neighbour(online[1]["z"], support)
+    loss = 0.5 * (losses.nnclr(online[1]["p"], nn1, **kw) + losses.nnclr(online[0]["p"], nn2, **kw))
+    return loss, _enqueue(extras, online[0]["z"])
 
 
 def _swav(online, target, extras, labels, **kw):
@@ -114,6 +163,10 @@ def _dino(online, target, extras, labels, *, center_momentum: float = 0.9, **kw)
     return loss, {"center": center}
 
 
+def _dino_extras(config, key) -> dict:
+    return {"center": jnp.zeros((1, config.model.num_prototypes), jnp.float32)}
+
+
 # loss name (config.loss.name) -> Pretext
 PRETEXTS: dict[str, Pretext] = {
     "barlow_twins": Pretext(_symmetric(losses.barlow_twins)),
@@ -125,9 +178,12 @@ PRETEXTS: dict[str, Pretext] = {
     "byol": Pretext(_byol, frozenset({"predictor", "target"})),
     "simsiam": Pretext(_simsiam, frozenset({"predictor"})),
     "mocov3": Pretext(_mocov3, frozenset({"predictor", "target"})),
-    "moco": Pretext(_mocov2, frozenset({"target", "queue"})),
+    "moco": Pretext(_mocov2, frozenset({"target", "queue"}), _queue_extras,
+                    _queue_rule(2, "each step enqueues the keys of both views")),
+    "nnclr": Pretext(_nnclr, frozenset({"predictor", "queue"}), _queue_extras,
+                     _queue_rule(1, "each step enqueues the first view's projections")),
     "swav": Pretext(_swav, frozenset({"prototypes"})),
-    "dino": Pretext(_dino, frozenset({"prototypes", "target"})),
+    "dino": Pretext(_dino, frozenset({"prototypes", "target"}), _dino_extras),
 }
 
 
@@ -158,9 +214,8 @@ class SSLModel(nn.Module):
 
 
 def build_model(config: ml_collections.ConfigDict) -> SSLModel:
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    dtype = compute_dtype(config)
     m = config.model
-    backbone = backbone_from_config(config, dtype)
     projector = models.Projector(hidden_dims=tuple(m.projector_hidden_dims),
                                  out_dim=m.projector_dim, use_bn=m.projector_bn,
                                  last_bn=m.projector_last_bn, activation=m.projector_activation,
@@ -172,8 +227,8 @@ def build_model(config: ml_collections.ConfigDict) -> SSLModel:
     prototypes = None
     if m.num_prototypes:
         prototypes = models.Prototypes(m.num_prototypes, normalize_weights=m.normalize_prototypes)
-    return SSLModel(backbone=backbone, projector=projector, predictor=predictor,
-                    prototypes=prototypes)
+    return SSLModel(backbone=models.backbone_from_config(m, dtype), projector=projector,
+                    predictor=predictor, prototypes=prototypes)
 
 
 def ema_momentum(step: jax.Array, total_steps: int, base: float, final: float) -> jax.Array:
@@ -186,151 +241,156 @@ def loss_kwargs(config: ml_collections.ConfigDict) -> dict:
     return {k: v for k, v in config.loss.to_dict().items() if k != "name"}
 
 
-def _check_needs(config: ml_collections.ConfigDict, pretext: Pretext) -> None:
-    from jssl.config import ConfigError
+_HAS = {"predictor": ("model.predictor_dim", lambda c: c.model.predictor_dim > 0),
+        "prototypes": ("model.num_prototypes", lambda c: c.model.num_prototypes > 0),
+        "target": ("ema.base_momentum", lambda c: c.ema.base_momentum > 0),
+        "queue": ("queue_size", lambda c: c.queue_size > 0)}
 
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The pretext exists, the model has what it needs, and the pretext's own rules hold."""
     name = config.loss.name
-    has = {"predictor": config.model.predictor_dim > 0,
-           "prototypes": config.model.num_prototypes > 0,
-           "target": config.ema.base_momentum > 0,
-           "queue": config.queue_size > 0}
-    fields = {"predictor": "model.predictor_dim", "prototypes": "model.num_prototypes",
-              "target": "ema.base_momentum", "queue": "queue_size"}
+    if name not in PRETEXTS:
+        raise ConfigError(f"config.loss.name: unknown loss {name!r}; choose one of "
+                          f"{', '.join(sorted(PRETEXTS))}")
+    pretext = PRETEXTS[name]
     for need in sorted(pretext.needs):
-        if not has[need]:
-            raise ConfigError(f"config.{fields[need]}: loss {name!r} needs a {need}; set "
-                              f"{fields[need]} > 0")
+        field, has = _HAS[need]
+        if not has(config):
+            raise ConfigError(f"config.{field}: loss {name!r} needs a {need}; set {field} > 0")
+    for need, (field, has) in _HAS.items():
+        if need not in pretext.needs and has(config) and need != "predictor":
+            # A predictor is optional for any objective (it only adds "p"); the rest would be
+            # built and never used.
+            raise ConfigError(f"config.{field}: loss {name!r} has no {need}; set it to 0")
+    if pretext.validate is not None:
+        pretext.validate(config)
 
 
 def _normalize_prototypes(params):
     """Unit-norm prototype columns (SwAV normalises them before every step)."""
     if "prototypes" not in params:
         return params
-    w = params["prototypes"]["kernel"]
-    w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+    w = losses.l2_normalize(params["prototypes"]["kernel"], axis=0)
     return {**params, "prototypes": {**params["prototypes"], "kernel": w}}
 
 
-def build_parts(config: ml_collections.ConfigDict, data: DataInfo):
-    """(Method, update(state, views, labels=None), make_views(state, images)): the step in
-    two parts, so that benchmarks can time the update on device-resident views alone."""
-    if config.loss.name not in PRETEXTS:
-        raise ValueError(f"config.loss.name: unknown loss {config.loss.name!r}; choose one of "
-                         f"{', '.join(sorted(PRETEXTS))}")
-    pretext = PRETEXTS[config.loss.name]
-    _check_needs(config, pretext)
-    model = build_model(config)
-    kw = loss_kwargs(config)
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static parts of the pretrain method for one config (`setup(config)`)."""
+
+    config: ml_collections.ConfigDict
+    model: SSLModel
+    pretext: Pretext
+    loss_kw: Mapping[str, Any]
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    views: tuple  # augmentation views, large crops first
+    transform: Mapping[str, Any]  # the evaluation transform (`center_view` keywords)
+
+    @property
+    def has_target(self) -> bool:
+        return self.config.ema.base_momentum > 0
+
+    @property
+    def renormalize(self) -> bool:
+        m = self.config.model
+        return m.num_prototypes > 0 and not m.normalize_prototypes
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+    validate(config)
     tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
                                    batch_size=config.batch_size)
-    large = [config.augment.view1, config.augment.view2]
-    small = [config.augment.small_view] * config.augment.num_small_crops
-    views = large + small
-    size = config.data.image_size
-    mean, std = tuple(large[0].mean), tuple(large[0].std)
-    has_target = config.ema.base_momentum > 0
-    renormalize = config.model.num_prototypes > 0 and not config.model.normalize_prototypes
-    freeze_steps = config.model.freeze_prototypes_steps
-
-    def init(rng: jax.Array) -> TrainState:
-        init_rng, state_rng, queue_rng = jax.random.split(rng, 3)
-        dummy = jnp.zeros((2, size, size, 3), jnp.float32)
-        variables = models.init_variables(model, init_rng, dummy, train=False)
-        params = variables["params"]
-        if renormalize:
-            params = _normalize_prototypes(params)
-        batch_stats = variables.get("batch_stats", {})
-        extras: dict[str, Any] = {}
-        if has_target:  # the target starts as a copy of the online network
-            extras["target"] = {"params": params, "batch_stats": batch_stats}
-        if config.queue_size:
-            queue = jax.random.normal(queue_rng, (config.queue_size, config.model.projector_dim))
-            extras["queue"] = losses.l2_normalize(queue)
-            extras["queue_ptr"] = jnp.zeros((), jnp.int32)
-        if pretext.loss is _dino:
-            extras["center"] = jnp.zeros((1, config.model.num_prototypes), jnp.float32)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                          opt_state=tx.init(params), rng=state_rng, extras=extras)
-
-    def update(state: TrainState, inputs: Sequence[jax.Array],
-               labels: jax.Array | None = None) -> tuple[TrainState, dict]:
-        """One optimizer step on already augmented crops (float32, normalised; large first)."""
-        extras = state.extras
-        target = None
-        target_stats = None
-        if has_target:
-            # The momentum network sees the large crops only, in train mode (its BatchNorm
-            # uses batch statistics, as the online one), and never gets a gradient.
-            t_vars = extras["target"]
-            target, target_stats = [], t_vars["batch_stats"]
-            for x in inputs[:2]:
-                out, upd = model.apply({"params": t_vars["params"], "batch_stats": target_stats},
-                                       x, train=True, predict=False, mutable=["batch_stats"])
-                target_stats = upd["batch_stats"]
-                target.append(jax.tree_util.tree_map(jax.lax.stop_gradient, out))
-
-        def loss_fn(params):
-            batch_stats = state.batch_stats
-            online = []
-            # One forward pass per crop, each with its own BatchNorm batch statistics
-            # (as the peers do; a single pass over both views measured slower on CPU too).
-            for x in inputs:
-                out, upd = model.apply({"params": params, "batch_stats": batch_stats}, x,
-                                       train=True, mutable=["batch_stats"])
-                batch_stats = upd["batch_stats"]
-                online.append(out)
-            loss, new_extras = pretext.loss(online, target, extras, labels, **kw)
-            return loss, (batch_stats, new_extras, online[0]["h"])
-
-        (loss, (batch_stats, new_extras, h)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state.params)
-        if freeze_steps and "prototypes" in grads:
-            # SwAV freezes the prototypes for the first epochs (freeze_prototypes_epochs).
-            keep = (state.step >= freeze_steps).astype(jnp.float32)
-            grads = {**grads, "prototypes": jax.tree_util.tree_map(lambda g: g * keep,
-                                                                   grads["prototypes"])}
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        if renormalize:
-            params = _normalize_prototypes(params)
-        extras = {**extras, **new_extras}
-        metrics = step_metrics(loss, grads, params, h, schedule(state.step))
-        if has_target:
-            tau = ema_momentum(state.step, config.total_steps, config.ema.base_momentum,
-                               config.ema.final_momentum)
-            t_params = jax.tree_util.tree_map(lambda t, o: tau * t + (1.0 - tau) * o,
-                                              extras["target"]["params"], params)
-            extras = {**extras, "target": {"params": t_params, "batch_stats": target_stats}}
-            metrics["ema_momentum"] = tau
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                  opt_state=opt_state, extras=extras)
-        return new_state, metrics
-
-    def make_views(state: TrainState, images: jax.Array) -> list[jax.Array]:
-        """The augmented crops of a uint8 batch; keys depend on (state.rng, state.step) only."""
-        rng = jax.random.fold_in(state.rng, state.step)
-        keys = jax.random.split(rng, len(views))
-        return [augment.augment_view(k, images, v) for k, v in zip(keys, views)]
-
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        return update(state, make_views(state, batch["image"]), batch.get("label"))
-
-    def embed(state: TrainState, images: jax.Array) -> jax.Array:
-        x = augment.center_view(images, size=size, mean=mean, std=std)
-        h = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                        train=False, method=SSLModel.features)
-        return h.astype(jnp.float32)
-
-    def calibrate(state: TrainState, images: jax.Array) -> TrainState:
-        x = augment.center_view(images, size=size, mean=mean, std=std)
-        _, updates = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                                 train=True, mutable=["batch_stats"])
-        return state.replace(batch_stats=updates["batch_stats"])
-
-    method = Method(init=init, train_step=train_step, embed=embed, calibrate=calibrate)
-    return method, update, make_views
+    a = config.augment
+    views = (a.view1, a.view2) + (a.small_view,) * a.num_small_crops
+    return Setup(config=config, model=build_model(config), pretext=PRETEXTS[config.loss.name],
+                 loss_kw=loss_kwargs(config), tx=tx, schedule=schedule, views=views,
+                 transform=eval_transform(config))
 
 
-def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
+def init(s: Setup, rng: jax.Array) -> TrainState:
+    size = s.config.data.image_size
+
+    def extras(params, batch_stats, keys):
+        out: dict[str, Any] = {}
+        if s.has_target:  # the target starts as a copy of the online network
+            out["target"] = {"params": params, "batch_stats": batch_stats}
+        if s.pretext.extras is not None:
+            out.update(s.pretext.extras(s.config, keys[0]))
+        return out
+
+    return init_state(s.model, s.tx, rng, jnp.zeros((2, size, size, 3), jnp.float32),
+                      num_keys=1, extras=extras,
+                      params=_normalize_prototypes if s.renormalize else None)
+
+
+def make_inputs(s: Setup, state: TrainState, batch: dict) -> dict:
+    """{"views": the augmented crops (float32, normalised; large first), "labels"}."""
+    return {"views": make_views(state, batch["image"], s.views), "labels": batch.get("label")}
+
+
+def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]:
+    """One optimizer step on already augmented crops (`make_inputs`)."""
+    crops, labels = inputs["views"], inputs.get("labels")
+    c = s.config
+    extras = state.extras
+    target = None
+    target_stats = None
+    if s.has_target:
+        # The momentum network sees the large crops only, in train mode (its BatchNorm
+        # uses batch statistics, as the online one), and never gets a gradient.
+        t_vars = extras["target"]
+        target, target_stats = [], t_vars["batch_stats"]
+        for x in crops[:2]:
+            out, upd = s.model.apply({"params": t_vars["params"], "batch_stats": target_stats},
+                                     x, train=True, predict=False, mutable=["batch_stats"])
+            target_stats = upd["batch_stats"]
+            target.append(jax.tree_util.tree_map(jax.lax.stop_gradient, out))
+
+    def loss_fn(params):
+        batch_stats = state.batch_stats
+        online = []
+        # One forward pass per crop, each with its own BatchNorm batch statistics
+        # (as the peers do; a single pass over both views measured slower on CPU too).
+        for x in crops:
+            out, upd = s.model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                     train=True, mutable=["batch_stats"])
+            batch_stats = upd["batch_stats"]
+            online.append(out)
+        loss, new_extras = s.pretext.loss(online, target, extras, labels, **s.loss_kw)
+        return loss, (batch_stats, new_extras, online[0]["h"])
+
+    (loss, (batch_stats, new_extras, h)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    freeze_steps = c.model.freeze_prototypes_steps
+    if freeze_steps and "prototypes" in grads:
+        # SwAV freezes the prototypes for the first epochs (freeze_prototypes_epochs).
+        keep = (state.step >= freeze_steps).astype(jnp.float32)
+        grads = {**grads, "prototypes": jax.tree_util.tree_map(lambda g: g * keep,
+                                                               grads["prototypes"])}
+    updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if s.renormalize:
+        params = _normalize_prototypes(params)
+    extras = {**extras, **new_extras}
+    metrics = step_metrics(loss, grads, params, h, s.schedule(state.step))
+    if s.has_target:
+        tau = ema_momentum(state.step, c.total_steps, c.ema.base_momentum, c.ema.final_momentum)
+        t_params = jax.tree_util.tree_map(lambda t, o: tau * t + (1.0 - tau) * o,
+                                          extras["target"]["params"], params)
+        extras = {**extras, "target": {"params": t_params, "batch_stats": target_stats}}
+        metrics["ema_momentum"] = tau
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, extras=extras)
+    return new_state, metrics
+
+
+def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """The pretrain method's pure functions for this config."""
-    return build_parts(config, data)[0]
+    s = setup(config)
+    return Method(init=functools.partial(init, s), make_inputs=functools.partial(make_inputs, s),
+                  update=functools.partial(update, s),
+                  embed=functools.partial(embed_features, s.model, transform=s.transform),
+                  calibrate=functools.partial(calibrate_backbone, s.model,
+                                              transform=s.transform))

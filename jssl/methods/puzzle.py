@@ -17,20 +17,27 @@ embeds whole images with the backbone alone, as for every other method.
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
-from jssl import augment, losses, models, puzzles
-from jssl.methods.common import (DataInfo, Method, TrainState, backbone_from_config,
-                                 classifier_update)
+from jssl import losses, models, puzzles
+from jssl.augment import augment_view
+from jssl.config import compute_dtype, config_group, eval_transform
+from jssl.errors import ConfigError
+from jssl.methods.common import (DataInfo, Method, TrainState, calibrate_backbone,
+                                 classifier_update, embed_features, init_state, refuse_unread,
+                                 require_group, step_key)
 from jssl.optim import build_optimizer
 
-__all__ = ["PuzzleModel", "PRETEXTS", "build", "puzzle_config", "tile_size"]
+__all__ = ["PRETEXTS", "Setup", "setup", "init", "make_inputs", "update", "build",
+           "puzzle_config", "tile_size", "validate", "single_view_unread"]
 
 # loss name -> the loss of `jssl.losses` on (logits, labels)
 PRETEXTS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
@@ -42,7 +49,7 @@ PRETEXTS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 
 def puzzle_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.puzzle` group (the puzzle configs add it; the defaults are the papers')."""
-    c = ml_collections.ConfigDict(dict(
+    return config_group("puzzle_config", dict(
         num_permutations=1000,  # Noroozi & Favaro's best setting (100 also common)
         permutation_seed=0,
         grid=3,
@@ -53,12 +60,7 @@ def puzzle_config(**overrides) -> ml_collections.ConfigDict:
         color_shift=0,  # per-channel random shift in pixels (chromatic aberration)
         grayscale_prob=0.0,  # fraction of puzzles in grayscale (paper 0.7, code 0.5)
         max_intruders=2,  # Jigsaw++: 0..max_intruders tiles from other images
-    ))
-    for key, value in overrides.items():
-        if key not in c:
-            raise KeyError(f"puzzle_config: unknown field {key!r}")
-        c[key] = value
-    return c
+    ), overrides)
 
 
 def tile_size(config: ml_collections.ConfigDict) -> int:
@@ -67,36 +69,28 @@ def tile_size(config: ml_collections.ConfigDict) -> int:
     return p.tile_size or int(round(cell * 64 / 85))
 
 
-class PuzzleModel(nn.Module):
-    """Backbone and MLP head. `__call__` on (N, H, W, C) images (rotation) or on
-    (N, T, t, t, C) tiles (jigsaw: the backbone runs on all N*T tiles, weights shared)."""
-
-    backbone: nn.Module
-    head: nn.Module
-
-    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-        if x.ndim == 5:
-            n, t = x.shape[:2]
-            h = self.backbone(x.reshape((n * t,) + x.shape[2:]), train=train)
-            h_cat = h.reshape(n, t * h.shape[-1])  # tile features in puzzle order
-            return h, self.head(h_cat, train=train)
-        h = self.backbone(x, train=train)
-        return h, self.head(h, train=train)
-
-    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return self.backbone(x, train=train)
+def single_view_unread(config: ml_collections.ConfigDict) -> dict:
+    """The fields a classification method on one augmented view never reads (for
+    `refuse_unread`): the second view, multi-crop, the momentum target, queues, predictors
+    and prototypes."""
+    return {
+        "augment.view2": (config.augment.view1, "set it equal to augment.view1 "
+                          "(jssl.config.one_view); this method trains on one view"),
+        "augment.num_small_crops": (0, "set 0 (one view)"),
+        "ema.base_momentum": (0.0, "set 0 (no momentum target)"),
+        "queue_size": (0, "set 0 (no queue)"),
+        "model.predictor_dim": (0, "set 0 (no predictor)"),
+        "model.num_prototypes": (0, "set 0 (no prototypes)"),
+    }
 
 
-def _validate(config: ml_collections.ConfigDict) -> None:
-    from jssl.config import ConfigError
-
-    if "puzzle" not in config:
-        raise ConfigError("config.puzzle: missing; puzzle configs add it with "
-                          "jssl.methods.puzzle.puzzle_config()")
+def validate(config: ml_collections.ConfigDict) -> None:
+    require_group(config, "puzzle", "jssl.methods.puzzle.puzzle_config")
     p = config.puzzle
     if config.loss.name not in PRETEXTS:
         raise ConfigError(f"config.loss.name: unknown puzzle loss {config.loss.name!r}; choose "
                           f"one of {', '.join(sorted(PRETEXTS))}")
+    refuse_unread(config, "puzzle", single_view_unread(config))
     if config.loss.name == "rotation":
         return
     if not (isinstance(p.grid, int) and p.grid >= 2):
@@ -120,14 +114,24 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                           f"{p.max_intruders!r}")
 
 
-def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
-    """The puzzle method's pure functions for this config."""
-    _validate(config)
-    name = config.loss.name
-    p = config.puzzle
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    m = config.model
-    backbone = backbone_from_config(config, dtype)
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static parts of a puzzle pretext for one config (`setup(config)`)."""
+
+    config: ml_collections.ConfigDict
+    model: models.BackboneHead
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array]
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    view: Mapping[str, Any]  # the augmentation before the puzzle is cut
+    permutations: Any  # (P, T) int array for jigsaw / jigsaw_pp; None for rotation
+    transform: Mapping[str, Any]
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+    validate(config)
+    name, p, m = config.loss.name, config.puzzle, config.model
+    dtype = compute_dtype(config)
     if name == "rotation":
         num_classes, perms = 4, None
     else:
@@ -136,60 +140,53 @@ def build(config: ml_collections.ConfigDict, data: DataInfo) -> Method:
         num_classes = p.num_permutations
     head = models.Projector(hidden_dims=tuple(m.projector_hidden_dims), out_dim=num_classes,
                             use_bn=m.projector_bn, dtype=dtype)
-    model = PuzzleModel(backbone=backbone, head=head)
-    loss_fn = PRETEXTS[name]
+    model = models.BackboneHead(backbone=models.backbone_from_config(m, dtype), head=head)
     tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
                                    batch_size=config.batch_size)
-    size = config.data.image_size
     view = config.augment.view1.to_dict()
     if name != "rotation":
-        view["crop_size"] = p.input_size or size
-    mean, std = tuple(view["mean"]), tuple(view["std"])
-    puzzle_kw = dict(grid=p.grid, tile_size=tile_size(config), jitter=p.jitter,
-                     normalize_tiles=p.normalize_tiles, color_shift=p.color_shift,
-                     grayscale_prob=p.grayscale_prob)
+        view["crop_size"] = p.input_size or config.data.image_size
+    return Setup(config=config, model=model, loss_fn=PRETEXTS[name], tx=tx, schedule=schedule,
+                 view=view, permutations=perms, transform=eval_transform(config))
 
-    def make_inputs(state: TrainState, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(model input, pretext labels); keys depend on (state.rng, state.step) only."""
-        rng = jax.random.fold_in(state.rng, state.step)
-        view_key, puzzle_key = jax.random.split(rng)
-        x = augment.augment_view(view_key, images, view)
-        if name == "rotation":
-            return puzzles.rotation_batch(x)
-        if name == "jigsaw":
-            return puzzles.jigsaw_tiles(puzzle_key, x, perms, **puzzle_kw)
-        return puzzles.jigsaw_pp_tiles(puzzle_key, x, perms, max_intruders=p.max_intruders,
-                                       **puzzle_kw)
 
-    def init(rng: jax.Array) -> TrainState:
-        init_rng, state_rng = jax.random.split(rng)
-        if name == "rotation":
-            dummy = jnp.zeros((2, size, size, 3), jnp.float32)
-        else:
-            t = tile_size(config)
-            dummy = jnp.zeros((2, p.grid * p.grid, t, t, 3), jnp.float32)
-        variables = models.init_variables(model, init_rng, dummy, train=False)
-        params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables.get("batch_stats", {}),
-                          opt_state=tx.init(params), rng=state_rng)
+def init(s: Setup, rng: jax.Array) -> TrainState:
+    c = s.config
+    if c.loss.name == "rotation":
+        dummy = jnp.zeros((2, c.data.image_size, c.data.image_size, 3), jnp.float32)
+    else:
+        t = tile_size(c)
+        dummy = jnp.zeros((2, c.puzzle.grid ** 2, t, t, 3), jnp.float32)
+    return init_state(s.model, s.tx, rng, dummy)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        x, labels = make_inputs(state, batch["image"])
-        return classifier_update(model, tx, schedule, loss_fn, state, x, labels,
-                                 accuracy_name="pretext_accuracy")
 
-    def embed(state: TrainState, images: jax.Array) -> jax.Array:
-        x = augment.center_view(images, size=size, mean=mean, std=std)
-        h = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                        train=False, method=PuzzleModel.features)
-        return h.astype(jnp.float32)
+def make_inputs(s: Setup, state: TrainState, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(model input, pretext labels) of the batch's images; keys from (seed, step) only."""
+    name, p = s.config.loss.name, s.config.puzzle
+    view_key, puzzle_key = jax.random.split(step_key(state))
+    x = augment_view(view_key, batch["image"], s.view)
+    if name == "rotation":
+        return puzzles.rotation_batch(x)
+    kw = dict(grid=p.grid, tile_size=tile_size(s.config), jitter=p.jitter,
+              normalize_tiles=p.normalize_tiles, color_shift=p.color_shift,
+              grayscale_prob=p.grayscale_prob)
+    if name == "jigsaw":
+        return puzzles.jigsaw_tiles(puzzle_key, x, s.permutations, **kw)
+    return puzzles.jigsaw_pp_tiles(puzzle_key, x, s.permutations, max_intruders=p.max_intruders,
+                                   **kw)
 
-    def calibrate(state: TrainState, images: jax.Array) -> TrainState:
-        x = augment.center_view(images, size=size, mean=mean, std=std)
-        _, updates = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                                 train=True, mutable=["batch_stats"], method=PuzzleModel.features)
-        # Only the backbone ran: keep the head's statistics.
-        return state.replace(batch_stats={**state.batch_stats, **updates["batch_stats"]})
 
-    return Method(init=init, train_step=train_step, embed=embed, calibrate=calibrate)
+def update(s: Setup, state: TrainState, inputs: tuple) -> tuple[TrainState, dict]:
+    x, labels = inputs
+    return classifier_update(s.model, s.tx, s.schedule, s.loss_fn, state, x, labels,
+                             accuracy_name="pretext_accuracy")
+
+
+def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
+    """The puzzle method's pure functions for this config."""
+    s = setup(config)
+    return Method(init=functools.partial(init, s), make_inputs=functools.partial(make_inputs, s),
+                  update=functools.partial(update, s),
+                  embed=functools.partial(embed_features, s.model, transform=s.transform),
+                  calibrate=functools.partial(calibrate_backbone, s.model,
+                                              transform=s.transform))

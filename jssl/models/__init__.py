@@ -16,12 +16,12 @@ import jax.numpy as jnp
 from jssl.models.alexnet import AlexNet
 from jssl.models.conv import Conv, conv2d
 from jssl.models.convnet import ConvNet
-from jssl.models.heads import Classifier, Projector, Prototypes
+from jssl.models.heads import BackboneHead, Classifier, Projector, Prototypes
 from jssl.models.resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = ["BACKBONES", "CONV_IMPLS", "build_backbone", "num_features", "conv_module", "ResNet",
            "BasicBlock", "Bottleneck", "ConvNet", "Projector", "Classifier", "Prototypes", "Conv", "conv2d",
-           "init_variables"]
+           "init_variables", "backbone_from_config", "BackboneHead"]
 
 # name -> (module class, fields it fixes). Overrides may change the other fields
 # (e.g. stem=, num_filters=, zero_init_residual=). The *_tiny variants are for tests.
@@ -78,6 +78,17 @@ def build_backbone(name: str, *, dtype=jnp.float32, conv_impl: str = "auto",
                              f"{', '.join(sorted(allowed))}")
     fields = {**fixed, **overrides}
     return cls(dtype=dtype, conv=conv_module(conv_impl), **fields)
+
+
+def backbone_from_config(model, dtype=jnp.float32) -> nn.Module:
+    """The backbone a config's `model` group describes: `model.backbone` with its width
+    (`num_filters`), the stem for ResNets (`stem`) and `conv_impl`; `dtype` is the
+    computation dtype (`jssl.config.compute_dtype`)."""
+    overrides = {"num_filters": model.num_filters}
+    if model.backbone.startswith("resnet"):
+        overrides["stem"] = model.stem
+    return build_backbone(model.backbone, dtype=dtype, conv_impl=model.get("conv_impl", "auto"),
+                          **overrides)
 
 
 def num_features(name: str, **overrides) -> int:

@@ -2,7 +2,7 @@
 
 XLA's CPU backend lowers a convolution's weight gradient as a convolution with a window
 as large as the feature map, which runs several times slower than the forward
-convolution and took 63% of a ResNet-18 step (shared/PERFORMANCE.md). `conv2d` keeps
+convolution and took 63% of a ResNet-18 step (docs/performance.md). `conv2d` keeps
 XLA's forward convolution and input gradient, and computes the weight gradient directly:
 for each tap (i, j) of a kh x kw kernel,
 

@@ -1,4 +1,4 @@
-"""Fusion heads over the features of K frozen pretext encoders (METHODS.md section 4).
+"""Fusion heads over the features of K frozen pretext encoders (docs/methods.md section 4).
 
 Yao, Wu, Feng & Chen 2022, "Learning Downstream Task by Selectively Capturing Complementary
 Knowledge from Multiple Self-supervisedly Learning Pretexts" (arXiv 2204.05248). No official

@@ -7,7 +7,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Projector", "Classifier", "Prototypes", "ACTIVATIONS"]
+from jssl.losses import l2_normalize
+
+__all__ = ["Projector", "Classifier", "Prototypes", "BackboneHead", "ACTIVATIONS"]
 
 ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
 
@@ -84,10 +86,34 @@ class Prototypes(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        z = z.astype(jnp.float32)
-        z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        z = l2_normalize(z.astype(jnp.float32))
         w = self.param("kernel", nn.initializers.lecun_normal(), (z.shape[-1], self.num_prototypes),
                        jnp.float32)
         if self.normalize_weights:
-            w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+            w = l2_normalize(w, axis=0)
         return z @ w
+
+
+class BackboneHead(nn.Module):
+    """A backbone and a head on its features: the classification methods (rotation and
+    jigsaw pretexts, the cluster-transfer student).
+
+    `__call__` returns (backbone features h, head output) of (N, H, W, C) images, or of
+    (N, T, t, t, C) tiles (jigsaw: the backbone runs on all N*T tiles, weights shared, and
+    the head reads the T tile features concatenated in puzzle order). `features` is the
+    backbone alone (evaluation).
+    """
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        if x.ndim == 5:
+            n, t = x.shape[:2]
+            h = self.backbone(x.reshape((n * t,) + x.shape[2:]), train=train)
+            return h, self.head(h.reshape(n, t * h.shape[-1]), train=train)
+        h = self.backbone(x, train=train)
+        return h, self.head(h, train=train)
+
+    def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return self.backbone(x, train=train)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 
+from jssl.errors import ConfigError
+
 __all__ = ["REGISTRY", "run"]
 
 # study name -> module with run(config, workdir) -> dict; imported on use.
@@ -23,8 +25,6 @@ REGISTRY = {
 
 
 def run(config, workdir: str) -> dict:
-    from jssl.config import ConfigError
-
     if config.study not in REGISTRY:
         raise ConfigError(f"config.study: unknown study {config.study!r}; "
                           f"known: {', '.join(sorted(REGISTRY))}")

@@ -23,13 +23,14 @@ DIR/accuracy_vs_fraction.png.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import ml_collections
 
-from jssl.config import ConfigError
+from jssl import io, plots
+from jssl.errors import ConfigError
+from jssl.train import RESULTS_FILE
 from jssl.studies.common import run_all, stats
 
 __all__ = ["ARMS", "run", "sub_configs"]
@@ -117,8 +118,6 @@ def _verdict(summary: dict, fractions) -> list[str]:
 
 
 def _plot(summary: dict, fractions, path: str) -> str | None:
-    from jssl import plots
-
     if not plots.available():
         return None
     fig = plots.figure(5, 3.5, dpi=120)
@@ -185,8 +184,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"{config.model.num_filters}), lambda = {config.joint.ssl_weight:g}.", ""]
     lines += [f"- {v}" for v in verdict]
     table = "\n".join(lines) + "\n"
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(table)
+    io.write_text(os.path.join(workdir, "results.md"), table)
     plot = _plot(summary, list(cmp.fractions), os.path.join(workdir, "accuracy_vs_fraction.png"))
     out = {"study": "fkt", "summary": summary, "verdict": verdict, "plot": plot,
            "runs": {r["workdir"]: {"arm": r["arm"], "fraction": r["fraction"], "seed": r["seed"],
@@ -194,9 +192,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                    "train_time_s": results[r["workdir"]].get("train_time_s")}
                     for r in runs},
            "wall_s_this_invocation": time.perf_counter() - start}
-    tmp = os.path.join(workdir, "results.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(workdir, "results.json"))
+    io.write_json(os.path.join(workdir, RESULTS_FILE), out)
     print(table)
     return out

@@ -26,24 +26,37 @@ test accuracy; "worse beyond noise" means it is more than two standard errors be
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
 import time
+from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-__all__ = ["cached_features", "pretrain_encoders", "run", "summarize", "verdict"]
+from jssl import checkpoint, io, parallel, plots, train
+from jssl.config import experiment_fields, validate
+from jssl.data import sources
+from jssl.data.features import FeatureBatches, FeatureRows, feature_keys, split_columns
+from jssl.data.subsets import few_label_subset
+from jssl.errors import ConfigError
+from jssl.evaluate import encode_source, extract_features
+from jssl.export import load_encoders
+from jssl.methods import fusion
+from jssl.methods.common import TrainState
+from jssl.models.fusion import MODES, WEIGHTED_MODES
+from jssl.studies.common import stats
+
+__all__ = ["HeadTrainer", "cached_features", "pretrain_encoders", "run", "summarize", "verdict"]
 
 FEATURES_DIR, HEADS_DIR, ENCODERS_DIR = "features", "heads", "encoders"
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
-    from jssl.config import ConfigError
-    from jssl.models.fusion import MODES
-
     if "compare" not in config:
         raise ConfigError("config.compare: missing; the fusion study needs it "
                           "(configs/fusion.py:compare)")
@@ -76,18 +89,12 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 def pretrain_encoders(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train (or reuse, or resume) every pretext of config.compare.pretexts; returns
     {name: {"workdir", "final_step", "eval", "train_time_s", "reused"}}."""
-    from jssl import checkpoint, train
-
     out = {}
     for name, pc in config.compare.pretexts.items():
         wd = os.path.join(workdir, ENCODERS_DIR, name)
         checkpoint.check_workdir(wd, pc)  # a different experiment there: ConfigError
-        results_path = os.path.join(wd, train.RESULTS_FILE)
-        reused = False
-        if os.path.exists(results_path):
-            with open(results_path) as f:
-                results = json.load(f)
-            reused = results.get("final_step") == pc.total_steps
+        results = train.finished_results(wd, pc)
+        reused = results is not None
         if not reused:
             results = train.train_and_evaluate(pc, wd)
         out[name] = {"workdir": wd, "final_step": results["final_step"],
@@ -97,9 +104,7 @@ def pretrain_encoders(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _cache_key(encoder_dir: str, final_step: int, config) -> str:
-    from jssl.checkpoint import EXPERIMENT_FILE
-
-    with open(os.path.join(encoder_dir, EXPERIMENT_FILE), "rb") as f:
+    with open(os.path.join(encoder_dir, checkpoint.EXPERIMENT_FILE), "rb") as f:
         text = f.read()
     splits = (config.data.name, config.data.train_split, config.eval.val_split,
               config.eval.test_split)
@@ -109,9 +114,6 @@ def _cache_key(encoder_dir: str, final_step: int, config) -> str:
 def cached_features(config, encoders, info: dict, workdir: str, mesh) -> dict:
     """{"train" | "val" | "test": (K feature arrays, labels)}: each encoder's frozen features,
     from DIR/features/<name>.npz when its key matches, computed and saved otherwise."""
-    from jssl.data import sources
-    from jssl.methods.fusion import Encoders, encode_source
-
     splits = {"train": config.data.train_split, "val": config.eval.val_split,
               "test": config.eval.test_split}
     os.makedirs(os.path.join(workdir, FEATURES_DIR), exist_ok=True)
@@ -126,18 +128,14 @@ def cached_features(config, encoders, info: dict, workdir: str, mesh) -> dict:
                 if str(z["key"]) == key:
                     stored = {k: z[k] for k in z.files}
         if stored is None:
-            one = Encoders(names=(name,), paths=(encoders.paths[i],),
-                           modules=(encoders.modules[i],), variables=(encoders.variables[i],),
-                           widths=(encoders.widths[i],))
             stored = {"key": np.asarray(key)}
             for s, split in splits.items():
                 src = sources.get_source(config.data.name, split, data_dir=config.data.data_dir)
-                (x,), y = encode_source(one, src, batch_size=config.eval.batch_size, mesh=mesh)
+                (x,), y = encode_source(encoders.modules[i:i + 1], encoders.variables[i:i + 1],
+                                        src, batch_size=config.eval.batch_size, mesh=mesh)
                 stored[s], stored[f"{s}_labels"] = x, y
             if jax.process_index() == 0:
-                tmp = path + ".tmp.npz"
-                np.savez(tmp, **stored)
-                os.replace(tmp, path)
+                io.save_npz(path, **stored)
         for s in splits:
             per_split[s].append(stored[s])
             labels[s] = stored[f"{s}_labels"]
@@ -145,6 +143,69 @@ def cached_features(config, encoders, info: dict, workdir: str, mesh) -> dict:
 
 
 # --- Stage 2: every variant, fraction and seed -------------------------------------------
+
+
+class HeadTrainer:
+    """One fusion head configuration trained on cached features over `mesh`, compiled once
+    and reused for every seed and labelled subset (the study's variants, same budget each).
+
+    The steps go through the train loop's `train.run_steps` (transfer guard, finite-loss
+    check, logging cadence). Why not `train.train_and_evaluate`, with its workdir,
+    checkpoints and evaluation per head: a head trains in well under a second on cached
+    features, the study trains (variants x learning rates x fractions x seeds) of them, and
+    it saves every (fraction, seed) record as it completes, so an interrupted study resumes
+    at that grain; per-head checkpoints and evaluation passes would cost more than the heads.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, num_classes: int,
+                 widths: Sequence[int], mesh):
+        self.config, self.mesh, self.k = config, mesh, len(widths)
+        self.setup = fusion.setup(config, num_classes, widths)
+        repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+        self._init = jax.jit(functools.partial(fusion.head_init, self.setup),
+                             out_shardings=repl)
+        keys = feature_keys(self.k)
+        self._step = parallel.jit(
+            lambda s, b: fusion.update(self.setup, s, ([b[key] for key in keys], b["label"])),
+            in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+        self._packed = None  # the jitted outputs, built on first use
+
+    def fit(self, features: Sequence[np.ndarray], labels: np.ndarray, *,
+            seed: int) -> tuple[TrainState, list[dict]]:
+        """Train on (features, labels) for config.total_steps batches of config.batch_size;
+        the head's initialisation and batch order follow `seed`. Returns the state and the
+        metrics of every config.log_every-th step."""
+        c = self.config
+        mean, std = fusion.feature_stats(features)
+        state = self._init(jax.random.PRNGKey(seed), mean, std)
+        stream = FeatureBatches(features, labels, batch_size=c.batch_size, seed=seed,
+                                mesh=self.mesh)
+        history: list[dict] = []
+        state = train.run_steps(self._step, state, stream, start_step=0,
+                                end_step=c.total_steps, log_every=c.log_every,
+                                on_log=lambda step, m: history.append({"step": step, **m}))
+        return state, history
+
+    def outputs(self, state: TrainState, features: Sequence[np.ndarray]) -> dict:
+        """{"logits" (N, C), "weights" (N, K), None for concat/single} of every row, host
+        arrays (through `evaluate.extract_features`, the path image features take)."""
+        rows = FeatureRows(features, np.zeros(len(features[0]), np.int32))
+        weighted = self.config.fusion.mode in WEIGHTED_MODES
+        if self._packed is None:
+            widths = rows.widths
+
+            def packed(state, x):  # logits and weights in one (B, C [+ K]) array
+                out = fusion.outputs(self.setup, state, split_columns(widths, x))
+                return jnp.concatenate(
+                    [out["logits"]] + ([out["weights"]] if weighted else []), axis=1)
+
+            repl, data = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
+            self._packed = jax.jit(packed, in_shardings=(repl, data), out_shardings=data)
+        out, _ = extract_features(self._packed, state, rows, batch_size=len(rows),
+                                  mesh=self.mesh)
+        c = out.shape[1] - (self.k if weighted else 0)
+        return {"logits": out[:, :c], "weights": out[:, c:] if weighted else None}
+
 
 
 def _variants(config, names) -> dict:
@@ -174,8 +235,6 @@ def _run_seed(trainers, feats, fraction, seed, num_classes) -> tuple[dict, dict]
     """Every variant on one labelled subset: each learning rate of its trainers trained,
     the one with the best validation accuracy kept (first on ties), its test accuracy and
     weights recorded. `trainers`: {variant: {lr: HeadTrainer}}."""
-    from jssl.evaluate import few_label_subset
-
     train_x, train_y = feats["train"]
     (val_x, val_y), (test_x, test_y) = feats["val"], feats["test"]
     subset = few_label_subset(train_y, fraction, seed=seed, num_classes=num_classes)
@@ -209,8 +268,6 @@ def _run_seed(trainers, feats, fraction, seed, num_classes) -> tuple[dict, dict]
 
 
 def _heads_key(config, names) -> str:
-    from jssl.config import experiment_fields
-
     fields = {k: v for k, v in experiment_fields(config).items()
               if not k.startswith("compare.pretexts")}
     return hashlib.sha256(json.dumps([fields, list(names)], sort_keys=True,
@@ -218,12 +275,6 @@ def _heads_key(config, names) -> str:
 
 
 # --- Summary and report ------------------------------------------------------------------
-
-
-def _mean_std(values) -> dict:
-    v = np.asarray(values, np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "per_seed": v.tolist()}
 
 
 def summarize(runs: dict, names, fused: list[str], reference: str) -> tuple[dict, dict]:
@@ -235,8 +286,8 @@ def summarize(runs: dict, names, fused: list[str], reference: str) -> tuple[dict
     for fraction, by_seed in runs.items():
         seeds = sorted(by_seed)
         variants = list(by_seed[seeds[0]]["variants"])
-        acc = {v: {"test": _mean_std([by_seed[s]["variants"][v]["test_accuracy"] for s in seeds]),
-                   "val": _mean_std([by_seed[s]["variants"][v]["val_accuracy"] for s in seeds])}
+        acc = {v: {"test": stats([by_seed[s]["variants"][v]["test_accuracy"] for s in seeds]),
+                   "val": stats([by_seed[s]["variants"][v]["val_accuracy"] for s in seeds])}
                for v in variants}
         matching = [by_seed[s]["variants"]["pretext_matching"]["test_accuracy"] for s in seeds]
         transfer = {}
@@ -373,16 +424,12 @@ def write_markdown(path: str, results: dict) -> None:
     t = results["timing"]
     lines += [(f"Wall time: stage 1 {t['stage1_s']:.0f} s, features {t['features_s']:.0f} s, "
               f"stage 2 {t['stage2_s']:.0f} s, total {t['total_s']:.0f} s."), ""]
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines))
-    os.replace(path + ".tmp", path)
+    io.write_text(path, "\n".join(lines))
 
 
 def plot_attention(path: str, summary: dict, per_class: dict) -> None:
     """Bar chart: mean weight per pretext for every class (and all classes), one panel per
     (weighted variant, fraction)."""
-    from jssl import plots
-
     if not plots.available():
         return
     names = summary["pretexts"]
@@ -407,19 +454,13 @@ def plot_attention(path: str, summary: dict, per_class: dict) -> None:
             ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7, ncol=len(names))
     axes[-1][0].set_xlabel("class (test split)", fontsize=8)
-    fig.savefig(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
+    io.write_with(path, fig.savefig, ".tmp.png")
 
 
 # --- The study ------------------------------------------------------------------------------
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    from jssl import parallel
-    from jssl.config import validate
-    from jssl.methods.fusion import HeadTrainer, load_encoders
-    from jssl.train import RESULTS_FILE, _jsonable
-
     start = time.perf_counter()
     _validate(config)
     validate(config, jax.device_count())
@@ -458,19 +499,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             path = os.path.join(workdir, HEADS_DIR, f"fraction{fraction:g}_seed{seed}.json")
             record = None
             if os.path.exists(path):
-                with open(path) as f:
-                    saved = json.load(f)
+                saved = io.read_json(path)
                 if saved.get("key") == key:
                     record = saved["record"]
             if record is None:
                 record, samples = _run_seed(trainers, feats, fraction, seed, num_classes)
                 if jax.process_index() == 0:
                     # Per-sample test weights (N_test, K) of every weighted variant.
-                    np.savez(path[:-len(".json")] + "_weights.npz", labels=feats["test"][1],
-                             **samples)
-                    with open(path + ".tmp", "w") as f:
-                        json.dump(_jsonable({"key": key, "record": record}), f)
-                    os.replace(path + ".tmp", path)
+                    io.save_npz(path[:-len(".json")] + "_weights.npz",
+                                labels=feats["test"][1], **samples)
+                    io.write_json(path, {"key": key, "record": record}, indent=None)
             runs[fraction][seed] = record
     stage2 = time.perf_counter()
 
@@ -496,8 +534,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         plot_attention(os.path.join(workdir, "attention.png"), summary, per_class)
         write_markdown(os.path.join(workdir, "results.md"), results)
-        with open(os.path.join(workdir, RESULTS_FILE + ".tmp"), "w") as f:
-            json.dump(_jsonable(results), f, indent=1, sort_keys=True)
-        os.replace(os.path.join(workdir, RESULTS_FILE + ".tmp"),
-                   os.path.join(workdir, RESULTS_FILE))
+        io.write_json(os.path.join(workdir, train.RESULTS_FILE), results)
     return results

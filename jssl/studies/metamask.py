@@ -1,4 +1,4 @@
-"""MetaMask against the same network without the mask (METHODS.md section 3).
+"""MetaMask against the same network without the mask (docs/methods.md section 3).
 
 `python -m jssl.main --config configs/metamask.py:compare --workdir DIR` trains, for each seed
 of `config.compare.seeds`, on the same data, model, losses, optimiser and step budget:
@@ -22,9 +22,13 @@ import time
 import ml_collections
 import numpy as np
 
-from jssl.config import ConfigError
+from jssl import io, plots
+from jssl.checkpoint import restore_host
+from jssl.errors import ConfigError
+from jssl.methods.metamask import mask_values
 from jssl.metric_writer import METRICS_FILE
 from jssl.studies.common import run_all, stats
+from jssl.train import RESULTS_FILE
 
 __all__ = ["ARMS", "run", "sub_configs"]
 
@@ -60,9 +64,6 @@ def _cell(s: dict) -> str:
 
 def final_mask(workdir: str, config: ml_collections.ConfigDict) -> np.ndarray | None:
     """The mask M of the latest checkpoint in `workdir` (None: the run has no mask)."""
-    from jssl.checkpoint import restore_host
-    from jssl.methods.metamask import mask_values
-
     _, tree = restore_host(workdir)
     return mask_values(tree, config)
 
@@ -82,8 +83,6 @@ def mask_history(workdir: str) -> dict[str, list[float]]:
 
 
 def _plot_sorted(masks: dict[int, np.ndarray], init: float, path: str) -> str | None:
-    from jssl import plots
-
     if not masks or not plots.available():
         return None
     fig = plots.figure(5.5, 3.5, dpi=120)
@@ -101,13 +100,10 @@ def _plot_sorted(masks: dict[int, np.ndarray], init: float, path: str) -> str | 
 
 
 def _plot_history(histories: dict[int, dict], path: str) -> str | None:
-    from matplotlib import colormaps
-
-    from jssl import plots
-
     histories = {s: h for s, h in histories.items() if h.get("step")}
     if not histories or not plots.available(warn=False):
         return None
+    from matplotlib import colormaps  # optional (the plots extra): imported once available
     fig = plots.figure(4.5 * len(histories), 3.5, dpi=120)
     axes = fig.subplots(1, len(histories), squeeze=False, sharey=True)
     for ax, (seed, h) in zip(axes[0], sorted(histories.items())):
@@ -179,8 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"network lr {config.optimizer.lr:g}; k-NN k={int(config.eval.knn_k)} "
               f"(T={config.eval.knn_temperature:g}) on masked features for metamask."), ""]
     table = "\n".join(lines) + "\n"
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(table)
+    io.write_text(os.path.join(workdir, "results.md"), table)
     plots = [p for p in (_plot_sorted(masks, init, os.path.join(workdir, "mask_sorted.png")),
                          _plot_history(histories, os.path.join(workdir,
                                                                "mask_over_training.png")))
@@ -192,9 +187,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                    "train_time_s": results[r["workdir"]].get("train_time_s")}
                     for r in runs},
            "wall_s_this_invocation": time.perf_counter() - start}
-    tmp = os.path.join(workdir, "results.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(workdir, "results.json"))
+    io.write_json(os.path.join(workdir, RESULTS_FILE), out)
     print(table)
     return out

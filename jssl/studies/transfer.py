@@ -34,9 +34,19 @@ import copy
 import json
 import os
 import re
+import sys
 
+import jax
 import ml_collections
 import numpy as np
+
+from jssl import checkpoint, cluster, evaluate, hog, io, parallel, plots, teachers, train
+from jssl.config import validate
+from jssl.data import sources
+from jssl.data.subsets import source_labels
+from jssl.errors import ConfigError
+from jssl.methods import transfer
+from jssl.studies.common import paired, stats
 
 __all__ = ["run", "student_config", "pretext_config", "teacher_run_config", "nmi", "purity"]
 
@@ -79,10 +89,6 @@ def pretext_config(config, spec) -> ml_collections.ConfigDict:
 
 
 def _validate(config: ml_collections.ConfigDict, num_train: int, num_devices: int) -> None:
-    from jssl import hog, train
-    from jssl.config import ConfigError, validate
-    from jssl.teachers import TEACHER_KINDS
-
     for group in _STUDY_FIELDS[1:]:
         if group not in config:
             raise ConfigError(f"config.{group}: missing; the transfer study needs it "
@@ -94,9 +100,9 @@ def _validate(config: ml_collections.ConfigDict, num_train: int, num_devices: in
         if not _NAME.match(name):
             raise ConfigError(f"{where}: the name is a directory name; use letters, digits, "
                               "'_', '-' and '.'")
-        if spec.kind not in TEACHER_KINDS:
+        if spec.kind not in teachers.TEACHER_KINDS:
             raise ConfigError(f"{where}.kind: {spec.kind!r}; choose one of "
-                              f"{', '.join(TEACHER_KINDS)}")
+                              f"{', '.join(teachers.TEACHER_KINDS)}")
         if spec.kind == "config":
             if not isinstance(spec.run, ml_collections.ConfigDict):
                 raise ConfigError(f"{where}.run: a teacher of kind 'config' needs the "
@@ -151,52 +157,23 @@ def _validate(config: ml_collections.ConfigDict, num_train: int, num_devices: in
                           f"e.g. (0, 1, 2), got {seeds!r}")
     student = student_config(config)
     validate(student, num_devices, known=train.known_names(student))
-    from jssl.methods.transfer import _validate as validate_student
-    validate_student(student)
+    transfer.validate(student)
 
 
 # --- Stage records ----------------------------------------------------------------------
 
 
-def _write_json(path: str, obj) -> None:
-    from jssl.train import _jsonable
-
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def _is_main() -> bool:
     """Process 0 writes the study's files (every process computes the same arrays)."""
-    import jax
-
     return jax.process_index() == 0
-
-
-def _barrier(name: str) -> None:
-    import jax
-
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    tmp = path + ".tmp.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 def _record(path: str, inputs: dict) -> dict | None:
     """The stage record at `path` if it exists and was made from `inputs`; None if absent;
     ConfigError if it was made from other inputs."""
-    from jssl.config import ConfigError
-
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        record = json.load(f)
+    record = io.read_json(path)
     if record.get("inputs") != json.loads(json.dumps(inputs)):
         raise ConfigError(f"{path} was made from other inputs than this config's (a changed "
                           "teacher, data or clustering field); use a new --workdir")
@@ -204,17 +181,9 @@ def _record(path: str, inputs: dict) -> dict | None:
 
 
 def _finished_run(config, workdir: str) -> dict:
-    """Train `config` in `workdir` unless its results.json says it finished; its results."""
-    from jssl import checkpoint, train
-
+    """Train `config` in `workdir` unless it finished there (`train.finished_results`)."""
     checkpoint.check_workdir(workdir, config)  # another experiment there: ConfigError
-    path = os.path.join(workdir, train.RESULTS_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            results = json.load(f)
-        if results.get("final_step") == config.total_steps and "eval" in results:
-            return results
-    return train.train_and_evaluate(config, workdir)
+    return train.finished_results(workdir, config) or train.train_and_evaluate(config, workdir)
 
 
 # --- Stages ------------------------------------------------------------------------------
@@ -223,8 +192,6 @@ def _finished_run(config, workdir: str) -> dict:
 def _teacher(config, name: str, spec, workdir: str, mesh) -> dict:
     """Stage 1: the teacher's description: its own evaluation, the identity of its
     features, and "load", which builds the `Teacher` (only called when features are due)."""
-    from jssl import evaluate, teachers
-
     if spec.kind == "hog":
         kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
               for k, v in spec.hog.to_dict().items()}
@@ -238,8 +205,7 @@ def _teacher(config, name: str, spec, workdir: str, mesh) -> dict:
                   "data": config.data.name, "eval": config.eval.to_dict()}
         record = None
         if os.path.exists(path):  # only an evaluation: redone when its inputs changed
-            with open(path) as f:
-                record = json.load(f)
+            record = io.read_json(path)
             if record.get("inputs") != json.loads(json.dumps(inputs)):
                 record = None
         if record is None:  # HOG trains nothing: evaluate its features as a run would be
@@ -248,7 +214,7 @@ def _teacher(config, name: str, spec, workdir: str, mesh) -> dict:
             record = {"inputs": inputs,
                       "eval": evaluate.evaluate_encoder(None, embed, 0.0, config, mesh)}
             if _is_main():
-                _write_json(path, record)
+                io.write_json(path, record)
         return {"kind": "hog", "architecture": "HOG", "pretext": "none", "eval": record["eval"],
                 "identity": {"kind": "hog", "hog": kw}, "load": load}
     if spec.kind == "config":
@@ -264,9 +230,7 @@ def _teacher(config, name: str, spec, workdir: str, mesh) -> dict:
         info = {"kind": "checkpoint", "path": spec.path, "eval": {}, "architecture": "?",
                 "pretext": "?", "final_step": _checkpoint_version(source)}
         if os.path.isdir(source):
-            from jssl import export
-
-            run_config = export.load_config(source)
+            run_config = checkpoint.saved_config(source)
             info["architecture"] = (f"{run_config.model.backbone} "
                                     f"(w{run_config.model.num_filters})")
             info["pretext"] = run_config.get("loss", {}).get("name", "?")
@@ -283,11 +247,10 @@ def _teacher(config, name: str, spec, workdir: str, mesh) -> dict:
 def _checkpoint_version(path: str):
     """What identifies the weights at `path`: a workdir's latest checkpoint step, or an
     exported file's size and modification time."""
-    from jssl.checkpoint import CHECKPOINT_DIR
-
     if os.path.isdir(path):
-        steps = [int(n) for n in os.listdir(os.path.join(path, CHECKPOINT_DIR)) if n.isdigit()] \
-            if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)) else []
+        ckpt_dir = os.path.join(path, checkpoint.CHECKPOINT_DIR)
+        steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] \
+            if os.path.isdir(ckpt_dir) else []
         return max(steps, default=None)
     stat = os.stat(path)
     return f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -296,8 +259,6 @@ def _checkpoint_version(path: str):
 def _features(config, name: str, info: dict, source, workdir: str, mesh):
     """Stage 2: (N, F) features of the training split (DIR/features/<name>.npy) and the
     inputs that identify them. The teacher is loaded only when they are not saved yet."""
-    from jssl import teachers
-
     os.makedirs(os.path.join(workdir, "features"), exist_ok=True)
     path = os.path.join(workdir, "features", f"{name}.npy")
     inputs = {"teacher": info["identity"], "data": config.data.name,
@@ -309,16 +270,14 @@ def _features(config, name: str, info: dict, source, workdir: str, mesh):
                                       batch_size=config.clustering.feature_batch_size,
                                       normalize=config.clustering.normalize)
     if _is_main():
-        _save_npy(path, feats)
-        _write_json(path[:-4] + ".json", {"inputs": inputs, "shape": feats.shape})
+        io.save_npy(path, feats)
+        io.write_json(path[:-4] + ".json", {"inputs": inputs, "shape": feats.shape})
     return feats, inputs
 
 
 def _clusters(config, name: str, feats: np.ndarray, feature_inputs: dict, true_labels,
               workdir: str, mesh) -> dict:
     """Stage 3: k-means of the features; the pseudo-labels file and cluster statistics."""
-    from jssl import cluster
-
     cl, k = config.clustering, config.transfer.num_clusters
     out_dir = os.path.join(workdir, "clusters", f"{name}-k{k}")
     os.makedirs(out_dir, exist_ok=True)
@@ -330,16 +289,16 @@ def _clusters(config, name: str, feats: np.ndarray, feature_inputs: dict, true_l
         result = cluster.kmeans(feats, k, seed=cl.seed, max_iter=cl.max_iter, tol=cl.tol,
                                 mesh=mesh, init_sample_size=cl.init_sample_size or None)
         if _is_main():
-            _save_npy(os.path.join(out_dir, "centers.npy"), result.centers)
-            _save_npy(labels_path, result.labels.astype(np.int32))
+            io.save_npy(os.path.join(out_dir, "centers.npy"), result.centers)
+            io.save_npy(labels_path, result.labels.astype(np.int32))
         sizes = np.bincount(result.labels, minlength=k)
         record = {"inputs": inputs, "inertia": result.inertia, "n_iter": result.n_iter,
                   "size_min": int(sizes.min()), "size_max": int(sizes.max()),
                   "nmi": nmi(true_labels, result.labels),
                   "purity": purity(true_labels, result.labels)}
         if _is_main():
-            _write_json(os.path.join(out_dir, "clusters.json"), record)
-        _barrier("jssl-transfer-clusters")  # the students read labels.npy on every process
+            io.write_json(os.path.join(out_dir, "clusters.json"), record)
+        parallel.sync_processes("transfer-clusters")  # the students read labels.npy on every process
     record["labels_path"] = labels_path
     record["dir"] = out_dir
     return record
@@ -378,8 +337,6 @@ def _row(name: str, role: str, architecture: str, trained_on: str, evals,
          extra: dict | None = None) -> dict:
     """One table row from the evaluations of its runs (one dict, or one per seed): for
     each metric the mean, the sample std (None for one run) and the per-run values."""
-    from jssl.studies.common import stats
-
     evals = [e or {} for e in (evals if isinstance(evals, list) else [evals])]
     row = {"run": name, "role": role, "architecture": architecture, "trained_on": trained_on}
     for metric in ("knn_accuracy", "linear_accuracy"):
@@ -419,22 +376,15 @@ def write_markdown(path: str, results: dict) -> None:
                      f"{_pct(r['linear_accuracy'], r.get('linear_accuracy_std'))} | {nmi_s} | "
                      f"{pur_s} |")
     lines += ["", f"Verdict: {results['verdict']}"] if results.get("verdict") else []
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    io.write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_clusters(path: str, panels: list, source, *, clusters_shown: int,
                   images_per_cluster: int) -> None:
     """For each (teacher name, features, labels, centres): the images nearest to the centres
     of its `clusters_shown` largest clusters, one row per cluster."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     h, w, ch = source.image_shape
-    fig = Figure(figsize=(1.0 + 0.5 * images_per_cluster * len(panels),
-                          0.6 + 0.5 * clusters_shown))
-    FigureCanvasAgg(fig)
+    fig = plots.figure(1.0 + 0.5 * images_per_cluster * len(panels), 0.6 + 0.5 * clusters_shown)
     for p, (name, feats, labels, centers) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), p + 1)
         sizes = np.bincount(labels, minlength=len(centers))
@@ -454,7 +404,6 @@ def plot_clusters(path: str, panels: list, source, *, clusters_shown: int,
         ax.set_xticks([])
     fig.suptitle("images nearest to the centres of the largest clusters (id (size))",
                  fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
@@ -464,13 +413,10 @@ def _difference(a: dict, b: dict) -> str:
     va, vb = a["linear_accuracy_values"], b["linear_accuracy_values"]
     if len(va) != len(vb) or not va:
         return f"{100 * (a['linear_accuracy'] - b['linear_accuracy']):+.1f}"
-    from jssl.studies.common import stats
-
-    d = stats([100 * (x - y) for x, y in zip(va, vb)])
+    d = paired([100 * x for x in va], [100 * y for y in vb])
     if len(va) == 1:
         return f"{d['mean']:+.1f}"
-    higher = sum(x > 0 for x in d["values"])
-    return f"{d['mean']:+.1f} ± {d['std']:.1f}, higher in {higher} of {len(va)} seeds"
+    return f"{d['mean']:+.1f} ± {d['std']:.1f}, higher in {d['higher']} of {len(va)} seeds"
 
 
 def verdict(rows: list) -> str:
@@ -499,18 +445,12 @@ def verdict(rows: list) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume) every stage for every teacher, the baselines, and the report."""
-    import jax
-
-    from jssl import parallel
-    from jssl.data import pipeline, sources
-    from jssl.train import RESULTS_FILE
-
     source = sources.get_source(config.data.name, config.data.train_split,
                                 data_dir=config.data.data_dir)
     _validate(config, len(source), jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh()
-    true_labels = pipeline.source_labels(source)
+    true_labels = source_labels(source)
     k = config.transfer.num_clusters
     student_arch = f"{config.model.backbone} (w{config.model.num_filters})"
 
@@ -568,14 +508,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                "seeds": seeds, "workdir": workdir}
     results["verdict"] = verdict(rows)
     if _is_main():
-        _write_json(os.path.join(workdir, RESULTS_FILE), results)
+        io.write_json(os.path.join(workdir, train.RESULTS_FILE), results)
         write_markdown(os.path.join(workdir, "results.md"), results)
         try:
             plot_clusters(os.path.join(workdir, "clusters.png"), panels, source,
                           clusters_shown=min(config.report.clusters_shown, k),
                           images_per_cluster=config.report.images_per_cluster)
         except ImportError:
-            import sys
             print("jssl: warning: matplotlib is not installed: no clusters.png "
                   "(pip install 'jssl[plots]')", file=sys.stderr)
     return results

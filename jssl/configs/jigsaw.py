@@ -11,6 +11,11 @@ from jssl import config as jc
 from jssl.methods.puzzle import puzzle_config
 
 
+# The pretext zoo (jssl.config.zoo, launch/results_table.py); solo-learn publishes no
+# CIFAR-10 number for it.
+ZOO = {}
+
+
 def get_config(preset: str = ""):
     c = jc.base_config()
     c.method = "puzzle"
@@ -36,8 +41,8 @@ def get_config(preset: str = ""):
     elif preset == "cifar10":
         jc.cifar10_preset(c)
         c.puzzle.input_size = 96  # 32-px cells, 24-px tiles
-        c.augment.view1 = jc.view_config(crop_size=32, crop_scale=(0.5, 1.0),
-                                         color_jitter_prob=0.0, grayscale_prob=0.0)
+        jc.one_view(c, jc.view_config(crop_size=32, crop_scale=(0.5, 1.0),
+                                      color_jitter_prob=0.0, grayscale_prob=0.0))
     else:
         raise jc.unknown_preset("configs/jigsaw.py", preset)
     return c

@@ -10,6 +10,11 @@ from jssl import config as jc
 from jssl.methods.puzzle import puzzle_config
 
 
+# The pretext zoo (jssl.config.zoo, launch/results_table.py); solo-learn publishes no
+# CIFAR-10 number for it.
+ZOO = {}
+
+
 def get_config(preset: str = ""):
     c = jc.base_config()
     c.method = "puzzle"
@@ -28,8 +33,8 @@ def get_config(preset: str = ""):
         c.batch_size = 16
     elif preset == "cifar10":
         jc.cifar10_preset(c)
-        c.augment.view1 = jc.view_config(crop_size=32, crop_scale=(0.5, 1.0), color_jitter_prob=0.0,
-                                         grayscale_prob=0.0)
+        jc.one_view(c, jc.view_config(crop_size=32, crop_scale=(0.5, 1.0),
+                                      color_jitter_prob=0.0, grayscale_prob=0.0))
     else:
         raise jc.unknown_preset("configs/rotation.py", preset)
     return c

@@ -1,5 +1,5 @@
 """Functional Knowledge Transfer (Chhipa et al. 2023): SimCLR and supervised cross-entropy
-optimised jointly through one backbone (jssl/methods/joint.py, METHODS.md section 2).
+optimised jointly through one backbone (jssl/methods/joint.py, docs/methods.md section 2).
 
   python -m jssl.main --config configs/fkt.py --workdir runs/fkt             # embedded MNIST
   python -m jssl.main --config configs/fkt.py:smoke --workdir /tmp/fkt       # seconds
@@ -60,11 +60,12 @@ def get_config(preset: str = ""):
         c.eval.random_init_baseline = False
     elif preset == "cifar10":
         jc.cifar10_preset(c, epochs=100)
-        jc.solo_cifar_augment(c, "simclr")
+        jc.solo_cifar_augment(c, "symmetric")
         c.joint.labelled_batch_size = 256
         c.optimizer.warmup_steps = 0
     else:
-        raise jc.unknown_preset("configs/fkt.py", preset)
+        raise jc.unknown_preset("configs/fkt.py", preset,
+                                ("smoke", "cifar10", "compare", "compare_smoke"))
     # Labels train the classifier: train on the training split only, so that the
     # validation split stays unseen for model selection.
     c.data.train_split = c.eval.train_split

@@ -1,5 +1,5 @@
 """MetaMask (Li et al., NeurIPS 2022): Barlow Twins + 10 x NT-Xent on features masked by a
-meta-learned M = sigmoid(m) (jssl/methods/metamask.py, METHODS.md section 3).
+meta-learned M = sigmoid(m) (jssl/methods/metamask.py, docs/methods.md section 3).
 
   python -m jssl.main --config configs/metamask.py --workdir runs/metamask             # embedded MNIST
   python -m jssl.main --config configs/metamask.py:smoke --workdir /tmp/metamask       # seconds
@@ -60,7 +60,7 @@ def get_config(preset: str = ""):
         c.model.contrastive_dim = 16
     elif preset == "cifar10":
         jc.cifar10_preset(c, epochs=800)
-        jc.solo_cifar_augment(c, "simclr")  # the SimCLR augmentations (official: no blur)
+        jc.solo_cifar_augment(c, "symmetric")  # the SimCLR augmentations (official: no blur)
         c.batch_size = 512
         steps_per_epoch = 50000 // 512
         c.total_steps = 800 * steps_per_epoch
@@ -68,7 +68,8 @@ def get_config(preset: str = ""):
         c.checkpoint_every = 10 * steps_per_epoch
         c.eval_every = 50 * steps_per_epoch
     else:
-        raise jc.unknown_preset("configs/metamask.py", preset)
+        raise jc.unknown_preset("configs/metamask.py", preset,
+                                ("smoke", "cifar10", "compare", "compare_smoke"))
     # The official monitor: weighted k-NN, k = 5, temperature 1.0, on masked features.
     c.eval.knn_k = 5
     c.eval.knn_temperature = 1.0

@@ -19,21 +19,18 @@ on each pretext directly, and (from the first student run of each seed) the stud
 random initialisation; its student-side runs repeat for 3 seeds (`compare.seeds`; the
 teachers and their clusters are made once).
 """
-import os
-
 import ml_collections
 
 from jssl import config as jc
 from jssl.methods.transfer import transfer_config
 from jssl.teachers import teacher_config
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
 PRESETS = ("smoke", "cifar10", "compare")
 
 
 def _sibling_config(name: str, preset: str = ""):
     """The config of configs/<name>.py at `preset` (a sibling file of this one)."""
-    return jc.load_file(os.path.join(_HERE, f"{name}.py"), preset)
+    return jc.load_file(name, preset)
 
 
 def _pretext_teacher(name: str, preset: str = "", steps: int = 0):
@@ -109,8 +106,7 @@ def get_config(preset: str = ""):
         c.report.clusters_shown, c.report.images_per_cluster = 4, 6
     elif preset == "cifar10":
         jc.cifar10_preset(c, epochs=100)
-        c.augment.view1 = jc.view_config(crop_size=32, crop_scale=(0.2, 1.0))
-        c.augment.view2 = jc.view_config(crop_size=32, crop_scale=(0.2, 1.0))
+        jc.one_view(c, jc.view_config(crop_size=32, crop_scale=(0.2, 1.0)))
         c.model.backbone = "alexnet_cifar"
         c.model.num_filters = 64
         c.model.projector_hidden_dims = (1024,)
@@ -118,7 +114,5 @@ def get_config(preset: str = ""):
         c.transfer.num_clusters = 500
         _study_fields(c, {"jigsaw_pp": _pretext_teacher("jigsaw_pp", "cifar10")})
     else:
-        raise jc.ConfigError(f"unknown preset {preset!r} for configs/transfer.py; choose one "
-                             f"of {', '.join(PRESETS)}, or no preset for the embedded-data "
-                             "default")
+        raise jc.unknown_preset("configs/transfer.py", preset, PRESETS)
     return c

@@ -1,5 +1,5 @@
 """Attention gating over frozen pretext encoders (Yao et al. 2022; jssl/methods/fusion.py,
-METHODS.md section 4): a fusion head trained on a labelled fraction over K frozen encoders.
+docs/methods.md section 4): a fusion head trained on a labelled fraction over K frozen encoders.
 
   python -m jssl.main --config configs/fusion.py --workdir runs/fusion            # embedded MNIST
   python -m jssl.main --config configs/fusion.py:smoke --workdir /tmp/fusion \
@@ -16,19 +16,14 @@ encoders with short budgets into DIR/encoders/<name>, then trains every fusion v
 baseline on 1% and 10% of the labels with 3 seeds, and writes DIR/results.json,
 DIR/results.md and DIR/attention.png.
 """
-import os
-
 import ml_collections
 
 from jssl import config as jc
 from jssl.methods.fusion import fusion_config
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
 def _pretext_config(name: str, preset: str = ""):
     """The config of configs/<name>.py at `preset` (a sibling file of this one)."""
-    return jc.load_file(os.path.join(_HERE, f"{name}.py"), preset)
+    return jc.load_file(name, preset)
 
 
 def _variant(mode: str, entropy_weight: float = 0.0) -> ml_collections.ConfigDict:
@@ -104,7 +99,7 @@ def get_config(preset: str = ""):
         c.fusion.labelled_fraction = 0.1
         c.eval.random_init_baseline = False
     else:
-        raise jc.unknown_preset("configs/fusion.py", preset)
+        raise jc.unknown_preset("configs/fusion.py", preset, ("smoke", "compare"))
     # Labels train the head: train on the training split only, so that the validation
     # split stays unseen for model selection (pretext matching chooses on it).
     c.data.train_split = c.eval.train_split

@@ -1,0 +1,17 @@
+"""The user errors: one line naming what was wrong, where, and the fix (layer 0).
+
+`ConfigError` is a mistake in the experiment's config or command line; `DataError` a data
+set, split or index that cannot be served. Both are `ValueError`s; the CLI prints their
+message as one line and exits with status 2.
+"""
+from __future__ import annotations
+
+__all__ = ["ConfigError", "DataError"]
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config: the message is one line naming the field and the fix."""
+
+
+class DataError(ValueError):
+    """A data set, split or index the user asked for cannot be served (one-line message)."""
