@@ -8,6 +8,7 @@ follow torchvision's transforms as composed by solo-learn (github.com/vturrisi/s
 bilinear (antialiased when shrinking) where solo-learn uses PIL bicubic, and the blur is
 a truncated separable Gaussian where solo-learn uses PIL's `GaussianBlur(radius=sigma)`.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,12 +19,35 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "CIFAR10_MEAN", "CIFAR10_STD", "LUMA_WEIGHTS", "VIEW_FIELDS", "adjust_brightness",
-    "adjust_contrast", "adjust_hue", "adjust_saturation", "apply_color_jitter", "augment_image",
-    "augment_view", "center_view", "color_jitter", "default_blur_kernel_size", "gaussian_blur",
-    "gaussian_filter", "horizontal_flip", "hsv_to_rgb", "normalize", "random_grayscale",
-    "random_resized_crop", "resized_crop", "rgb_to_hsv", "sample_color_jitter",
-    "sample_crop_box", "solarize", "solo_cifar_views", "to_grayscale", "view_uniforms",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "LUMA_WEIGHTS",
+    "VIEW_FIELDS",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "apply_color_jitter",
+    "augment_image",
+    "augment_view",
+    "center_view",
+    "color_jitter",
+    "default_blur_kernel_size",
+    "gaussian_blur",
+    "gaussian_filter",
+    "horizontal_flip",
+    "hsv_to_rgb",
+    "normalize",
+    "random_grayscale",
+    "random_resized_crop",
+    "resized_crop",
+    "rgb_to_hsv",
+    "sample_color_jitter",
+    "sample_crop_box",
+    "solarize",
+    "solo_cifar_views",
+    "to_grayscale",
+    "view_uniforms",
     "NUM_UNIFORMS",
 ]
 
@@ -32,14 +56,32 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # ITU-R BT.601 luma, PIL's convert("L") weights (torchvision rounds 0.299 to 0.2989).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-VIEW_FIELDS = ("crop_size", "crop_scale", "flip_prob", "brightness", "contrast", "saturation",
-               "hue", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob",
-               "mean", "std")
+VIEW_FIELDS = (
+    "crop_size",
+    "crop_scale",
+    "flip_prob",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "color_jitter_prob",
+    "grayscale_prob",
+    "blur_prob",
+    "solarize_prob",
+    "mean",
+    "std",
+)
 _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
 # The uniforms each random op of a view consumes; every op's `key` may be a PRNG key or a
 # float vector of that many uniforms (see `_uniforms`).
-NUM_UNIFORMS = {"crop": 2 * _CROP_ATTEMPTS + 2, "color_jitter": 9, "grayscale": 1, "blur": 2,
-                "solarize": 1, "flip": 1}
+NUM_UNIFORMS = {
+    "crop": 2 * _CROP_ATTEMPTS + 2,
+    "color_jitter": 9,
+    "grayscale": 1,
+    "blur": 2,
+    "solarize": 1,
+    "flip": 1,
+}
 
 
 def _check_prob(name: str, p: Any) -> None:
@@ -66,9 +108,15 @@ def _uniforms(key: jax.Array, n: int) -> jax.Array:
 
 # --- Random resized crop ------------------------------------------------------------------
 
-def sample_crop_box(key: jax.Array, height: int, width: int, *,
-                    scale: Sequence[float] = (0.08, 1.0),
-                    ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[jax.Array, ...]:
+
+def sample_crop_box(
+    key: jax.Array,
+    height: int,
+    width: int,
+    *,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> tuple[jax.Array, ...]:
     """torchvision `RandomResizedCrop.get_params` with its 10 attempts vectorised.
 
     Area fraction ~ U(scale), log(w/h) ~ U(log ratio), side lengths rounded; the first box
@@ -76,13 +124,15 @@ def sample_crop_box(key: jax.Array, height: int, width: int, *,
     (top, left, h, w).
     """
     if not 0 < scale[0] <= scale[1] or not 0 < ratio[0] <= ratio[1]:
-        raise ValueError(f"scale and ratio must be (min, max) with 0 < min <= max, got "
-                         f"scale={scale!r}, ratio={ratio!r}")
+        raise ValueError(
+            f"scale and ratio must be (min, max) with 0 < min <= max, got "
+            f"scale={scale!r}, ratio={ratio!r}"
+        )
     u = _uniforms(key, 2 * _CROP_ATTEMPTS + 2)
     n = _CROP_ATTEMPTS
     area = height * width * (scale[0] + u[:n] * (scale[1] - scale[0]))
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = jnp.exp(log_lo + u[n:2 * n] * (log_hi - log_lo))
+    aspect = jnp.exp(log_lo + u[n : 2 * n] * (log_hi - log_lo))
     ws = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
     hs = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
     fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
@@ -113,17 +163,27 @@ def resized_crop(image: jax.Array, top, left, height, width, *, size: int) -> ja
     box = jnp.asarray([top, left, height, width], jnp.float32)
     scale = size / box[2:]
     return jax.image.scale_and_translate(
-        image.astype(jnp.float32), (size, size, image.shape[-1]), (0, 1), scale,
-        -box[:2] * scale, method="linear", antialias=True)
+        image.astype(jnp.float32),
+        (size, size, image.shape[-1]),
+        (0, 1),
+        scale,
+        -box[:2] * scale,
+        method="linear",
+        antialias=True,
+    )
 
 
-def random_resized_crop(key: jax.Array, image: jax.Array, *, size: int,
-                        scale: Sequence[float] = (0.08, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> jax.Array:
+def random_resized_crop(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    size: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> jax.Array:
     """torchvision RandomResizedCrop (Szegedy et al. 2015 "Inception" crops): (size, size, C)."""
     _check_image(image)
-    top, left, h, w = sample_crop_box(key, image.shape[0], image.shape[1], scale=scale,
-                                      ratio=ratio)
+    top, left, h, w = sample_crop_box(key, image.shape[0], image.shape[1], scale=scale, ratio=ratio)
     return resized_crop(image, top, left, h, w, size=size)
 
 
@@ -135,6 +195,7 @@ def horizontal_flip(key: jax.Array, image: jax.Array, *, prob: float = 0.5) -> j
 
 # --- Colour -------------------------------------------------------------------------------
 
+
 def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
     """RGB in [0, 1] (..., 3) -> HSV (..., 3), hue in [0, 1) of a turn (grey pixels: h = 0)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
@@ -142,8 +203,9 @@ def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
     delta = v - jnp.min(rgb, axis=-1)
     s = jnp.where(v > 0, delta / jnp.where(v > 0, v, 1.0), 0.0)
     safe = jnp.where(delta > 0, delta, 1.0)  # avoids 0/0 before the mask below
-    h = jnp.where(v == r, (g - b) / safe, jnp.where(v == g, 2.0 + (b - r) / safe,
-                                                     4.0 + (r - g) / safe))
+    h = jnp.where(
+        v == r, (g - b) / safe, jnp.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)
+    )
     h = jnp.where(delta > 0, jnp.mod(h / 6.0, 1.0), 0.0)
     return jnp.stack([h, s, v], axis=-1)
 
@@ -195,9 +257,15 @@ def adjust_hue(image: jax.Array, shift) -> jax.Array:
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def sample_color_jitter(key: jax.Array, *, brightness: float, contrast: float,
-                        saturation: float, hue: float,
-                        prob: float = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+def sample_color_jitter(
+    key: jax.Array,
+    *,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    prob: float = 1.0,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """torchvision `ColorJitter.get_params` under RandomApply: (apply, factors (4,), order (4,)).
 
     apply: bool, True with probability `prob`. Factors: brightness, contrast, saturation
@@ -205,37 +273,53 @@ def sample_color_jitter(key: jax.Array, *, brightness: float, contrast: float,
     of the op indices (brightness, contrast, saturation, hue) = (0, 1, 2, 3).
     """
     if min(brightness, contrast, saturation) < 0 or not 0 <= hue <= 0.5:
-        raise ValueError("brightness, contrast, saturation must be >= 0 and hue in [0, 0.5], "
-                         f"got {(brightness, contrast, saturation, hue)}")
+        raise ValueError(
+            "brightness, contrast, saturation must be >= 0 and hue in [0, 0.5], "
+            f"got {(brightness, contrast, saturation, hue)}"
+        )
     _check_prob("prob", prob)
     u = _uniforms(key, 9)
-    lo = jnp.asarray([max(0.0, 1 - brightness), max(0.0, 1 - contrast),
-                      max(0.0, 1 - saturation), -hue], jnp.float32)
+    lo = jnp.asarray(
+        [max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation), -hue],
+        jnp.float32,
+    )
     hi = jnp.asarray([1 + brightness, 1 + contrast, 1 + saturation, hue], jnp.float32)
     # argsort of i.i.d. uniforms is a uniform permutation (ties have probability ~0).
     return u[0] < prob, lo + u[1:5] * (hi - lo), jnp.argsort(u[5:9])
 
 
-def apply_color_jitter(image: jax.Array, factors: jax.Array, order: jax.Array, *,
-                       active: Sequence[bool] = (True,) * 4) -> jax.Array:
+def apply_color_jitter(
+    image: jax.Array, factors: jax.Array, order: jax.Array, *, active: Sequence[bool] = (True,) * 4
+) -> jax.Array:
     """Apply the four jitter ops in `order` with `factors`; ops with `active` False are
     skipped at trace time (torchvision skips a zero-strength op the same way)."""
     out = image
-    branches = [(lambda x, i=i: _JITTER_OPS[i](x, factors[i])) if on else (lambda x: x)
-                for i, on in enumerate(active)]
+    branches = [
+        (lambda x, i=i: _JITTER_OPS[i](x, factors[i])) if on else (lambda x: x)
+        for i, on in enumerate(active)
+    ]
     for slot in range(4):  # 4 slots, a constant: one switch per slot
         out = jax.lax.switch(order[slot], branches, out)
     return out
 
 
-def color_jitter(key: jax.Array, image: jax.Array, *, brightness: float, contrast: float,
-                 saturation: float, hue: float, prob: float = 0.8) -> jax.Array:
+def color_jitter(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    prob: float = 0.8,
+) -> jax.Array:
     """torchvision ColorJitter under RandomApply(p=prob): ops in random order, clipped to
     [0, 1], parameters `sample_color_jitter(key, ...)`. For C = 1, saturation and hue are
     identities."""
     _check_image(image)
-    apply, factors, order = sample_color_jitter(key, brightness=brightness, contrast=contrast,
-                                                saturation=saturation, hue=hue, prob=prob)
+    apply, factors, order = sample_color_jitter(
+        key, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, prob=prob
+    )
     rgb = image.shape[-1] == 3
     active = (brightness > 0, contrast > 0, saturation > 0 and rgb, hue > 0 and rgb)
     return jnp.where(apply, apply_color_jitter(image, factors, order, active=active), image)
@@ -249,6 +333,7 @@ def random_grayscale(key: jax.Array, image: jax.Array, *, prob: float = 0.2) -> 
 
 # --- Blur, solarize, normalise ------------------------------------------------------------
 
+
 def default_blur_kernel_size(side: int) -> int:
     """SimCLR's rule: about 10% of the image side, made odd, at least 3 (224 -> 23, 32 -> 3)."""
     k = int(0.1 * side)
@@ -261,8 +346,10 @@ def gaussian_filter(image: jax.Array, sigma, *, kernel_size: int) -> jax.Array:
     _check_image(image)
     radius = kernel_size // 2
     if kernel_size < 1 or kernel_size % 2 == 0 or radius >= min(image.shape[:2]):
-        raise ValueError(f"kernel_size must be odd, >= 1 and < 2 * image side, got "
-                         f"{kernel_size} for image {image.shape}")
+        raise ValueError(
+            f"kernel_size must be odd, >= 1 and < 2 * image side, got "
+            f"{kernel_size} for image {image.shape}"
+        )
     taps = jnp.exp(-0.5 * jnp.square(jnp.arange(-radius, radius + 1) / sigma))
     taps = taps / jnp.sum(taps)
     out = image
@@ -272,14 +359,20 @@ def gaussian_filter(image: jax.Array, sigma, *, kernel_size: int) -> jax.Array:
         padded = jnp.pad(out, pad, mode="reflect")
         n = out.shape[axis]
         # kernel_size shifted slices: a small static constant, cheaper than a batched conv.
-        out = sum(taps[t] * jax.lax.slice_in_dim(padded, t, t + n, axis=axis)
-                  for t in range(kernel_size))
+        out = sum(
+            taps[t] * jax.lax.slice_in_dim(padded, t, t + n, axis=axis) for t in range(kernel_size)
+        )
     return out
 
 
-def gaussian_blur(key: jax.Array, image: jax.Array, *, prob: float,
-                  sigma: Sequence[float] = (0.1, 2.0),
-                  kernel_size: int | None = None) -> jax.Array:
+def gaussian_blur(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    prob: float,
+    sigma: Sequence[float] = (0.1, 2.0),
+    kernel_size: int | None = None,
+) -> jax.Array:
     """Gaussian blur with sigma ~ U(sigma) (SimCLR, Chen et al. 2020), with probability
     `prob`. Default kernel size: `default_blur_kernel_size(min(H, W))`."""
     _check_prob("prob", prob)
@@ -291,8 +384,7 @@ def gaussian_blur(key: jax.Array, image: jax.Array, *, prob: float,
     return jnp.where(u[0] < prob, gaussian_filter(image, s, kernel_size=size), image)
 
 
-def solarize(key: jax.Array, image: jax.Array, *, prob: float,
-             threshold: float = 0.5) -> jax.Array:
+def solarize(key: jax.Array, image: jax.Array, *, prob: float, threshold: float = 0.5) -> jax.Array:
     """Invert pixels >= threshold (PIL `ImageOps.solarize`, BYOL) with probability `prob`."""
     _check_prob("prob", prob)
     solarized = jnp.where(image >= threshold, 1.0 - image, image)
@@ -306,23 +398,34 @@ def normalize(image: jax.Array, mean: Sequence[float], std: Sequence[float]) -> 
 
 # --- Batch API ----------------------------------------------------------------------------
 
+
 def _check_view(view: Mapping[str, Any]) -> dict[str, Any]:
     """The view as a plain dict after Python-level checks (ValueError naming the field)."""
     keys = set(view.keys())
     missing = [name for name in VIEW_FIELDS if name not in keys]
     unknown = sorted(keys - set(VIEW_FIELDS))
     if missing or unknown:
-        name, what = (missing[0], "is missing; add it") if missing else (unknown[0],
-                                                                         "is unknown; remove it")
+        name, what = (
+            (missing[0], "is missing; add it") if missing else (unknown[0], "is unknown; remove it")
+        )
         raise ValueError(f"view field {name!r} {what} (fields: {', '.join(VIEW_FIELDS)})")
     v = {name: view[name] for name in VIEW_FIELDS}
     rules = [
-        ("crop_size", lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1,
-         "an integer >= 1"),
-        ("crop_scale", lambda x: len(x) == 2 and 0 < x[0] <= x[1] <= 1,
-         "(min, max) with 0 < min <= max <= 1"),
-        *[(name, lambda x: 0 <= x <= 1, "a probability in [0, 1]")
-          for name in VIEW_FIELDS if name.endswith("_prob")],
+        (
+            "crop_size",
+            lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1,
+            "an integer >= 1",
+        ),
+        (
+            "crop_scale",
+            lambda x: len(x) == 2 and 0 < x[0] <= x[1] <= 1,
+            "(min, max) with 0 < min <= max <= 1",
+        ),
+        *[
+            (name, lambda x: 0 <= x <= 1, "a probability in [0, 1]")
+            for name in VIEW_FIELDS
+            if name.endswith("_prob")
+        ],
         *[(name, lambda x: x >= 0, ">= 0") for name in ("brightness", "contrast", "saturation")],
         ("hue", lambda x: 0 <= x <= 0.5, "in [0, 0.5]"),
         ("mean", lambda x: len(x) == 3, "3 values (RGB)"),
@@ -345,14 +448,21 @@ def view_uniforms(key: jax.Array, view: Mapping[str, Any]) -> dict[str, jax.Arra
     crop's first, then those of every op with a probability above 0, in solo-learn's
     order (colour jitter, grayscale, blur, solarize, flip)."""
     v = _check_view(view)
-    ops = ["crop"] + [op for op, field in (("color_jitter", "color_jitter_prob"),
-                                           ("grayscale", "grayscale_prob"),
-                                           ("blur", "blur_prob"), ("solarize", "solarize_prob"),
-                                           ("flip", "flip_prob")) if v[field] > 0]
+    ops = ["crop"] + [
+        op
+        for op, field in (
+            ("color_jitter", "color_jitter_prob"),
+            ("grayscale", "grayscale_prob"),
+            ("blur", "blur_prob"),
+            ("solarize", "solarize_prob"),
+            ("flip", "flip_prob"),
+        )
+        if v[field] > 0
+    ]
     u = jax.random.uniform(key, (sum(NUM_UNIFORMS[op] for op in ops),))
     out, start = {}, 0
     for op in ops:
-        out[op] = u[start:start + NUM_UNIFORMS[op]]
+        out[op] = u[start : start + NUM_UNIFORMS[op]]
         start += NUM_UNIFORMS[op]
     return out
 
@@ -368,9 +478,15 @@ def augment_image(key: jax.Array, image: jax.Array, view: Mapping[str, Any]) -> 
     u = view_uniforms(key, v)
     x = random_resized_crop(u["crop"], image, size=v["crop_size"], scale=v["crop_scale"])
     if "color_jitter" in u:
-        x = color_jitter(u["color_jitter"], x, brightness=v["brightness"],
-                         contrast=v["contrast"], saturation=v["saturation"], hue=v["hue"],
-                         prob=v["color_jitter_prob"])
+        x = color_jitter(
+            u["color_jitter"],
+            x,
+            brightness=v["brightness"],
+            contrast=v["contrast"],
+            saturation=v["saturation"],
+            hue=v["hue"],
+            prob=v["color_jitter_prob"],
+        )
     if "grayscale" in u:
         x = random_grayscale(u["grayscale"], x, prob=v["grayscale_prob"])
     if "blur" in u:
@@ -385,8 +501,10 @@ def augment_image(key: jax.Array, image: jax.Array, view: Mapping[str, Any]) -> 
 def _to_rgb_float(images: jax.Array) -> jax.Array:
     """uint8 (N, H, W, C), C in {1, 3} -> float32 (N, H, W, 3) in [0, 1]."""
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != jnp.uint8:
-        raise ValueError(f"images must be uint8 of shape (N, H, W, C) with C in {{1, 3}}, got "
-                         f"{images.dtype} {images.shape}")
+        raise ValueError(
+            f"images must be uint8 of shape (N, H, W, C) with C in {{1, 3}}, got "
+            f"{images.dtype} {images.shape}"
+        )
     x = images.astype(jnp.float32) / 255.0
     # The models take RGB; a grey image is the same grey in all three channels.
     return jnp.broadcast_to(x, x.shape[:3] + (3,))
@@ -405,8 +523,9 @@ def augment_view(key: jax.Array, images: jax.Array, view: Mapping[str, Any]) -> 
     return jax.vmap(lambda k, im: augment_image(k, im, v))(keys, x)
 
 
-def center_view(images: jax.Array, *, size: int, mean: Sequence[float],
-                std: Sequence[float]) -> jax.Array:
+def center_view(
+    images: jax.Array, *, size: int, mean: Sequence[float], std: Sequence[float]
+) -> jax.Array:
     """Evaluation transform: uint8 (N, H, W, C) -> float32 (N, size, size, 3), normalised.
 
     Images already size x size are only normalised; others get torchvision's
@@ -416,14 +535,20 @@ def center_view(images: jax.Array, *, size: int, mean: Sequence[float],
     h, w = x.shape[1:3]
     if (h, w) != (size, size):
         side = min(h, w)
-        x = jax.vmap(lambda im: resized_crop(im, (h - side) / 2, (w - side) / 2, side, side,
-                                             size=size))(x)
+        x = jax.vmap(
+            lambda im: resized_crop(im, (h - side) / 2, (w - side) / 2, side, side, size=size)
+        )(x)
     return normalize(x, mean, std)
 
 
-def solo_cifar_views(recipe: str, *, crop_size: int = 32,
-                     mean: Sequence[float] = CIFAR10_MEAN,
-                     std: Sequence[float] = CIFAR10_STD, **overrides: Any) -> list[dict[str, Any]]:
+def solo_cifar_views(
+    recipe: str,
+    *,
+    crop_size: int = 32,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
+    **overrides: Any,
+) -> list[dict[str, Any]]:
     """The two views of a solo-learn CIFAR pretraining recipe, as `augment_view` dicts.
 
     From `scripts/pretrain/cifar/augmentations/` in github.com/vturrisi/solo-learn (commit
@@ -441,15 +566,31 @@ def solo_cifar_views(recipe: str, *, crop_size: int = 32,
     """
     strong = {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2, "blur_prob": 0.5}
     weak = {**strong, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}
-    recipes = {"asymmetric": ({}, {"solarize_prob": 0.2}), "symmetric": (strong, strong),
-               "symmetric_weak": (weak, weak)}
+    recipes = {
+        "asymmetric": ({}, {"solarize_prob": 0.2}),
+        "symmetric": (strong, strong),
+        "symmetric_weak": (weak, weak),
+    }
     if recipe not in recipes:
-        raise ValueError(f"unknown solo-learn CIFAR recipe {recipe!r}; choose one of "
-                         f"{', '.join(sorted(recipes))}")
-    base = {"crop_size": crop_size, "crop_scale": (0.08, 1.0), "flip_prob": 0.5,
-            "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1,
-            "color_jitter_prob": 0.8, "grayscale_prob": 0.2, "blur_prob": 0.0,
-            "solarize_prob": 0.0, "mean": tuple(mean), "std": tuple(std)}
+        raise ValueError(
+            f"unknown solo-learn CIFAR recipe {recipe!r}; choose one of "
+            f"{', '.join(sorted(recipes))}"
+        )
+    base = {
+        "crop_size": crop_size,
+        "crop_scale": (0.08, 1.0),
+        "flip_prob": 0.5,
+        "brightness": 0.4,
+        "contrast": 0.4,
+        "saturation": 0.2,
+        "hue": 0.1,
+        "color_jitter_prob": 0.8,
+        "grayscale_prob": 0.2,
+        "blur_prob": 0.0,
+        "solarize_prob": 0.0,
+        "mean": tuple(mean),
+        "std": tuple(std),
+    }
     unknown = sorted(set(overrides) - set(base))
     if unknown:
         raise ValueError(f"solo_cifar_views: unknown view fields {', '.join(unknown)}")

@@ -7,13 +7,14 @@ with augmentation. `--torch PATH` runs PyTorch's version of the same step
 (benchmarks/torch_barlow_step.py) in a subprocess, alternating with jssl's timing
 `--repeats` times in one run, and reports the ratio of medians: these machines are shared
 and noisy, so only ratios measured together mean anything. `flops_per_step` counts the
-matmul and convolution FLOPs of the step (`count_flops`); `mfu` divides the achieved FLOP/s by the device's data-sheet
-peak (`--peak-tflops` to give another).
+matmul and convolution FLOPs of the step (`count_flops`); `mfu` divides the achieved FLOP/s
+by the device's data-sheet peak (`--peak-tflops` to give another).
 
 The Barlow Twins step mirrors the PyTorch reference: ResNet backbone, 3-layer 2048
 projector with BatchNorm, `barlow_twins(unbiased=True, eps=0)` (torch's z.std(0)), SGD
 momentum 0.9, lr 0.1, weight decay 1e-4 on every parameter, `--batch` images per view.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,14 +93,16 @@ def bench_pretrain(args) -> dict:
     update = method.update
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(args.batch, args.image_size, args.image_size, 3),
-                          dtype=np.uint8)
+    images = rng.integers(
+        0, 256, size=(args.batch, args.image_size, args.image_size, 3), dtype=np.uint8
+    )
     batch = jax.device_put({"image": images, "label": np.zeros(args.batch, np.int32)}, data)
     state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
     views_fn = jax.jit(method.make_inputs, in_shardings=(repl, data), out_shardings=data)
     views = views_fn(state, batch)
-    update_fn = jax.jit(update, in_shardings=(repl, data), out_shardings=(repl, repl),
-                        donate_argnums=0)
+    update_fn = jax.jit(
+        update, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0
+    )
 
     t = time.perf_counter()
     compiled = update_fn.lower(state, views).compile()
@@ -108,12 +111,21 @@ def bench_pretrain(args) -> dict:
     out_xla_flops = _flops(compiled)
     del compiled
 
-    out = {"impl": "jssl", "method": args.method, "backbone": args.backbone, "width": args.width,
-           "stem": args.stem,
-           "batch": args.batch, "image_size": args.image_size, "dtype": args.dtype,
-           "conv_impl": args.conv_impl, "devices": jax.device_count(),
-           "backend": jax.default_backend(), "compile_s": round(compile_s, 3),
-           "jax": jax.__version__}
+    out = {
+        "impl": "jssl",
+        "method": args.method,
+        "backbone": args.backbone,
+        "width": args.width,
+        "stem": args.stem,
+        "batch": args.batch,
+        "image_size": args.image_size,
+        "dtype": args.dtype,
+        "conv_impl": args.conv_impl,
+        "devices": jax.device_count(),
+        "backend": jax.default_backend(),
+        "compile_s": round(compile_s, 3),
+        "jax": jax.__version__,
+    }
     if out_xla_flops:
         out["xla_cost_flops_per_step"] = out_xla_flops
     step_times, torch_runs = [], []
@@ -128,36 +140,56 @@ def bench_pretrain(args) -> dict:
         out.update(flops_per_step=flops, tflop_per_s=round(flops / med / 1e12, 3))
         peak = args.peak_tflops or _peak_tflops(jax.devices()[0], args.dtype)
         if peak:
-            out.update(peak_tflop_per_s=peak,
-                       mfu=float(f"{flops / med / 1e12 / (peak * jax.device_count()):.4g}"))
+            out.update(
+                peak_tflop_per_s=peak,
+                mfu=float(f"{flops / med / 1e12 / (peak * jax.device_count()):.4g}"),
+            )
     if torch_runs:
         torch_med = statistics.median(r["step_s_median"] for r in torch_runs)
-        out.update(torch_step_s_median=round(torch_med, 4),
-                   torch_img_per_s=round(args.batch / torch_med, 2),
-                   torch_threads=torch_runs[0].get("threads"),
-                   speed_vs_torch=round(torch_med / med, 3))
+        out.update(
+            torch_step_s_median=round(torch_med, 4),
+            torch_img_per_s=round(args.batch / torch_med, 2),
+            torch_threads=torch_runs[0].get("threads"),
+            speed_vs_torch=round(torch_med / med, 3),
+        )
     if args.augment:
+
         def aug_only(s, b):
             return s, views_fn(s, b)
 
         _, aug_times = _time_steps(aug_only, state, batch, steps=args.steps, warmup=1)
-        step_fn = jax.jit(method.train_step, in_shardings=(repl, data),
-                          out_shardings=(repl, repl), donate_argnums=0)
+        step_fn = jax.jit(
+            method.train_step,
+            in_shardings=(repl, data),
+            out_shardings=(repl, repl),
+            donate_argnums=0,
+        )
         state, full_times = _time_steps(step_fn, state, batch, steps=args.steps, warmup=1)
         aug_med = statistics.median(aug_times)
         full_med = statistics.median(full_times)
-        out.update(augment_img_per_s=round(args.batch / aug_med, 2),
-                   step_with_augment_img_per_s=round(args.batch / full_med, 2),
-                   augment_share_of_step=round(aug_med / full_med, 3))
+        out.update(
+            augment_img_per_s=round(args.batch / aug_med, 2),
+            step_with_augment_img_per_s=round(args.batch / full_med, 2),
+            augment_share_of_step=round(aug_med / full_med, 3),
+        )
     return out
 
 
 # Dense peak TFLOP/s per chip from the vendors' data sheets (no sparsity), by device kind.
-_PEAKS = {"bfloat16": {"H100": 989.4, "H200": 989.4, "A100": 312.0, "TPU v4": 275.0,
-                       "TPU v5 lite": 197.0, "TPU v5": 459.0, "TPU v6 lite": 918.0},
-          # float32 matmuls and convolutions run in TF32 on NVIDIA tensor cores at JAX's
-          # default precision, so the TF32 dense peak is the honest denominator there.
-          "float32": {"H100": 494.7, "H200": 494.7, "A100": 156.0}}
+_PEAKS = {
+    "bfloat16": {
+        "H100": 989.4,
+        "H200": 989.4,
+        "A100": 312.0,
+        "TPU v4": 275.0,
+        "TPU v5 lite": 197.0,
+        "TPU v5": 459.0,
+        "TPU v6 lite": 918.0,
+    },
+    # float32 matmuls and convolutions run in TF32 on NVIDIA tensor cores at JAX's
+    # default precision, so the TF32 dense peak is the honest denominator there.
+    "float32": {"H100": 494.7, "H200": 494.7, "A100": 156.0},
+}
 
 
 def _peak_tflops(device, dtype: str) -> float | None:
@@ -220,8 +252,20 @@ def count_flops(fn, *args) -> int:
 
 
 def _run_torch(args) -> dict:
-    cmd = [sys.executable, args.torch, "--batch", str(args.batch), "--image", str(args.image_size),
-           "--proj", str(args.proj), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd = [
+        sys.executable,
+        args.torch,
+        "--batch",
+        str(args.batch),
+        "--image",
+        str(args.image_size),
+        "--proj",
+        str(args.proj),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"jssl.bench: the torch reference failed: {done.stderr.strip()[-500:]}")
@@ -230,8 +274,12 @@ def _run_torch(args) -> dict:
 
 # --method -> a function of the parsed args returning the JSON record, or "module:function"
 # (imported on use: the k-means benchmark needs scikit-learn and faiss, the bench extra).
-BENCHES = {"barlow_twins": bench_pretrain, "simclr": bench_pretrain,
-           "metamask": "jssl.bench_metamask:bench", "kmeans": "jssl.bench_kmeans:bench"}
+BENCHES = {
+    "barlow_twins": bench_pretrain,
+    "simclr": bench_pretrain,
+    "metamask": "jssl.bench_metamask:bench",
+    "kmeans": "jssl.bench_kmeans:bench",
+}
 
 
 def _resolve(entry):
@@ -252,18 +300,27 @@ def main(argv=None) -> int:
     p.add_argument("--proj", type=int, default=2048, help="projector width")
     p.add_argument("--steps", type=int, default=6, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per repeat")
-    p.add_argument("--repeats", type=int, default=1, help="timing blocks (alternating with --torch)")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="timing blocks (alternating with --torch)"
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--conv-impl", default="auto", choices=["auto", "xla", "tapped"])
     p.add_argument("--augment", action="store_true", help="also time on-device augmentation")
     p.add_argument("--torch", metavar="PATH", help="PyTorch reference script to alternate with")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="per-device peak for the MFU figure (default: the data sheet's for "
-                        "H100/H200/A100/TPU v4-v6 in the run's dtype)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="per-device peak for the MFU figure (default: the data sheet's for "
+        "H100/H200/A100/TPU v4-v6 in the run's dtype)",
+    )
     p.add_argument("--out", metavar="FILE", help="also append the JSON line to FILE")
     # MetaMask (--method metamask): the hypergradient mode(s) to time beside the base step.
-    p.add_argument("--modes", default="exact,first_order,finite_difference",
-                   help="metamask: comma-separated mask_hypergradient modes")
+    p.add_argument(
+        "--modes",
+        default="exact,first_order,finite_difference",
+        help="metamask: comma-separated mask_hypergradient modes",
+    )
     # k-means (--method kmeans): data size, dimension, clusters, Lloyd iterations.
     p.add_argument("--n", type=int, default=200_000, help="kmeans: points")
     p.add_argument("--d", type=int, default=128, help="kmeans: dimension")

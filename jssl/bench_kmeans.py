@@ -14,6 +14,7 @@ sums of jssl's exact distances) for every library. The data: a mixture of k Gaus
 means are 0.5-scaled standard normals, in unit noise: overlapping clusters, so that
 Lloyd's algorithm does not converge within a few iterations.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -62,9 +63,10 @@ def bench(args) -> dict:
     except ImportError:
         KMeans = None
     if KMeans is not None:
+
         def run_sklearn():
-            return KMeans(k, init=init, n_init=1, max_iter=iters, tol=0.0,
-                          algorithm="lloyd").fit(x)
+            return KMeans(k, init=init, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd").fit(x)
+
         runners["sklearn"] = run_sklearn
 
     try:
@@ -72,12 +74,20 @@ def bench(args) -> dict:
     except ImportError:
         faiss = None
     if faiss is not None:
+
         def run_faiss():
             # No subsampling (faiss trains on at most 256 points per centroid by default).
-            km = faiss.Kmeans(d, k, niter=iters, seed=args.seed, verbose=False,
-                              max_points_per_centroid=max(256, -(-n // k) + 1))
+            km = faiss.Kmeans(
+                d,
+                k,
+                niter=iters,
+                seed=args.seed,
+                verbose=False,
+                max_points_per_centroid=max(256, -(-n // k) + 1),
+            )
             km.train(x, init_centroids=init)
             return km
+
         runners["faiss"] = run_faiss
 
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -88,27 +98,45 @@ def bench(args) -> dict:
             times[name].append(seconds)
 
     ours = results["jssl"]
-    out = {"impl": "jssl", "method": "kmeans", "n": n, "d": d, "k": k, "iters": iters,
-           "seed": args.seed, "devices": jax.device_count(), "backend": jax.default_backend(),
-           "chunk_size": cluster.default_chunk_size(k), "compile_s": round(compile_s, 3),
-           "repeats": REPEATS, "jax": jax.__version__,
-           "n_iter": ours.n_iter,
-           "s_per_iter": round(statistics.median(times["jssl"]) / ours.n_iter, 4),
-           "inertia": inertia(ours.centers), "inertia_reported": ours.inertia}
+    out = {
+        "impl": "jssl",
+        "method": "kmeans",
+        "n": n,
+        "d": d,
+        "k": k,
+        "iters": iters,
+        "seed": args.seed,
+        "devices": jax.device_count(),
+        "backend": jax.default_backend(),
+        "chunk_size": cluster.default_chunk_size(k),
+        "compile_s": round(compile_s, 3),
+        "repeats": REPEATS,
+        "jax": jax.__version__,
+        "n_iter": ours.n_iter,
+        "s_per_iter": round(statistics.median(times["jssl"]) / ours.n_iter, 4),
+        "inertia": inertia(ours.centers),
+        "inertia_reported": ours.inertia,
+    }
     if "sklearn" in results:
         import sklearn
 
         sk = results["sklearn"]
-        out.update(sklearn_version=sklearn.__version__, sklearn_n_iter=int(sk.n_iter_),
-                   sklearn_s_per_iter=round(statistics.median(times["sklearn"]) / sk.n_iter_, 4),
-                   sklearn_inertia=inertia(sk.cluster_centers_),
-                   sklearn_inertia_reported=float(sk.inertia_))
+        out.update(
+            sklearn_version=sklearn.__version__,
+            sklearn_n_iter=int(sk.n_iter_),
+            sklearn_s_per_iter=round(statistics.median(times["sklearn"]) / sk.n_iter_, 4),
+            sklearn_inertia=inertia(sk.cluster_centers_),
+            sklearn_inertia_reported=float(sk.inertia_),
+        )
         out["speedup_vs_sklearn"] = round(out["sklearn_s_per_iter"] / out["s_per_iter"], 3)
         out["inertia_rel_diff_vs_sklearn"] = float(
-            f"{(out['inertia'] - out['sklearn_inertia']) / out['sklearn_inertia']:.3g}")
+            f"{(out['inertia'] - out['sklearn_inertia']) / out['sklearn_inertia']:.3g}"
+        )
     if "faiss" in results:
         fk = results["faiss"]
-        out.update(faiss_version=faiss.__version__,
-                   faiss_s_per_iter=round(statistics.median(times["faiss"]) / iters, 4),
-                   faiss_inertia=inertia(np.asarray(fk.centroids)))
+        out.update(
+            faiss_version=faiss.__version__,
+            faiss_s_per_iter=round(statistics.median(times["faiss"]) / iters, 4),
+            faiss_inertia=inertia(np.asarray(fk.centroids)),
+        )
     return out

@@ -9,6 +9,7 @@ Steps run on device-resident augmented views, as `jssl.bench.bench_pretrain` doe
 Keys: `step_s_median` (the exact mode), `base_step_s_median`, `step_s_median_<mode>` for
 every mode, `ratio_<mode>` (mode / base, medians of the same run) and `compile_s_<variant>`.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -42,33 +43,49 @@ def bench(args) -> dict:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in metamask.MODES]
     if unknown or not modes:
-        raise SystemExit(f"jssl.bench: --modes {args.modes!r}: choose from "
-                         f"{', '.join(metamask.MODES)}")
+        raise SystemExit(
+            f"jssl.bench: --modes {args.modes!r}: choose from {', '.join(metamask.MODES)}"
+        )
     mesh = parallel.make_mesh()
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     info = methods.DataInfo(num_classes=10, image_shape=(args.image_size, args.image_size, 3))
     rng = np.random.default_rng(args.seed)
-    images = rng.integers(0, 256, size=(args.batch, args.image_size, args.image_size, 3),
-                          dtype=np.uint8)
+    images = rng.integers(
+        0, 256, size=(args.batch, args.image_size, args.image_size, 3), dtype=np.uint8
+    )
     images = jax.device_put(images, data)
 
     variants = {"base": metamask_bench_config(args, enabled=False)}
     variants.update({m: metamask_bench_config(args, mode=m) for m in modes})
-    out = {"impl": "jssl", "method": "metamask", "backbone": args.backbone, "width": args.width,
-           "stem": args.stem, "batch": args.batch, "image_size": args.image_size,
-           "proj": args.proj, "dtype": args.dtype, "modes": modes,
-           "devices": jax.device_count(), "backend": jax.default_backend(),
-           "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-           "jax": jax.__version__}
+    out = {
+        "impl": "jssl",
+        "method": "metamask",
+        "backbone": args.backbone,
+        "width": args.width,
+        "stem": args.stem,
+        "batch": args.batch,
+        "image_size": args.image_size,
+        "proj": args.proj,
+        "dtype": args.dtype,
+        "modes": modes,
+        "devices": jax.device_count(),
+        "backend": jax.default_backend(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "jax": jax.__version__,
+    }
     runners = {}
     batch = {"image": images}
     for name, config in variants.items():
         method = metamask.build(config, info)
         state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
-        views = jax.jit(method.make_inputs, in_shardings=(repl, data),
-                        out_shardings=data)(state, batch)
-        fn = jax.jit(method.update, in_shardings=(repl, data), out_shardings=(repl, repl),
-                     donate_argnums=0)
+        views = jax.jit(method.make_inputs, in_shardings=(repl, data), out_shardings=data)(
+            state, batch
+        )
+        fn = jax.jit(
+            method.update, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0
+        )
         t = time.perf_counter()
         fn = fn.lower(state, views).compile()
         out[f"compile_s_{name}"] = round(time.perf_counter() - t, 3)

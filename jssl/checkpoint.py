@@ -11,6 +11,7 @@ the last complete one. Before a manager is ever created on a workdir, `check_wor
 compares the experiment fields: a workdir that holds another experiment is refused and
 nothing in it is touched.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,16 @@ from jssl import io
 from jssl.config import experiment_fields, from_flat, from_nested
 from jssl.errors import ConfigError
 
-__all__ = ["check_workdir", "Checkpointer", "load_backbone", "restore_host", "saved_config",
-           "EXPERIMENT_FILE", "CONFIG_FILE", "CHECKPOINT_DIR"]
+__all__ = [
+    "check_workdir",
+    "Checkpointer",
+    "load_backbone",
+    "restore_host",
+    "saved_config",
+    "EXPERIMENT_FILE",
+    "CONFIG_FILE",
+    "CHECKPOINT_DIR",
+]
 
 EXPERIMENT_FILE = "experiment.json"
 CONFIG_FILE = "config.json"
@@ -37,8 +46,11 @@ CHECKPOINT_DIR = "checkpoints"
 
 def _differences(old: dict, new: dict, limit: int = 3) -> str:
     keys = sorted(set(old) | set(new))
-    diff = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
-            for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")]
+    diff = [
+        f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+        for k in keys
+        if old.get(k, "<absent>") != new.get(k, "<absent>")
+    ]
     more = f" (+{len(diff) - limit} more)" if len(diff) > limit else ""
     return "; ".join(diff[:limit]) + more
 
@@ -54,23 +66,29 @@ def check_workdir(workdir: str, config) -> bool:
     exp_path = os.path.join(workdir, EXPERIMENT_FILE)
     ckpt_path = os.path.join(workdir, CHECKPOINT_DIR)
     has_checkpoints = os.path.isdir(ckpt_path) and any(
-        name.isdigit() for name in os.listdir(ckpt_path))
+        name.isdigit() for name in os.listdir(ckpt_path)
+    )
     if not os.path.exists(exp_path):
         if has_checkpoints:
-            raise ConfigError(f"--workdir {workdir} holds checkpoints but no {EXPERIMENT_FILE}; "
-                              "it is not a jssl run of this version: choose a new --workdir")
+            raise ConfigError(
+                f"--workdir {workdir} holds checkpoints but no {EXPERIMENT_FILE}; "
+                "it is not a jssl run of this version: choose a new --workdir"
+            )
         _check_writable(workdir)
         return False
     try:
         with open(exp_path) as f:
             old = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--workdir {workdir}: cannot read {exp_path} ({e}); "
-                          "choose a new --workdir") from None
+        raise ConfigError(
+            f"--workdir {workdir}: cannot read {exp_path} ({e}); choose a new --workdir"
+        ) from None
     new = json.loads(json.dumps(experiment_fields(config)))
     if old != new:
-        raise ConfigError(f"--workdir {workdir} holds a different experiment ({_differences(old, new)}); "
-                          "use a new --workdir, or the same config to resume")
+        raise ConfigError(
+            f"--workdir {workdir} holds a different experiment ({_differences(old, new)}); "
+            "use a new --workdir, or the same config to resume"
+        )
     _check_writable(workdir)
     return has_checkpoints
 
@@ -84,8 +102,10 @@ def _check_writable(workdir: str) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".jssl-probe-", dir=parent))
     except OSError as e:
-        raise ConfigError(f"--workdir {workdir} is not writable ({e.strerror} in {parent}); "
-                          "choose a writable path") from None
+        raise ConfigError(
+            f"--workdir {workdir} is not writable ({e.strerror} in {parent}); "
+            "choose a writable path"
+        ) from None
 
 
 class Checkpointer:
@@ -100,7 +120,8 @@ class Checkpointer:
                 io.write_json(exp_path, experiment_fields(config))
         self.manager = ocp.CheckpointManager(
             os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -126,8 +147,9 @@ def restore_host(path: str, step: int | None = None) -> tuple[int, dict]:
     """
     ckpt_dir = os.path.abspath(os.path.join(path, CHECKPOINT_DIR))
     if not os.path.isdir(ckpt_dir):
-        raise ConfigError(f"{path}: no {CHECKPOINT_DIR}/ here; give the --workdir of a "
-                          "finished jssl run")
+        raise ConfigError(
+            f"{path}: no {CHECKPOINT_DIR}/ here; give the --workdir of a finished jssl run"
+        )
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # orbax warns about read-only mode and unread items
@@ -135,14 +157,16 @@ def restore_host(path: str, step: int | None = None) -> tuple[int, dict]:
     try:
         step = manager.latest_step() if step is None else step
         if step is None or step not in manager.all_steps():
-            raise ConfigError(f"{path}: no complete checkpoint"
-                              + ("" if step is None else f" at step {step}"))
+            raise ConfigError(
+                f"{path}: no complete checkpoint" + ("" if step is None else f" at step {step}")
+            )
         meta = manager.item_metadata(step)
         meta = getattr(meta, "tree", meta)
         device = jax.local_devices(backend="cpu")[0]
         sharding = jax.sharding.SingleDeviceSharding(device)
         target = jax.tree_util.tree_map(
-            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), meta)
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), meta
+        )
         tree = manager.restore(step, args=ocp.args.StandardRestore(target))
     finally:
         manager.close()
@@ -163,8 +187,10 @@ def load_backbone(path: str) -> tuple[dict, dict]:
         raise ConfigError(f"config.model.init_from: {e}") from None
     params, stats = tree.get("params", {}), tree.get("batch_stats", {})
     if "backbone" not in params:
-        raise ConfigError(f"config.model.init_from: the checkpoint in {path} has no backbone "
-                          f"(top-level parameters: {', '.join(sorted(params))})")
+        raise ConfigError(
+            f"config.model.init_from: the checkpoint in {path} has no backbone "
+            f"(top-level parameters: {', '.join(sorted(params))})"
+        )
     return params["backbone"], stats.get("backbone", {})
 
 
@@ -184,6 +210,7 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"{workdir}: cannot read {path} ({e}); give --config") from None
         return from_flat(saved, defaults=True) if flat else from_nested(saved)
-    raise ConfigError(f"{workdir} holds no jssl run (no {EXPERIMENT_FILE}); give the --workdir "
-                      "of a run, or --config")
-
+    raise ConfigError(
+        f"{workdir} holds no jssl run (no {EXPERIMENT_FILE}); give the --workdir "
+        "of a run, or --config"
+    )

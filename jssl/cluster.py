@@ -23,6 +23,7 @@ References: Lloyd, "Least squares quantization in PCM", 1982; Arthur & Vassilvit
 "k-means++: The Advantages of Careful Seeding", SODA 2007 (with the greedy local trials of
 scikit-learn's `_kmeans_plusplus`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,10 +32,10 @@ import math
 from typing import Callable
 
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -83,12 +84,15 @@ class _Sharded:
 def _mesh(mesh: Mesh | None) -> Mesh:
     if mesh is not None:
         if _AXIS not in mesh.axis_names:
-            raise ValueError(f"mesh must have a {_AXIS!r} axis (jssl.parallel.make_mesh), got "
-                             f"axes {mesh.axis_names}")
+            raise ValueError(
+                f"mesh must have a {_AXIS!r} axis (jssl.parallel.make_mesh), got "
+                f"axes {mesh.axis_names}"
+            )
         return mesh
     devices = jax.devices()
-    return jax.make_mesh((len(devices),), (_AXIS,), devices=devices,
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.make_mesh(
+        (len(devices),), (_AXIS,), devices=devices, axis_types=(jax.sharding.AxisType.Auto,)
+    )
 
 
 def _check_points(x) -> np.ndarray:
@@ -100,8 +104,9 @@ def _check_points(x) -> np.ndarray:
     return x
 
 
-def _put(x: np.ndarray, mesh: Mesh | None, chunk_size: int | None, k: int,
-         mean: np.ndarray | None = None) -> _Sharded:
+def _put(
+    x: np.ndarray, mesh: Mesh | None, chunk_size: int | None, k: int, mean: np.ndarray | None = None
+) -> _Sharded:
     """Centre x (by its mean, or `mean`), pad it and place it on the mesh's data axis."""
     mesh = _mesh(mesh)
     n, d = x.shape
@@ -122,7 +127,7 @@ def _put(x: np.ndarray, mesh: Mesh | None, chunk_size: int | None, k: int,
         block = np.zeros((stop - start, d), np.float32)
         real = max(0, min(stop, n) - start)
         if real:
-            np.subtract(x[start:start + real], mean, out=block[:real], casting="unsafe")
+            np.subtract(x[start : start + real], mean, out=block[:real], casting="unsafe")
         return block
 
     xs = jax.make_array_from_callback((n_pad, d), sharding, rows)
@@ -187,8 +192,7 @@ def _nearest(x: jax.Array, centers: jax.Array, chunk: int):
         zero = jnp.zeros_like(xc[:, 0])
         init = (zero + jnp.inf, zero.astype(jnp.int32))
         offsets = jnp.arange(num_groups, dtype=jnp.int32) * per_group
-        (_, labels), _ = lax.scan(group, init, (grouped, cc, offsets),
-                                  unroll=min(num_groups, 16))
+        (_, labels), _ = lax.scan(group, init, (grouped, cc, offsets), unroll=min(num_groups, 16))
         # NaN scores (NaN inputs) match nothing: clamp so the gather stays in range.
         labels = jnp.minimum(labels, k - 1)
         # The exact distance (no cancellation) costs O(chunk x D), nothing beside the GEMM.
@@ -214,16 +218,14 @@ def _step_fn(mesh: Mesh, n: int, k: int, chunk: int):
         changed = (labels != old_labels).astype(jnp.float32) * w
         # Padding rows are zero and go to segment k (dropped): no mask on x needed.
         sums = jax.ops.segment_sum(x, seg, num_segments=k)
-        extra = jax.ops.segment_sum(jnp.stack([w, dist * w, changed], axis=1), seg,
-                                    num_segments=k)
+        extra = jax.ops.segment_sum(jnp.stack([w, dist * w, changed], axis=1), seg, num_segments=k)
         stats = jnp.concatenate([sums, extra], axis=1)  # (K, D + 3): sums, n, inertia, changed
         stats = lax.psum(stats, _AXIS)  # the one reduction of the iteration
         labels = jnp.where(valid, labels, -1)
         return stats, labels, jnp.where(valid, dist, -1.0)
 
     spec = P(_AXIS)
-    fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, P(), spec),
-                       out_specs=(P(), spec, spec))
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, P(), spec), out_specs=(P(), spec, spec))
     return jax.jit(fn)
 
 
@@ -235,8 +237,7 @@ def _assign_fn(mesh: Mesh, n: int, chunk: int):
         return jnp.where(valid, labels, -1), jnp.where(valid, dist, 0.0)
 
     spec = P(_AXIS)
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec, P()),
-                                 out_specs=(spec, spec)))
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec, P()), out_specs=(spec, spec)))
 
 
 def _host(a: jax.Array) -> np.ndarray:
@@ -248,8 +249,9 @@ def _host(a: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
-def assign(x, centers, *, mesh: Mesh | None = None,
-           chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def assign(
+    x, centers, *, mesh: Mesh | None = None, chunk_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centre of every point: labels (N,) int32 and squared distances (N,) float32.
 
     x: (N, D) points; centers: (K, D). Sharded over `mesh` (default: all devices) and
@@ -262,7 +264,7 @@ def assign(x, centers, *, mesh: Mesh | None = None,
     data = _put(x, mesh, chunk_size, centers.shape[0])
     c = jnp.asarray(centers - data.mean)
     labels, dist = _assign_fn(data.mesh, data.n, data.chunk)(data.x, c)
-    return _host(labels)[:data.n], _host(dist)[:data.n]
+    return _host(labels)[: data.n], _host(dist)[: data.n]
 
 
 # --------------------------------------------------------------------------- k-means++
@@ -299,8 +301,7 @@ def _plusplus_fn(mesh: Mesh, n: int, k: int, trials: int):
             # Global inverse-CDF sampling without gathering: the candidate's index is the
             # number of points whose cumulative potential is below u (np.searchsorted).
             offsets = jnp.cumsum(lax.all_gather(jnp.sum(closest), _AXIS))
-            offset = jnp.where(lax.axis_index(_AXIS) > 0,
-                               offsets[lax.axis_index(_AXIS) - 1], 0.0)
+            offset = jnp.where(lax.axis_index(_AXIS) > 0, offsets[lax.axis_index(_AXIS) - 1], 0.0)
             cum = jnp.cumsum(closest) + offset
             below = jnp.sum(valid[:, None] & (cum[:, None] < u[None, :]), axis=0)
             g = jnp.minimum(lax.psum(below, _AXIS), n - 1)
@@ -314,8 +315,9 @@ def _plusplus_fn(mesh: Mesh, n: int, k: int, trials: int):
         return chosen
 
     spec = P(_AXIS)
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec, P()), out_specs=P(),
-                                 check_vma=False))
+    return jax.jit(
+        jax.shard_map(local, mesh=mesh, in_specs=(spec, P()), out_specs=P(), check_vma=False)
+    )
 
 
 def _plusplus(data: _Sharded, k: int, seed: int, trials: int | None) -> np.ndarray:
@@ -328,8 +330,9 @@ def _plusplus(data: _Sharded, k: int, seed: int, trials: int | None) -> np.ndarr
     return _host(chosen).astype(np.int64)
 
 
-def kmeans_plusplus(x, k: int, *, seed: int = 0, n_local_trials: int | None = None,
-                    mesh: Mesh | None = None) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_plusplus(
+    x, k: int, *, seed: int = 0, n_local_trials: int | None = None, mesh: Mesh | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """k-means++ seeding (Arthur & Vassilvitskii 2007) with greedy local trials.
 
     The first centre is a uniformly drawn point; each next one is the best (lowest
@@ -363,8 +366,9 @@ def _farthest_fn(count: int):
     return jax.jit(lambda dist: lax.top_k(dist, count))
 
 
-def _relocate(data: _Sharded, sums: np.ndarray, counts: np.ndarray, labels: jax.Array,
-              dist: jax.Array) -> None:
+def _relocate(
+    data: _Sharded, sums: np.ndarray, counts: np.ndarray, labels: jax.Array, dist: jax.Array
+) -> None:
     """Give each empty cluster one of the points farthest from their centres (in place).
 
     scikit-learn's rule (`_relocate_empty_clusters_dense`): the n_empty farthest points,
@@ -373,7 +377,7 @@ def _relocate(data: _Sharded, sums: np.ndarray, counts: np.ndarray, labels: jax.
     empty = np.flatnonzero(counts == 0)
     count = 1 << math.ceil(math.log2(len(empty)))  # few distinct compilations
     _, far = _farthest_fn(min(count, data.x.shape[0]))(dist)
-    far = _host(far)[:len(empty)]
+    far = _host(far)[: len(empty)]
     points = _host(data.x[jnp.asarray(far)])
     old = _host(labels[jnp.asarray(far)])
     for e, p, o in zip(empty, points, old):
@@ -383,10 +387,19 @@ def _relocate(data: _Sharded, sums: np.ndarray, counts: np.ndarray, labels: jax.
         counts[e] = 1
 
 
-def kmeans(x, k: int, *, seed: int = 0, init: str | np.ndarray = "k-means++",
-           max_iter: int = 100, tol: float = 1e-4, mesh: Mesh | None = None,
-           chunk_size: int | None = None, init_sample_size: int | None = None,
-           callback: Callable[[int, float], None] | None = None) -> KMeansResult:
+def kmeans(
+    x,
+    k: int,
+    *,
+    seed: int = 0,
+    init: str | np.ndarray = "k-means++",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    mesh: Mesh | None = None,
+    chunk_size: int | None = None,
+    init_sample_size: int | None = None,
+    callback: Callable[[int, float], None] | None = None,
+) -> KMeansResult:
     """k-means (Lloyd's algorithm) on (N, D) points, sharded over `mesh`.
 
     Follows scikit-learn's `KMeans(algorithm="lloyd")` step for step, so that both reach
@@ -425,10 +438,10 @@ def kmeans(x, k: int, *, seed: int = 0, init: str | np.ndarray = "k-means++",
         if init == "k-means++":
             if init_sample_size and init_sample_size < n:
                 if init_sample_size < k:
-                    raise ValueError(f"init_sample_size={init_sample_size} is smaller than "
-                                     f"k={k}")
-                rows = np.sort(np.random.default_rng([seed, 1]).choice(
-                    n, init_sample_size, replace=False))
+                    raise ValueError(f"init_sample_size={init_sample_size} is smaller than k={k}")
+                rows = np.sort(
+                    np.random.default_rng([seed, 1]).choice(n, init_sample_size, replace=False)
+                )
                 sample = _put(x[rows], data.mesh, None, k, mean=data.mean)
                 indices = rows[_plusplus(sample, k, seed, None)]
             else:
@@ -438,8 +451,7 @@ def kmeans(x, k: int, *, seed: int = 0, init: str | np.ndarray = "k-means++",
             rows = np.random.default_rng([seed, 2]).choice(n, k, replace=False)
             centers = np.asarray(x[np.sort(rows)], np.float32) - data.mean
         else:
-            raise ValueError(f"init must be 'k-means++', 'random' or a (k, D) array, got "
-                             f"{init!r}")
+            raise ValueError(f"init must be 'k-means++', 'random' or a (k, D) array, got {init!r}")
     else:
         centers = np.asarray(init, np.float32)
         if centers.shape != (k, d):
@@ -450,8 +462,9 @@ def kmeans(x, k: int, *, seed: int = 0, init: str | np.ndarray = "k-means++",
     # --- Lloyd iterations: one sharded step (one psum) and a K x D update per iteration. ---
     step = _step_fn(data.mesh, data.n, k, data.chunk)
     centers = np.asarray(centers, np.float32)
-    labels = jax.device_put(jnp.full((data.x.shape[0],), -1, jnp.int32),
-                            NamedSharding(data.mesh, P(_AXIS)))
+    labels = jax.device_put(
+        jnp.full((data.x.shape[0],), -1, jnp.int32), NamedSharding(data.mesh, P(_AXIS))
+    )
     history = []
     n_iter, strict = 0, False
     for it in range(max_iter):
@@ -461,8 +474,9 @@ def kmeans(x, k: int, *, seed: int = 0, init: str | np.ndarray = "k-means++",
         inertia, changed = float(np.sum(stats[:, d + 1])), float(np.sum(stats[:, d + 2]))
         if np.any(counts == 0):
             _relocate(data, sums, counts, new_labels, dist)
-        new_centers = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
-                               centers).astype(np.float32)
+        new_centers = np.where(
+            counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers
+        ).astype(np.float32)
         shift = float(np.sum((new_centers - centers) ** 2, dtype=np.float64))
         centers, labels, n_iter = new_centers, new_labels, it + 1
         history.append(inertia)
@@ -478,6 +492,10 @@ def kmeans(x, k: int, *, seed: int = 0, init: str | np.ndarray = "k-means++",
     if not strict:  # one more assignment, so that the labels match the final centres
         labels, dist = _assign_fn(data.mesh, data.n, data.chunk)(data.x, jnp.asarray(centers))
     labels, dist = _host(labels)[:n], np.maximum(_host(dist)[:n], 0.0)
-    return KMeansResult(centers=centers + data.mean, labels=labels.astype(np.int32),
-                        inertia=float(np.sum(dist, dtype=np.float64)), n_iter=n_iter,
-                        inertia_history=tuple(history))
+    return KMeansResult(
+        centers=centers + data.mean,
+        labels=labels.astype(np.int32),
+        inertia=float(np.sum(dist, dtype=np.float64)),
+        n_iter=n_iter,
+        inertia_history=tuple(history),
+    )

@@ -4,6 +4,7 @@
 preset. `validate(config, num_devices)` runs before any work and raises `ConfigError`, one
 line naming the field and the fix, for anything a user can get wrong.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,14 +16,31 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from jssl.augment import CIFAR10_MEAN as CIFAR_MEAN, CIFAR10_STD as CIFAR_STD
+from jssl.augment import CIFAR10_MEAN as CIFAR_MEAN
+from jssl.augment import CIFAR10_STD as CIFAR_STD
 from jssl.augment import solo_cifar_views
 from jssl.errors import ConfigError
 
-__all__ = ["ConfigError", "base_config", "validate", "view_config", "experiment_fields",
-           "config_group", "from_flat", "from_nested", "get_field", "load_file", "config_file",
-           "config_module", "shipped_configs", "zoo", "CONFIG_DIR",
-           "compute_dtype", "eval_transform", "one_view"]
+__all__ = [
+    "ConfigError",
+    "base_config",
+    "validate",
+    "view_config",
+    "experiment_fields",
+    "config_group",
+    "from_flat",
+    "from_nested",
+    "get_field",
+    "load_file",
+    "config_file",
+    "config_module",
+    "shipped_configs",
+    "zoo",
+    "CONFIG_DIR",
+    "compute_dtype",
+    "eval_transform",
+    "one_view",
+]
 
 # MNIST, broadcast to the 3 channels the models take.
 MNIST_MEAN = (0.1307, 0.1307, 0.1307)
@@ -34,8 +52,9 @@ MNIST_STD = (0.3081, 0.3081, 0.3081)
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
-def config_group(name: str, defaults: Mapping[str, Any],
-                 overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def config_group(
+    name: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
     """A config group (`config.<name>`) from its `defaults`, with `overrides` applied; an
     override that names no field of the group is a KeyError naming the group and the field.
     Every `*_config(**overrides)` helper of the methods is this."""
@@ -49,36 +68,42 @@ def config_group(name: str, defaults: Mapping[str, Any],
 
 def view_config(**overrides: Any) -> ml_collections.ConfigDict:
     """One augmentation view (the fields `jssl.augment.augment_view` reads)."""
-    return config_group("view_config", dict(
-        crop_size=32,
-        crop_scale=(0.08, 1.0),
-        flip_prob=0.5,
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.2,
-        hue=0.1,
-        color_jitter_prob=0.8,
-        grayscale_prob=0.2,
-        blur_prob=0.0,
-        solarize_prob=0.0,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-    ), overrides)
+    return config_group(
+        "view_config",
+        dict(
+            crop_size=32,
+            crop_scale=(0.08, 1.0),
+            flip_prob=0.5,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.2,
+            hue=0.1,
+            color_jitter_prob=0.8,
+            grayscale_prob=0.2,
+            blur_prob=0.0,
+            solarize_prob=0.0,
+            mean=CIFAR_MEAN,
+            std=CIFAR_STD,
+        ),
+        overrides,
+    )
 
 
 def config_file(name: str) -> str:
     """The path of the shipped config file `configs/<name>.py`; ConfigError if there is none."""
     path = os.path.join(CONFIG_DIR, f"{name}.py")
     if not os.path.isfile(path):
-        raise ConfigError(f"no config file configs/{name}.py; choose one of "
-                          f"{', '.join(shipped_configs())}")
+        raise ConfigError(
+            f"no config file configs/{name}.py; choose one of {', '.join(shipped_configs())}"
+        )
     return path
 
 
 def shipped_configs() -> list[str]:
     """The names of the shipped config files (configs/<name>.py)."""
-    return sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
-                  if f.endswith(".py") and not f.startswith("_"))
+    return sorted(
+        f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and not f.startswith("_")
+    )
 
 
 def config_module(path: str):
@@ -216,15 +241,27 @@ def base_config() -> ml_collections.ConfigDict:
 
 # Fields that do not change the numbers a run produces: a run may resume with different
 # values of these. Everything else identifies the experiment (see checkpoint.py).
-_RUN_CONTROL = ("log_every", "checkpoint_every", "eval_every", "keep_checkpoints", "progress",
-                "plots", "eval", "data.data_dir", "model.conv_impl")
+_RUN_CONTROL = (
+    "log_every",
+    "checkpoint_every",
+    "eval_every",
+    "keep_checkpoints",
+    "progress",
+    "plots",
+    "eval",
+    "data.data_dir",
+    "model.conv_impl",
+)
 
 
 def experiment_fields(config: ml_collections.ConfigDict) -> dict:
     """The flattened config without run-control fields: what identifies an experiment."""
     flat = _flatten(config.to_dict())
-    return {k: v for k, v in flat.items()
-            if not any(k == r or k.startswith(r + ".") for r in _RUN_CONTROL)}
+    return {
+        k: v
+        for k, v in flat.items()
+        if not any(k == r or k.startswith(r + ".") for r in _RUN_CONTROL)
+    }
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -285,8 +322,11 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int,
-             known: dict[str, Iterable[str]] | None = None) -> None:
+def validate(
+    config: ml_collections.ConfigDict,
+    num_devices: int,
+    known: dict[str, Iterable[str]] | None = None,
+) -> None:
     """Check fields and values before any work; raise ConfigError (one line) on the first problem.
 
     Args:
@@ -303,75 +343,139 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     for field in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         value = config[field]
         _require(_is_int(value) and value > 0, field, f"must be a positive integer, got {value!r}")
-    _require(_is_int(config.eval_every) and config.eval_every >= 0, "eval_every",
-             f"must be an integer >= 0 (0 = only at the end), got {config.eval_every!r}")
+    _require(
+        _is_int(config.eval_every) and config.eval_every >= 0,
+        "eval_every",
+        f"must be an integer >= 0 (0 = only at the end), got {config.eval_every!r}",
+    )
     _require(_is_int(config.seed), "seed", f"must be an integer, got {config.seed!r}")
-    _require(isinstance(config.plots, bool), "plots",
-             f"must be True or False, got {config.plots!r}")
-    _require(config.batch_size % num_devices == 0, "batch_size",
-             f"{config.batch_size} is not divisible by the {num_devices} devices; "
-             f"use a multiple of {num_devices}, e.g. {num_devices * max(1, round(config.batch_size / num_devices))}")
+    _require(
+        isinstance(config.plots, bool), "plots", f"must be True or False, got {config.plots!r}"
+    )
+    _require(
+        config.batch_size % num_devices == 0,
+        "batch_size",
+        f"{config.batch_size} is not divisible by the {num_devices} devices; "
+        f"use a multiple of {num_devices}, e.g. "
+        f"{num_devices * max(1, round(config.batch_size / num_devices))}",
+    )
     _require(config.batch_size >= 2, "batch_size", "must be at least 2 (batch statistics)")
-    _require(config.dtype in ("float32", "bfloat16"), "dtype",
-             f"must be 'float32' or 'bfloat16', got {config.dtype!r}")
-    _require(_is_int(config.data.image_size) and config.data.image_size >= 8, "data.image_size",
-             f"must be an integer >= 8, got {config.data.image_size!r}")
+    _require(
+        config.dtype in ("float32", "bfloat16"),
+        "dtype",
+        f"must be 'float32' or 'bfloat16', got {config.dtype!r}",
+    )
+    _require(
+        _is_int(config.data.image_size) and config.data.image_size >= 8,
+        "data.image_size",
+        f"must be an integer >= 8, got {config.data.image_size!r}",
+    )
     stem_reduction = 4 if config.model.stem == "imagenet" else 1
     if config.model.backbone.startswith("resnet"):
         # Five stride-2 stages with the ImageNet stem (32x), three with the CIFAR stem (8x).
         minimum = 8 * stem_reduction
-        _require(config.data.image_size >= minimum, "data.image_size",
-                 f"{config.data.image_size} is too small for {config.model.backbone} with the "
-                 f"{config.model.stem} stem; use at least {minimum}")
-    _require(config.model.stem in ("cifar", "imagenet"), "model.stem",
-             f"must be 'cifar' or 'imagenet', got {config.model.stem!r}")
-    _require(config.model.conv_impl in ("auto", "xla", "tapped"), "model.conv_impl",
-             f"must be 'auto', 'xla' or 'tapped', got {config.model.conv_impl!r}")
-    _require(config.optimizer.name in ("lars", "sgd", "adamw"), "optimizer.name",
-             f"must be 'lars', 'sgd' or 'adamw', got {config.optimizer.name!r}")
-    _require(config.optimizer.schedule in ("cosine", "constant"), "optimizer.schedule",
-             f"must be 'cosine' or 'constant', got {config.optimizer.schedule!r}")
-    _require(config.optimizer.lr > 0 and math.isfinite(config.optimizer.lr), "optimizer.lr",
-             f"must be a positive number, got {config.optimizer.lr!r}")
-    _require(config.optimizer.weight_decay >= 0, "optimizer.weight_decay",
-             f"must be >= 0, got {config.optimizer.weight_decay!r}")
-    _require(_is_int(config.optimizer.warmup_steps)
-             and 0 <= config.optimizer.warmup_steps < config.total_steps,
-             "optimizer.warmup_steps", f"must be an integer in [0, total_steps), got "
-             f"{config.optimizer.warmup_steps!r}")
-    _require(config.model.projector_activation in ("relu", "gelu"), "model.projector_activation",
-             f"must be 'relu' or 'gelu', got {config.model.projector_activation!r}")
+        _require(
+            config.data.image_size >= minimum,
+            "data.image_size",
+            f"{config.data.image_size} is too small for {config.model.backbone} with the "
+            f"{config.model.stem} stem; use at least {minimum}",
+        )
+    _require(
+        config.model.stem in ("cifar", "imagenet"),
+        "model.stem",
+        f"must be 'cifar' or 'imagenet', got {config.model.stem!r}",
+    )
+    _require(
+        config.model.conv_impl in ("auto", "xla", "tapped"),
+        "model.conv_impl",
+        f"must be 'auto', 'xla' or 'tapped', got {config.model.conv_impl!r}",
+    )
+    _require(
+        config.optimizer.name in ("lars", "sgd", "adamw"),
+        "optimizer.name",
+        f"must be 'lars', 'sgd' or 'adamw', got {config.optimizer.name!r}",
+    )
+    _require(
+        config.optimizer.schedule in ("cosine", "constant"),
+        "optimizer.schedule",
+        f"must be 'cosine' or 'constant', got {config.optimizer.schedule!r}",
+    )
+    _require(
+        config.optimizer.lr > 0 and math.isfinite(config.optimizer.lr),
+        "optimizer.lr",
+        f"must be a positive number, got {config.optimizer.lr!r}",
+    )
+    _require(
+        config.optimizer.weight_decay >= 0,
+        "optimizer.weight_decay",
+        f"must be >= 0, got {config.optimizer.weight_decay!r}",
+    )
+    _require(
+        _is_int(config.optimizer.warmup_steps)
+        and 0 <= config.optimizer.warmup_steps < config.total_steps,
+        "optimizer.warmup_steps",
+        f"must be an integer in [0, total_steps), got {config.optimizer.warmup_steps!r}",
+    )
+    _require(
+        config.model.projector_activation in ("relu", "gelu"),
+        "model.projector_activation",
+        f"must be 'relu' or 'gelu', got {config.model.projector_activation!r}",
+    )
     for field in ("predictor_dim", "num_prototypes", "freeze_prototypes_steps"):
         value = config.model[field]
-        _require(_is_int(value) and value >= 0, f"model.{field}",
-                 f"must be an integer >= 0 (0 = none), got {value!r}")
+        _require(
+            _is_int(value) and value >= 0,
+            f"model.{field}",
+            f"must be an integer >= 0 (0 = none), got {value!r}",
+        )
     for field in ("base_momentum", "final_momentum"):
         value = config.ema[field]
         _require(0.0 <= value <= 1.0, f"ema.{field}", f"must be in [0, 1], got {value!r}")
-    _require(_is_int(config.queue_size) and config.queue_size >= 0, "queue_size",
-             f"must be an integer >= 0 (0 = no queue), got {config.queue_size!r}")
-    _require(config.optimizer.clip_grad_norm >= 0, "optimizer.clip_grad_norm",
-             f"must be >= 0 (0 = no clipping), got {config.optimizer.clip_grad_norm!r}")
-    _require(_is_int(config.augment.num_small_crops) and config.augment.num_small_crops >= 0,
-             "augment.num_small_crops", f"must be an integer >= 0, got "
-             f"{config.augment.num_small_crops!r}")
+    _require(
+        _is_int(config.queue_size) and config.queue_size >= 0,
+        "queue_size",
+        f"must be an integer >= 0 (0 = no queue), got {config.queue_size!r}",
+    )
+    _require(
+        config.optimizer.clip_grad_norm >= 0,
+        "optimizer.clip_grad_norm",
+        f"must be >= 0 (0 = no clipping), got {config.optimizer.clip_grad_norm!r}",
+    )
+    _require(
+        _is_int(config.augment.num_small_crops) and config.augment.num_small_crops >= 0,
+        "augment.num_small_crops",
+        f"must be an integer >= 0, got {config.augment.num_small_crops!r}",
+    )
     if config.augment.num_small_crops:
         small = config.augment.small_view.crop_size
-        _require(_is_int(small) and 8 <= small <= config.data.image_size,
-                 "augment.small_view.crop_size", f"must be an integer in [8, data.image_size="
-                 f"{config.data.image_size}], got {small!r}")
+        _require(
+            _is_int(small) and 8 <= small <= config.data.image_size,
+            "augment.small_view.crop_size",
+            f"must be an integer in [8, data.image_size={config.data.image_size}], got {small!r}",
+        )
     for name in ("view1", "view2"):
         size = config.augment[name].crop_size
-        _require(size == config.data.image_size, f"augment.{name}.crop_size",
-                 f"{size} differs from data.image_size={config.data.image_size}; set them equal")
-    _require(_is_int(config.eval.knn_k) and config.eval.knn_k > 0, "eval.knn_k",
-             f"must be a positive integer, got {config.eval.knn_k!r}")
-    _require(_is_int(config.eval.batch_size) and config.eval.batch_size > 0, "eval.batch_size",
-             f"must be a positive integer, got {config.eval.batch_size!r}")
+        _require(
+            size == config.data.image_size,
+            f"augment.{name}.crop_size",
+            f"{size} differs from data.image_size={config.data.image_size}; set them equal",
+        )
+    _require(
+        _is_int(config.eval.knn_k) and config.eval.knn_k > 0,
+        "eval.knn_k",
+        f"must be a positive integer, got {config.eval.knn_k!r}",
+    )
+    _require(
+        _is_int(config.eval.batch_size) and config.eval.batch_size > 0,
+        "eval.batch_size",
+        f"must be a positive integer, got {config.eval.batch_size!r}",
+    )
     for field, names in (known or {}).items():
         value = get_field(config, field)
         names = sorted(names)
-        _require(value in names, field, f"unknown value {value!r}; choose one of {', '.join(names)}")
+        _require(
+            value in names, field, f"unknown value {value!r}; choose one of {', '.join(names)}"
+        )
 
 
 # --- Presets shared by the method configs -------------------------------------------------
@@ -401,9 +505,18 @@ def embedded_preset(c: ml_collections.ConfigDict, *, solarize_second_view: float
     c.eval.train_split, c.eval.val_split, c.eval.test_split = "train", "validation", "test"
     for name in ("view1", "view2"):
         c.augment[name] = view_config(
-            crop_size=28, crop_scale=(0.25, 1.0), flip_prob=0.0, brightness=0.4, contrast=0.4,
-            saturation=0.0, hue=0.0, color_jitter_prob=0.8, grayscale_prob=0.0,
-            mean=MNIST_MEAN, std=MNIST_STD)
+            crop_size=28,
+            crop_scale=(0.25, 1.0),
+            flip_prob=0.0,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.0,
+            hue=0.0,
+            color_jitter_prob=0.8,
+            grayscale_prob=0.0,
+            mean=MNIST_MEAN,
+            std=MNIST_STD,
+        )
     c.augment.view2.solarize_prob = solarize_second_view
 
 
@@ -461,5 +574,7 @@ def solo_cifar_augment(c: ml_collections.ConfigDict, recipe: str, **overrides: A
 
 
 def unknown_preset(path: str, preset: str, presets: Iterable[str] = PRESETS) -> ConfigError:
-    return ConfigError(f"unknown preset {preset!r} for {path}; choose one of "
-                       f"{', '.join(presets)}, or no preset for the embedded-data default")
+    return ConfigError(
+        f"unknown preset {preset!r} for {path}; choose one of "
+        f"{', '.join(presets)}, or no preset for the embedded-data default"
+    )

@@ -4,6 +4,7 @@
 set, split or index that cannot be served. Both are `ValueError`s; the CLI prints their
 message as one line and exits with status 2.
 """
+
 from __future__ import annotations
 
 __all__ = ["ConfigError", "DataError"]

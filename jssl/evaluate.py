@@ -5,6 +5,7 @@ docs/methods.md section 6. The protocols are pure, jitted functions on (N, D) fe
 the data sources and `evaluate_encoder`, which the train loop calls every `eval_every`
 steps and at the end. Nothing here is ever selected on the test split.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,9 +22,20 @@ from jssl.data import pipeline, sources
 from jssl.data.subsets import check_num_classes
 from jssl.losses import l2_normalize
 
-__all__ = ["knn_predict", "knn_accuracy", "knn_accuracies", "linear_probe", "LinearProbe",
-           "linear_probe_logits", "standardization", "extract_features", "encode_source",
-           "calibrate_batch_stats", "evaluate_encoder", "evaluate_classifier"]
+__all__ = [
+    "knn_predict",
+    "knn_accuracy",
+    "knn_accuracies",
+    "linear_probe",
+    "LinearProbe",
+    "linear_probe_logits",
+    "standardization",
+    "extract_features",
+    "encode_source",
+    "calibrate_batch_stats",
+    "evaluate_encoder",
+    "evaluate_classifier",
+]
 
 
 # --- Input checks (one line naming the argument) ---------------------------------------
@@ -34,8 +46,10 @@ def _check_features(name: str, x, dim: int | None = None) -> tuple[int, int]:
     if len(shape) != 2 or shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty (N, D) feature array, got shape {shape}")
     if dim is not None and shape[1] != dim:
-        raise ValueError(f"{name} has {shape[1]} feature dimensions but the training features "
-                         f"have {dim}; extract both with the same encoder")
+        raise ValueError(
+            f"{name} has {shape[1]} feature dimensions but the training features "
+            f"have {dim}; extract both with the same encoder"
+        )
     return shape
 
 
@@ -53,16 +67,19 @@ def _check_labels(name: str, y, n: int, num_classes: int) -> None:
         raise ValueError(f"{name} must hold integer class ids, got dtype {dtype}")
     lo, hi = (int(v) for v in _min_max(jnp.asarray(y)))
     if lo < 0 or hi >= num_classes:
-        raise ValueError(f"{name} must be class ids in [0, {num_classes}), got values in "
-                         f"[{lo}, {hi}]; check num_classes")
+        raise ValueError(
+            f"{name} must be class ids in [0, {num_classes}), got values in "
+            f"[{lo}, {hi}]; check num_classes"
+        )
 
 
 # --- Weighted k-NN (Wu et al. 2018) ----------------------------------------------------
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "ks", "chunk_size"))
-def _knn_scores(train_features, train_labels, query_features, temperature, *, num_classes, ks,
-                chunk_size):
+def _knn_scores(
+    train_features, train_labels, query_features, temperature, *, num_classes, ks, chunk_size
+):
     """(N_query, len(ks), num_classes) vote sums, one top-max(ks) pass for every k."""
     bank = l2_normalize(jnp.asarray(train_features, jnp.float32))
     labels = jnp.asarray(train_labels, jnp.int32)
@@ -86,8 +103,9 @@ def _knn_scores(train_features, train_labels, query_features, temperature, *, nu
     return jax.lax.map(scores, chunks).reshape(-1, len(ks), num_classes)[:n]
 
 
-def _knn_checked(train_features, train_labels, query_features, *, num_classes, ks, temperature,
-                 chunk_size):
+def _knn_checked(
+    train_features, train_labels, query_features, *, num_classes, ks, temperature, chunk_size
+):
     check_num_classes(num_classes)
     n_train, dim = _check_features("train_features", train_features)
     n_query, _ = _check_features("query_features", query_features, dim)
@@ -97,19 +115,36 @@ def _knn_checked(train_features, train_labels, query_features, *, num_classes, k
         raise ValueError("ks must name at least one k, e.g. ks=(20,)")
     for k in ks:
         if not 0 < k <= n_train:
-            raise ValueError(f"k={k} must be in [1, {n_train}] (the number of training "
-                             "features); lower k or pass more training features")
+            raise ValueError(
+                f"k={k} must be in [1, {n_train}] (the number of training "
+                "features); lower k or pass more training features"
+            )
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     chunk_size = int(min(chunk_size, n_query))  # no padding beyond the queries there are
-    return _knn_scores(train_features, train_labels, query_features, jnp.float32(temperature),
-                       num_classes=int(num_classes), ks=ks, chunk_size=chunk_size)
+    return _knn_scores(
+        train_features,
+        train_labels,
+        query_features,
+        jnp.float32(temperature),
+        num_classes=int(num_classes),
+        ks=ks,
+        chunk_size=chunk_size,
+    )
 
 
-def knn_predict(train_features, train_labels, query_features, *, num_classes: int, k: int = 20,
-                temperature: float = 0.07, chunk_size: int = 1024) -> jax.Array:
+def knn_predict(
+    train_features,
+    train_labels,
+    query_features,
+    *,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> jax.Array:
     """Class scores of the weighted k-NN classifier of Wu et al. 2018 (InstDisc).
 
     Features are L2-normalised; each query's k most cosine-similar training features vote
@@ -126,8 +161,15 @@ def knn_predict(train_features, train_labels, query_features, *, num_classes: in
     References: Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance
       Discrimination", CVPR 2018, https://arxiv.org/abs/1805.01978
     """
-    return _knn_checked(train_features, train_labels, query_features, num_classes=num_classes,
-                        ks=(k,), temperature=temperature, chunk_size=chunk_size)[:, 0]
+    return _knn_checked(
+        train_features,
+        train_labels,
+        query_features,
+        num_classes=num_classes,
+        ks=(k,),
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )[:, 0]
 
 
 @jax.jit
@@ -135,24 +177,54 @@ def _top1_correct(scores, labels):  # scores (..., N, C) -> correct counts (...)
     return jnp.sum(jnp.argmax(scores, axis=-1) == labels, axis=-1)
 
 
-def knn_accuracy(train_features, train_labels, query_features, query_labels, *,
-                 num_classes: int, k: int = 20, temperature: float = 0.07,
-                 chunk_size: int = 1024) -> float:
+def knn_accuracy(
+    train_features,
+    train_labels,
+    query_features,
+    query_labels,
+    *,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> float:
     """Top-1 accuracy of `knn_predict` on labelled queries (query_labels: (N_query,))."""
-    return knn_accuracies(train_features, train_labels, query_features, query_labels,
-                          num_classes=num_classes, ks=(k,), temperature=temperature,
-                          chunk_size=chunk_size)[int(k)]
+    return knn_accuracies(
+        train_features,
+        train_labels,
+        query_features,
+        query_labels,
+        num_classes=num_classes,
+        ks=(k,),
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )[int(k)]
 
 
-def knn_accuracies(train_features, train_labels, query_features, query_labels, *,
-                   num_classes: int, ks: Sequence[int] = (5, 20, 200), temperature: float = 0.07,
-                   chunk_size: int = 1024) -> dict[int, float]:
+def knn_accuracies(
+    train_features,
+    train_labels,
+    query_features,
+    query_labels,
+    *,
+    num_classes: int,
+    ks: Sequence[int] = (5, 20, 200),
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> dict[int, float]:
     """{k: top-1 accuracy} of the weighted k-NN for every k in `ks`, from one top-max(ks) pass."""
     check_num_classes(num_classes)
     n_query, _ = _check_features("query_features", query_features)
     _check_labels("query_labels", query_labels, n_query, num_classes)
-    scores = _knn_checked(train_features, train_labels, query_features, num_classes=num_classes,
-                          ks=ks, temperature=temperature, chunk_size=chunk_size)
+    scores = _knn_checked(
+        train_features,
+        train_labels,
+        query_features,
+        num_classes=num_classes,
+        ks=ks,
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
     correct = _top1_correct(jnp.moveaxis(scores, 1, 0), jnp.asarray(query_labels, jnp.int32))
     return {int(k): int(c) / n_query for k, c in zip(ks, np.asarray(correct))}
 
@@ -162,6 +234,7 @@ def knn_accuracies(train_features, train_labels, query_features, query_labels, *
 
 class LinearProbe(NamedTuple):
     """A fitted probe: logits = ((x - mean) / std) @ weights + bias."""
+
     mean: np.ndarray  # (D,) training-feature mean
     std: np.ndarray  # (D,) training-feature std (1 where a feature is constant)
     weights: np.ndarray  # (D, num_classes)
@@ -230,10 +303,21 @@ def _probe_correct(mean, std, w, b, x, y):  # correct counts of every fit, (n_wd
     return _top1_correct(logits, y)
 
 
-def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, *, num_classes: int,
-                 weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2),
-                 max_steps: int = 500, seed: int = 0, tol: float = 1e-6,
-                 return_probe: bool = False) -> dict:
+def linear_probe(
+    train_x,
+    train_y,
+    val_x,
+    val_y,
+    test_x,
+    test_y,
+    *,
+    num_classes: int,
+    weight_decays: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2),
+    max_steps: int = 500,
+    seed: int = 0,
+    tol: float = 1e-6,
+    return_probe: bool = False,
+) -> dict:
     """Linear probe on frozen features, weight decay chosen on validation (never on test).
 
     Features are standardised with the training mean and std. For every weight decay wd a
@@ -271,33 +355,48 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, *, num_classes:
         _check_labels(f"{name}_y", y, n, num_classes)
     weight_decays = tuple(float(w) for w in weight_decays)
     if not weight_decays or min(weight_decays) < 0:
-        raise ValueError(f"weight_decays must be a non-empty list of values >= 0, got "
-                         f"{weight_decays}")
+        raise ValueError(
+            f"weight_decays must be a non-empty list of values >= 0, got {weight_decays}"
+        )
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
 
     mean, std, w, b, steps = _fit_logistic(
-        train_x, jnp.asarray(train_y, jnp.int32), jnp.asarray(weight_decays, jnp.float32),
-        jnp.float32(tol), jnp.int32(max_steps), num_classes=int(num_classes))
-    acc = {name: np.asarray(_probe_correct(mean, std, w, b, x, jnp.asarray(y, jnp.int32)))
-           / np.shape(y)[0] for name, (x, y) in splits.items()}
+        train_x,
+        jnp.asarray(train_y, jnp.int32),
+        jnp.asarray(weight_decays, jnp.float32),
+        jnp.float32(tol),
+        jnp.int32(max_steps),
+        num_classes=int(num_classes),
+    )
+    acc = {
+        name: np.asarray(_probe_correct(mean, std, w, b, x, jnp.asarray(y, jnp.int32)))
+        / np.shape(y)[0]
+        for name, (x, y) in splits.items()
+    }
     select = acc.get("val", acc["train"])
     best = int(np.argmax(select))  # first maximum: ties go to the earlier weight decay
-    out = {"val_accuracy": float(select[best]), "test_accuracy": float(acc["test"][best]),
-           "train_accuracy": float(acc["train"][best]), "weight_decay": weight_decays[best],
-           "val_accuracy_per_wd": {str(wd): float(a) for wd, a in zip(weight_decays, select)},
-           "steps_per_wd": {str(wd): int(s) for wd, s in zip(weight_decays, np.asarray(steps))}}
+    out = {
+        "val_accuracy": float(select[best]),
+        "test_accuracy": float(acc["test"][best]),
+        "train_accuracy": float(acc["train"][best]),
+        "weight_decay": weight_decays[best],
+        "val_accuracy_per_wd": {str(wd): float(a) for wd, a in zip(weight_decays, select)},
+        "steps_per_wd": {str(wd): int(s) for wd, s in zip(weight_decays, np.asarray(steps))},
+    }
     if return_probe:
-        out["probe"] = LinearProbe(np.asarray(mean), np.asarray(std), np.asarray(w[best]),
-                                   np.asarray(b[best]))
+        out["probe"] = LinearProbe(
+            np.asarray(mean), np.asarray(std), np.asarray(w[best]), np.asarray(b[best])
+        )
     return out
 
 
 # --- Evaluating an encoder of the train loop (features from the data sources) ---------
 
 
-def extract_features(embed_fn, state, source, *, batch_size: int, mesh,
-                     max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    embed_fn, state, source, *, batch_size: int, mesh, max_examples: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Frozen features and labels of a whole split, in order (with `max_examples`, of a
     fixed random subset of that many examples, in order).
 
@@ -308,13 +407,16 @@ def extract_features(embed_fn, state, source, *, batch_size: int, mesh,
     n = len(source) if not max_examples else min(len(source), max_examples)
     # A capped split is a fixed random subset (in index order), not its first rows: splits
     # may be sorted by class (the embedded MNIST is), and the first rows would be a few classes.
-    rows = np.arange(n) if n == len(source) else np.sort(
-        np.random.default_rng(0).choice(len(source), n, replace=False))
+    rows = (
+        np.arange(n)
+        if n == len(source)
+        else np.sort(np.random.default_rng(0).choice(len(source), n, replace=False))
+    )
     batch_size = -(-batch_size // mesh.size) * mesh.size
     mine = parallel.process_rows(mesh, batch_size)  # this process's rows of every batch
     features, labels = [], []
     for start in range(0, n, batch_size):
-        idx = rows[start:start + batch_size]
+        idx = rows[start : start + batch_size]
         valid = len(idx)
         idx = np.concatenate([idx, np.full(batch_size - valid, idx[-1])])
         images, y = source.read(idx[mine])
@@ -325,15 +427,17 @@ def extract_features(embed_fn, state, source, *, batch_size: int, mesh,
     return np.concatenate(features), np.concatenate(labels)
 
 
-def encode_source(modules: Sequence, variables: Sequence, source, *, batch_size: int,
-                  mesh) -> tuple[list[np.ndarray], np.ndarray]:
+def encode_source(
+    modules: Sequence, variables: Sequence, source, *, batch_size: int, mesh
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Features of every example of `source` by every encoder (`modules[k].apply(
     variables[k], images, train=False)`: frozen, evaluation mode), as host arrays in source
     order, and the labels. The batches are sharded over `mesh` (the run's)."""
     feats, labels = [], None
     for module, v in zip(modules, variables):
-        x, labels = extract_features(_sharded_apply(module, mesh), v, source,
-                                     batch_size=batch_size, mesh=mesh)
+        x, labels = extract_features(
+            _sharded_apply(module, mesh), v, source, batch_size=batch_size, mesh=mesh
+        )
         feats.append(x)
     return feats, labels
 
@@ -342,9 +446,11 @@ def encode_source(modules: Sequence, variables: Sequence, source, *, batch_size:
 def _sharded_apply(module, mesh):
     """One jitted evaluation-mode forward per (encoder architecture, mesh): modules are
     hashable by their fields, so restoring the same architecture again compiles nothing."""
-    return jax.jit(lambda variables, x: module.apply(variables, x, train=False),
-                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-                   out_shardings=parallel.batch_sharding(mesh))
+    return jax.jit(
+        lambda variables, x: module.apply(variables, x, train=False),
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+        out_shardings=parallel.batch_sharding(mesh),
+    )
 
 
 def calibrate_batch_stats(method, state, source, config, mesh, *, num_batches: int = 20):
@@ -354,11 +460,14 @@ def calibrate_batch_stats(method, state, source, config, mesh, *, num_batches: i
     its activations; evaluating it with them would make the random-init baseline weaker
     than it is. With momentum 0.9, 20 batches leave 0.9**20 = 12% of the initial values.
     """
-    calib = parallel.jit(method.calibrate, in_shardings=(parallel.replicated(mesh),
-                                                          parallel.batch_sharding(mesh)),
-                         out_shardings=parallel.replicated(mesh))
-    batches = pipeline.TrainBatches(source, batch_size=config.batch_size,
-                                    seed=config.seed + 1, mesh=mesh)
+    calib = parallel.jit(
+        method.calibrate,
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+        out_shardings=parallel.replicated(mesh),
+    )
+    batches = pipeline.TrainBatches(
+        source, batch_size=config.batch_size, seed=config.seed + 1, mesh=mesh
+    )
     for batch in batches(0, num_batches):
         state = calib(state, batch["image"])
     return state
@@ -375,17 +484,37 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
     feats = {}
     for key, split in (("train", ev.train_split), ("val", ev.val_split), ("test", ev.test_split)):
         src = sources.get_source(name, split, data_dir=data_dir)
-        feats[key] = extract_features(embed_fn, state, src, batch_size=ev.batch_size, mesh=mesh,
-                                      max_examples=ev.max_examples)
+        feats[key] = extract_features(
+            embed_fn, state, src, batch_size=ev.batch_size, mesh=mesh, max_examples=ev.max_examples
+        )
     num_classes = src.num_classes
     (xtr, ytr), (xva, yva), (xte, yte) = feats["train"], feats["val"], feats["test"]
-    out = {"knn_accuracy": float(knn_accuracy(xtr, ytr, xte, yte, num_classes=num_classes,
-                                              k=min(ev.knn_k, len(xtr)),
-                                              temperature=ev.knn_temperature)),
-           "knn_k": ev.knn_k}
-    probe = linear_probe(xtr, ytr, xva, yva, xte, yte, num_classes=num_classes,
-                         weight_decays=tuple(ev.linear_weight_decays),
-                         max_steps=ev.linear_max_steps, seed=config.seed)
+    out = {
+        "knn_accuracy": float(
+            knn_accuracy(
+                xtr,
+                ytr,
+                xte,
+                yte,
+                num_classes=num_classes,
+                k=min(ev.knn_k, len(xtr)),
+                temperature=ev.knn_temperature,
+            )
+        ),
+        "knn_k": ev.knn_k,
+    }
+    probe = linear_probe(
+        xtr,
+        ytr,
+        xva,
+        yva,
+        xte,
+        yte,
+        num_classes=num_classes,
+        weight_decays=tuple(ev.linear_weight_decays),
+        max_steps=ev.linear_max_steps,
+        seed=config.seed,
+    )
     out["linear_accuracy"] = float(probe["test_accuracy"])
     out["linear_val_accuracy"] = float(probe["val_accuracy"])
     out["linear_weight_decay"] = float(probe["weight_decay"])
@@ -398,10 +527,18 @@ def evaluate_classifier(predict_fn, state, config, mesh) -> dict:
     config's validation and test splits: "classifier_val_accuracy" is for model selection,
     "classifier_accuracy" (test) is reported, never selected on."""
     ev, out = config.eval, {}
-    for key, split in (("classifier_val_accuracy", ev.val_split),
-                       ("classifier_accuracy", ev.test_split)):
+    for key, split in (
+        ("classifier_val_accuracy", ev.val_split),
+        ("classifier_accuracy", ev.test_split),
+    ):
         src = sources.get_source(config.data.name, split, data_dir=config.data.data_dir)
-        logits, labels = extract_features(predict_fn, state, src, batch_size=ev.batch_size,
-                                          mesh=mesh, max_examples=ev.max_examples)
+        logits, labels = extract_features(
+            predict_fn,
+            state,
+            src,
+            batch_size=ev.batch_size,
+            mesh=mesh,
+            max_examples=ev.max_examples,
+        )
         out[key] = float(np.mean(np.argmax(logits, axis=1) == labels))
     return out

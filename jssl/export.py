@@ -14,6 +14,7 @@ Command line: `python -m jssl.export --workdir DIR --out encoder.msgpack [--step
 one msgpack file holding the architecture (the config fields that build it) and the
 variables; `load_encoder` reads it back without the workdir.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,15 @@ __all__ = ["Encoder", "Encoders", "load_encoder", "load_encoders", "export_encod
 FORMAT = "jssl-encoder-1"
 # The config fields that build an encoder (`models.backbone_from_config`, `compute_dtype`
 # and `eval_transform`); an exported file carries exactly these.
-_ENCODER_FIELDS = ("model.backbone", "model.num_filters", "model.stem", "dtype",
-                   "data.image_size", "augment.view1.mean", "augment.view1.std")
+_ENCODER_FIELDS = (
+    "model.backbone",
+    "model.num_filters",
+    "model.stem",
+    "dtype",
+    "data.image_size",
+    "augment.view1.mean",
+    "augment.view1.std",
+)
 
 
 class Encoder(nn.Module):
@@ -59,8 +67,10 @@ class Encoder(nn.Module):
 
 
 def _encoder_module(config: ml_collections.ConfigDict) -> Encoder:
-    return Encoder(backbone=models.backbone_from_config(config.model, compute_dtype(config)),
-                   **eval_transform(config))
+    return Encoder(
+        backbone=models.backbone_from_config(config.model, compute_dtype(config)),
+        **eval_transform(config),
+    )
 
 
 def _from_workdir(workdir: str, step: int | None):
@@ -69,13 +79,16 @@ def _from_workdir(workdir: str, step: int | None):
         try:
             get_field(config, field)
         except KeyError:
-            raise ConfigError(f"{workdir}: its config lacks {field}; this run cannot be "
-                              "exported") from None
+            raise ConfigError(
+                f"{workdir}: its config lacks {field}; this run cannot be exported"
+            ) from None
     _, tree = restore_host(workdir, step)
     params, stats = tree.get("params", {}), tree.get("batch_stats", {})
     if "backbone" not in params:
-        raise ConfigError(f"{workdir}: the checkpoint has no backbone (top-level parameters: "
-                          f"{', '.join(sorted(params)) or 'none'})")
+        raise ConfigError(
+            f"{workdir}: the checkpoint has no backbone (top-level parameters: "
+            f"{', '.join(sorted(params)) or 'none'})"
+        )
     variables = {"params": {"backbone": params["backbone"]}}
     if stats.get("backbone"):
         variables["batch_stats"] = {"backbone": stats["backbone"]}
@@ -83,8 +96,10 @@ def _from_workdir(workdir: str, step: int | None):
 
 
 def _encoder_fields(config: ml_collections.ConfigDict) -> dict:
-    return {field: (list(v) if isinstance(v := get_field(config, field), (tuple, list)) else v)
-            for field in _ENCODER_FIELDS}
+    return {
+        field: (list(v) if isinstance(v := get_field(config, field), (tuple, list)) else v)
+        for field in _ENCODER_FIELDS
+    }
 
 
 def load_encoder(path: str, *, step: int | None = None) -> tuple[Encoder, dict]:
@@ -101,8 +116,10 @@ def load_encoder(path: str, *, step: int | None = None) -> tuple[Encoder, dict]:
         except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file
             raise ConfigError(f"{path}: not a jssl encoder file ({type(e).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a jssl encoder file (format {FORMAT} expected); write "
-                          "one with python -m jssl.export")
+        raise ConfigError(
+            f"{path}: not a jssl encoder file (format {FORMAT} expected); write "
+            "one with python -m jssl.export"
+        )
     config = from_flat(json.loads(blob["config"]))
     variables = jax.tree_util.tree_map(np.asarray, blob["variables"])
     return _encoder_module(config), variables
@@ -114,8 +131,11 @@ def export_encoder(workdir: str, out: str, *, step: int | None = None) -> str:
     if os.path.exists(out):
         raise ConfigError(f"--out {out} exists; choose another path (nothing was overwritten)")
     config, variables = _from_workdir(workdir, step)
-    blob: dict[str, Any] = {"format": FORMAT, "config": json.dumps(_encoder_fields(config)),
-                            "variables": variables}
+    blob: dict[str, Any] = {
+        "format": FORMAT,
+        "config": json.dumps(_encoder_fields(config)),
+        "variables": variables,
+    }
     io.write_bytes(out, serialization.msgpack_serialize(blob))
     return out
 
@@ -134,24 +154,31 @@ class Encoders:
         return len(self.modules)
 
     def subset(self, indices: Sequence[int]) -> "Encoders":
-        return Encoders(*(tuple(getattr(self, f.name)[i] for i in indices)
-                          for f in dataclasses.fields(self)))
+        return Encoders(
+            *(tuple(getattr(self, f.name)[i] for i in indices) for f in dataclasses.fields(self))
+        )
 
 
 def _first_difference(expected, loaded) -> str:
-    exp = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in
-           jax.tree_util.tree_leaves_with_path(expected)}
-    got = {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in
-           jax.tree_util.tree_leaves_with_path(loaded)}
+    exp = {
+        jax.tree_util.keystr(p): tuple(x.shape)
+        for p, x in jax.tree_util.tree_leaves_with_path(expected)
+    }
+    got = {
+        jax.tree_util.keystr(p): tuple(np.shape(x))
+        for p, x in jax.tree_util.tree_leaves_with_path(loaded)
+    }
     for key in sorted(set(exp) | set(got)):
         if exp.get(key) != got.get(key):
-            return (f"{key}: architecture {exp.get(key, 'absent')}, checkpoint "
-                    f"{got.get(key, 'absent')}")
+            return (
+                f"{key}: architecture {exp.get(key, 'absent')}, checkpoint {got.get(key, 'absent')}"
+            )
     return "none"
 
 
-def load_encoders(paths: Sequence[str], names: Sequence[str] = (), *,
-                  field: str = "config.fusion.encoders") -> Encoders:
+def load_encoders(
+    paths: Sequence[str], names: Sequence[str] = (), *, field: str = "config.fusion.encoders"
+) -> Encoders:
     """Restore the encoders of `paths` (jssl workdirs or exported files), e.g. the frozen
     encoders of fusion.
 
@@ -168,24 +195,34 @@ def load_encoders(paths: Sequence[str], names: Sequence[str] = (), *,
             raise ConfigError(f"{where}: {e}") from None
         dummy = jnp.zeros((1, module.size, module.size, 3), jnp.uint8)
         expected = jax.eval_shape(module.init, jax.random.PRNGKey(0), dummy)
-        if (jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(v)
-                or jax.tree_util.tree_map(lambda x: tuple(x.shape), expected)
-                != jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), v)):
-            raise ConfigError(f"{where}: {path}: its checkpoint does not fit the encoder its "
-                              f"config describes ({_first_difference(expected, v)}); give the "
-                              "workdir of a complete, unmodified jssl run")
+        if jax.tree_util.tree_structure(expected) != jax.tree_util.tree_structure(
+            v
+        ) or jax.tree_util.tree_map(lambda x: tuple(x.shape), expected) != jax.tree_util.tree_map(
+            lambda x: tuple(np.shape(x)), v
+        ):
+            raise ConfigError(
+                f"{where}: {path}: its checkpoint does not fit the encoder its "
+                f"config describes ({_first_difference(expected, v)}); give the "
+                "workdir of a complete, unmodified jssl run"
+            )
         out = jax.eval_shape(module.apply, v, dummy)
         modules.append(module)
         variables.append(v)
         widths.append(int(out.shape[-1]))
     names = tuple(names) or tuple(os.path.basename(os.path.normpath(p)) for p in paths)
-    return Encoders(names=names, paths=tuple(paths), modules=tuple(modules),
-                    variables=tuple(variables), widths=tuple(widths))
+    return Encoders(
+        names=names,
+        paths=tuple(paths),
+        modules=tuple(modules),
+        variables=tuple(variables),
+        widths=tuple(widths),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jssl.export",
-                                description="Export a run's encoder to one msgpack file.")
+    p = argparse.ArgumentParser(
+        prog="python -m jssl.export", description="Export a run's encoder to one msgpack file."
+    )
     p.add_argument("--workdir", required=True, help="a jssl run's --workdir")
     p.add_argument("--out", required=True, help="file to write, e.g. encoder.msgpack")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")

@@ -21,6 +21,7 @@ Pure and jit-able (layer 2, beside `jssl.augment`): float32 throughout, where
 scikit-image computes in float64 (and sums cells in float32); the tests bound the
 difference.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -46,15 +47,21 @@ def _grid(shape: tuple[int, int], pixels_per_cell, cells_per_block):
     n_cells = (h // ch, w // cw)
     n_blocks = (n_cells[0] - bh + 1, n_cells[1] - bw + 1)
     if min(n_blocks) <= 0:
-        raise ValueError(f"images of {h}x{w} are too small for HOG with pixels_per_cell="
-                         f"{pixels_per_cell} and cells_per_block={cells_per_block}: need at "
-                         f"least {bh * ch}x{bw * cw}")
+        raise ValueError(
+            f"images of {h}x{w} are too small for HOG with pixels_per_cell="
+            f"{pixels_per_cell} and cells_per_block={cells_per_block}: need at "
+            f"least {bh * ch}x{bw * cw}"
+        )
     return n_cells, n_blocks
 
 
-def hog_num_features(image_shape: Sequence[int], *, orientations: int = 9,
-                     pixels_per_cell: int | Sequence[int] = (8, 8),
-                     cells_per_block: int | Sequence[int] = (3, 3)) -> int:
+def hog_num_features(
+    image_shape: Sequence[int],
+    *,
+    orientations: int = 9,
+    pixels_per_cell: int | Sequence[int] = (8, 8),
+    cells_per_block: int | Sequence[int] = (3, 3),
+) -> int:
     """Length of the `hog` descriptor of (H, W[, C]) images."""
     ppc, cpb = _pair(pixels_per_cell, "pixels_per_cell"), _pair(cells_per_block, "cells_per_block")
     _, (nbr, nbc) = _grid(tuple(image_shape[:2]), ppc, cpb)
@@ -75,17 +82,22 @@ def _normalize_blocks(blocks: jax.Array, method: str) -> jax.Array:
         return blocks / (jnp.sum(jnp.abs(blocks), axis=axes, keepdims=True) + _EPS)
     if method == "L1-sqrt":
         return jnp.sqrt(blocks / (jnp.sum(jnp.abs(blocks), axis=axes, keepdims=True) + _EPS))
-    out = blocks / jnp.sqrt(jnp.sum(blocks ** 2, axis=axes, keepdims=True) + _EPS ** 2)
+    out = blocks / jnp.sqrt(jnp.sum(blocks**2, axis=axes, keepdims=True) + _EPS**2)
     if method == "L2":
         return out
     out = jnp.minimum(out, 0.2)  # L2-Hys (Lowe 2004): clip, then renormalise
-    return out / jnp.sqrt(jnp.sum(out ** 2, axis=axes, keepdims=True) + _EPS ** 2)
+    return out / jnp.sqrt(jnp.sum(out**2, axis=axes, keepdims=True) + _EPS**2)
 
 
-def hog(images: jax.Array, *, orientations: int = 9,
-        pixels_per_cell: int | Sequence[int] = (8, 8),
-        cells_per_block: int | Sequence[int] = (3, 3), block_norm: str = "L2-Hys",
-        transform_sqrt: bool = False) -> jax.Array:
+def hog(
+    images: jax.Array,
+    *,
+    orientations: int = 9,
+    pixels_per_cell: int | Sequence[int] = (8, 8),
+    cells_per_block: int | Sequence[int] = (3, 3),
+    block_norm: str = "L2-Hys",
+    transform_sqrt: bool = False,
+) -> jax.Array:
     """HOG descriptors of a batch of images, as `skimage.feature.hog` computes them.
 
     Args:
@@ -109,8 +121,7 @@ def hog(images: jax.Array, *, orientations: int = 9,
     if not isinstance(orientations, int) or orientations < 1:
         raise ValueError(f"orientations must be a positive integer, got {orientations!r}")
     if block_norm not in BLOCK_NORMS:
-        raise ValueError(f"block_norm must be one of {', '.join(BLOCK_NORMS)}, got "
-                         f"{block_norm!r}")
+        raise ValueError(f"block_norm must be one of {', '.join(BLOCK_NORMS)}, got {block_norm!r}")
     x = jnp.asarray(images)
     if x.ndim == 3:
         x = x[..., None]
@@ -126,24 +137,24 @@ def hog(images: jax.Array, *, orientations: int = 9,
     if x.shape[-1] > 1:
         # Squared magnitudes are exact for integer pixel values (< 2^24), so ties between
         # channels go to the first one exactly as np.argmax of np.hypot does.
-        best = jnp.argmax(g_row ** 2 + g_col ** 2, axis=-1)[..., None]
+        best = jnp.argmax(g_row**2 + g_col**2, axis=-1)[..., None]
         g_row = jnp.take_along_axis(g_row, best, axis=-1)
         g_col = jnp.take_along_axis(g_col, best, axis=-1)
     g_row, g_col = g_row[..., 0], g_col[..., 0]
-    magnitude = jnp.sqrt(g_row ** 2 + g_col ** 2)
+    magnitude = jnp.sqrt(g_row**2 + g_col**2)
     angle = jnp.mod(jnp.degrees(jnp.arctan2(g_row, g_col)), 180.0)
 
     # Bin i holds angles in [edge_i, edge_{i+1}) with edge_i = 180 / n * i (scikit-image
     # compares with the edges themselves, so an angle exactly on an edge goes up).
-    edges = jnp.asarray([180.0 / orientations * i for i in range(orientations + 1)],
-                        jnp.float32)
+    edges = jnp.asarray([180.0 / orientations * i for i in range(orientations + 1)], jnp.float32)
     bins = jnp.sum(angle[..., None] >= edges[None, None, None, 1:-1], axis=-1)
     inside = angle < edges[-1]
-    votes = jax.nn.one_hot(bins, orientations, dtype=jnp.float32) * \
-        (magnitude * inside)[..., None]  # (B, H, W, n)
+    votes = (
+        jax.nn.one_hot(bins, orientations, dtype=jnp.float32) * (magnitude * inside)[..., None]
+    )  # (B, H, W, n)
 
     (ch, cw) = ppc
-    votes = votes[:, :ncr * ch, :ncc * cw].reshape(b, ncr, ch, ncc, cw, orientations)
+    votes = votes[:, : ncr * ch, : ncc * cw].reshape(b, ncr, ch, ncc, cw, orientations)
     cells = jnp.sum(votes, axis=(2, 4))  # (B, ncr, ncc, n)
 
     # Blocks at stride one cell: (B, nbr, nbc, bh, bw, n).
@@ -153,4 +164,3 @@ def hog(images: jax.Array, *, orientations: int = 9,
     blocks = cells[:, rows[:, None, :, None], cols[None, :, None, :]]
     blocks = _normalize_blocks(blocks, block_norm)
     return blocks.reshape(b, nbr * nbc * bh * bw * orientations)
-

@@ -4,6 +4,7 @@ Every writer here writes a temporary file beside the target and renames it over 
 so a reader (a resumed run, a study, a person) sees the old file or the new one, never a
 half-written one, whatever moment the process is killed at.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable", "read_json", "write_json", "write_text", "write_bytes", "write_with",
-           "save_npy", "save_npz"]
+__all__ = [
+    "jsonable",
+    "read_json",
+    "write_json",
+    "write_text",
+    "write_bytes",
+    "write_with",
+    "save_npy",
+    "save_npz",
+]
 
 
 def jsonable(x: Any) -> Any:
@@ -47,9 +56,11 @@ _replace = write_with
 
 def write_json(path: str, obj: Any, *, indent: int | None = 1) -> None:
     """`obj` (through `jsonable`) as JSON at `path`, keys sorted."""
+
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(jsonable(obj), f, indent=indent, sort_keys=True)
+
     _replace(path, write)
 
 
@@ -57,6 +68,7 @@ def write_text(path: str, text: str) -> None:
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
+
     _replace(path, write)
 
 
@@ -64,6 +76,7 @@ def write_bytes(path: str, data: bytes) -> None:
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
+
     _replace(path, write)
 
 

@@ -11,6 +11,7 @@ see launch/local_multiprocess.sh) form one run with `--coordinator_address host:
 --num_processes N --process_id i`, the same command otherwise; on a TPU VM and under srun
 JAX reads these from the environment.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,17 +23,27 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Experiment config: configs/<method>.py or configs/<method>.py:<preset>.",
-    lock_config=True)
+    "config",
+    None,
+    "Experiment config: configs/<method>.py or configs/<method>.py:<preset>.",
+    lock_config=True,
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train: train (resuming if the workdir holds this run) and evaluate; "
-                  "eval: only evaluate the workdir's latest checkpoint (without --config: with "
-                  "the config the run in --workdir was trained with).")
-flags.DEFINE_string("coordinator_address", None,
-                    "Multi-process runs: host:port of process 0 (jax.distributed), given with "
-                    "--num_processes and --process_id. On a TPU VM and in a multi-task SLURM "
-                    "step all three are read from the environment instead.")
+flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval"],
+    "train: train (resuming if the workdir holds this run) and evaluate; "
+    "eval: only evaluate the workdir's latest checkpoint (without --config: with "
+    "the config the run in --workdir was trained with).",
+)
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Multi-process runs: host:port of process 0 (jax.distributed), given with "
+    "--num_processes and --process_id. On a TPU VM and in a multi-task SLURM "
+    "step all three are read from the environment instead.",
+)
 flags.DEFINE_integer("num_processes", None, "Multi-process runs: the number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's id, 0 .. N-1.")
 
@@ -57,8 +68,10 @@ def _parse(argv: list[str]):
             FLAGS.config.to_dict()  # config_flags defers some load errors to first use
     except flags.UnrecognizedFlagError as e:
         if e.flagname.startswith("config.") and _config_arg(argv) == "?":
-            _fail(f"--{e.flagname} overrides a field of --config, which is missing; give "
-                  "--config configs/<method>.py[:<preset>] too")
+            _fail(
+                f"--{e.flagname} overrides a field of --config, which is missing; give "
+                "--config configs/<method>.py[:<preset>] too"
+            )
         _fail(f"unknown flag --{e.flagname}; config fields are set as --config.<field>=<value>")
     except Exception as e:  # noqa: BLE001 - every parse error becomes one line
         _fail(_explain(e, argv))
@@ -75,8 +88,9 @@ def _start_processes() -> None:
     from jssl import parallel
 
     try:
-        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                        FLAGS.process_id)
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
     except ValueError as e:  # a wrong flag
         _fail(str(e))
     except RuntimeError as e:  # e.g. the coordinator did not answer in time
@@ -100,19 +114,22 @@ def _explain(e: Exception, argv: list[str]) -> str:
         return text.rsplit("ConfigError: ", 1)[1]
     if "No such file or directory" in text or "Failed loading config file" in text:
         path = config_arg.split(":", 1)[0]
-        return f"--config {config_arg}: config file {path} not found; use configs/<method>.py[:<preset>]"
+        return (
+            f"--config {config_arg}: config file {path} not found; use "
+            "configs/<method>.py[:<preset>]"
+        )
     if isinstance(e, (AttributeError, KeyError)) or "AttributeError" in text:
         found = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(e.args[0]) if e.args else "")
         name = found[0] if found else "?"
         hint = re.search(r'Did you mean "([^"]+)"', text)
         for a in argv:
             if a.startswith("--config.") and name in a.split("=", 1)[0].split("."):
-                field = a.split("=", 1)[0][len("--config."):]
+                field = a.split("=", 1)[0][len("--config.") :]
                 fix = f"did you mean {hint.group(1)!r}?" if hint else "check the spelling"
                 return f"--config.{field}: no field {name!r} in {config_arg}; {fix}"
         return f"--config {config_arg}: no field {name!r}"
     if text.startswith("flag --config"):
-        return text[len("flag "):]
+        return text[len("flag ") :]
     return f"--config {config_arg}: {type(e).__name__}: {text}"
 
 
@@ -143,8 +160,10 @@ def _main(argv: list[str]) -> int:
             config = checkpoint.saved_config(workdir)
         if config.get("study"):  # several runs compared (e.g. configs/fkt.py:compare)
             if FLAGS.mode == "eval":
-                _fail("--mode=eval evaluates one run; give the --workdir of one of the "
-                      "study's runs (its sub-directories)")
+                _fail(
+                    "--mode=eval evaluates one run; give the --workdir of one of the "
+                    "study's runs (its sub-directories)"
+                )
             results = studies.run(config, workdir)
         elif FLAGS.mode == "eval":
             results = train.evaluate_workdir(config, workdir)
@@ -157,11 +176,19 @@ def _main(argv: list[str]) -> int:
     if jax.process_index() != 0:  # every process has the results; one prints them
         return 0
     if config.get("study"):
-        print(json.dumps({"workdir": workdir, "study": config.study,
-                          "verdict": results.get("verdict")}, indent=1))
+        print(
+            json.dumps(
+                {"workdir": workdir, "study": config.study, "verdict": results.get("verdict")},
+                indent=1,
+            )
+        )
         return 0
-    summary = {"workdir": workdir, "final_step": results.get("final_step"),
-               "eval": results.get("eval"), "random_init_eval": results.get("random_init_eval")}
+    summary = {
+        "workdir": workdir,
+        "final_step": results.get("final_step"),
+        "eval": results.get("eval"),
+        "random_init_eval": results.get("random_init_eval"),
+    }
     print(json.dumps(summary, indent=1))
     return 0
 

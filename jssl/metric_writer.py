@@ -4,6 +4,7 @@ TensorBoard files are written with tensorboardX, which needs no TensorFlow (clu'
 import it); images (the end-of-run plots, jssl.plots) go to its Images tab. Only process 0
 writes; other processes get a writer that does nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,11 @@ class MetricWriter:
             if not os.path.exists(path):
                 continue
             with open(path) as f:
-                kept = [line for line in f if _step_of(line) is not None
-                        and _step_of(line) <= resume_step]
+                kept = [
+                    line
+                    for line in f
+                    if _step_of(line) is not None and _step_of(line) <= resume_step
+                ]
             io.write_text(path, "".join(kept))
         self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
 

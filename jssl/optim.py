@@ -4,6 +4,7 @@ The recipes follow solo-learn: the base learning rate is given for a batch of 25
 scaled linearly with the global batch; LARS (You et al. 2017) with biases and
 normalisation parameters excluded from weight decay and from the trust-ratio adaptation.
 """
+
 from __future__ import annotations
 
 import jax
@@ -18,8 +19,9 @@ def decay_mask(params):
     return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
-def learning_rate_schedule(opt: ml_collections.ConfigDict, *, total_steps: int,
-                           batch_size: int) -> optax.Schedule:
+def learning_rate_schedule(
+    opt: ml_collections.ConfigDict, *, total_steps: int, batch_size: int
+) -> optax.Schedule:
     """Linear warm-up from 0, then cosine decay to 0 (or constant) over `total_steps`."""
     peak = opt.lr * (batch_size / 256 if opt.scale_lr_with_batch else 1.0)
     if opt.schedule == "constant":
@@ -32,23 +34,32 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, *, total_steps: int,
     return optax.join_schedules([warmup, after], [opt.warmup_steps])
 
 
-def build_optimizer(opt: ml_collections.ConfigDict, *, total_steps: int,
-                    batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def build_optimizer(
+    opt: ml_collections.ConfigDict, *, total_steps: int, batch_size: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax transformation named by `opt.name`, and its schedule (for logging)."""
     schedule = learning_rate_schedule(opt, total_steps=total_steps, batch_size=batch_size)
     mask = decay_mask if opt.exclude_bias_and_norm else True
     if opt.name == "lars":
-        tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=mask,
-                        trust_coefficient=opt.trust_coefficient, trust_ratio_mask=mask,
-                        momentum=opt.momentum)
+        tx = optax.lars(
+            schedule,
+            weight_decay=opt.weight_decay,
+            weight_decay_mask=mask,
+            trust_coefficient=opt.trust_coefficient,
+            trust_ratio_mask=mask,
+            momentum=opt.momentum,
+        )
     elif opt.name == "sgd":
-        tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask),
-                         optax.sgd(schedule, momentum=opt.momentum))
+        tx = optax.chain(
+            optax.add_decayed_weights(opt.weight_decay, mask),
+            optax.sgd(schedule, momentum=opt.momentum),
+        )
     elif opt.name == "adamw":
         tx = optax.adamw(schedule, weight_decay=opt.weight_decay, mask=mask)
     else:
-        raise ValueError(f"config.optimizer.name: unknown optimizer {opt.name!r}; "
-                         "choose lars, sgd or adamw")
+        raise ValueError(
+            f"config.optimizer.name: unknown optimizer {opt.name!r}; choose lars, sgd or adamw"
+        )
     if opt.get("clip_grad_norm", 0.0):
         # Clip before everything else (DINO's clip_grad; solo-learn clips the raw gradients).
         tx = optax.chain(optax.clip_by_global_norm(opt.clip_grad_norm), tx)

@@ -9,6 +9,7 @@ Several processes (hosts, or several processes on one machine) form one mesh aft
 `initialize_distributed`: every process runs the same program on the same global arrays,
 each holding only the rows of a batch that its own devices hold (`process_rows`).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,10 +17,21 @@ import os
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-__all__ = ["initialize_distributed", "detected_cluster", "sync_processes", "jit", "make_mesh",
-           "batch_sharding", "replicated", "process_rows", "to_global", "to_host"]
+__all__ = [
+    "initialize_distributed",
+    "detected_cluster",
+    "sync_processes",
+    "jit",
+    "make_mesh",
+    "batch_sharding",
+    "replicated",
+    "process_rows",
+    "to_global",
+    "to_host",
+]
 
 DATA_AXIS = "data"
 
@@ -33,8 +45,9 @@ def detected_cluster() -> str | None:
     single-task SLURM job, or a plain machine, runs as one process with every local device.
     """
     if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and all(
-            v in os.environ for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID",
-                                      "SLURM_LOCALID")):
+        v in os.environ
+        for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+    ):
         return "slurm"
     try:  # JAX's own detection of Cloud TPU VMs (no network query off a TPU VM)
         # JAX's own detection has no public API: a private import, guarded.
@@ -47,9 +60,11 @@ def detected_cluster() -> str | None:
     return None
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> int:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> int:
     """Start `jax.distributed` (before any JAX computation); return the process count.
 
     With all three arguments, they are used as given and every local device of this
@@ -58,8 +73,11 @@ def initialize_distributed(coordinator_address: str | None = None,
     JAX reads the coordinator, process count and id from it; elsewhere nothing is started
     (one process). Anything in between raises ValueError (one line).
     """
-    given = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
-             "--process_id": process_id}
+    given = {
+        "--coordinator_address": coordinator_address,
+        "--num_processes": num_processes,
+        "--process_id": process_id,
+    }
     if all(v is None for v in given.values()):
         if detected_cluster() is None:
             return 1
@@ -67,20 +85,27 @@ def initialize_distributed(coordinator_address: str | None = None,
         return jax.process_count()
     missing = [name for name, v in given.items() if v is None]
     if missing:
-        raise ValueError(f"{', '.join(missing)} missing: give --coordinator_address, "
-                         "--num_processes and --process_id together (or none of them on a TPU "
-                         "VM or under srun, where they are read from the environment)")
+        raise ValueError(
+            f"{', '.join(missing)} missing: give --coordinator_address, "
+            "--num_processes and --process_id together (or none of them on a TPU "
+            "VM or under srun, where they are read from the environment)"
+        )
     host, _, port = coordinator_address.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"--coordinator_address {coordinator_address!r} is not host:port, e.g. "
-                         "10.0.0.2:12355 (the address of process 0)")
+        raise ValueError(
+            f"--coordinator_address {coordinator_address!r} is not host:port, e.g. "
+            "10.0.0.2:12355 (the address of process 0)"
+        )
     if num_processes < 1:
         raise ValueError(f"--num_processes must be >= 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"--process_id must be in [0, {num_processes}) for --num_processes="
-                         f"{num_processes}, got {process_id}")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               cluster_detection_method="deactivate")
+        raise ValueError(
+            f"--process_id must be in [0, {num_processes}) for --num_processes="
+            f"{num_processes}, got {process_id}"
+        )
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id, cluster_detection_method="deactivate"
+    )
     return jax.process_count()
 
 
@@ -119,9 +144,18 @@ class jit:
     def __call__(self, *args):
         if jax.process_count() > 1:
             leaves, tree = jax.tree_util.tree_flatten(args)
-            key = (tree, tuple((np.shape(x), getattr(x, "dtype", type(x)),
-                                getattr(x, "sharding", None), getattr(x, "weak_type", None))
-                               for x in leaves))
+            key = (
+                tree,
+                tuple(
+                    (
+                        np.shape(x),
+                        getattr(x, "dtype", type(x)),
+                        getattr(x, "sharding", None),
+                        getattr(x, "weak_type", None),
+                    )
+                    for x in leaves
+                ),
+            )
             if key not in self._seen:
                 self._jit.lower(*args).compile()  # the call below reuses this executable
                 sync_processes("compiled")
@@ -140,8 +174,9 @@ def make_mesh(devices=None) -> Mesh:
     devices = jax.devices() if devices is None else list(devices)
     # Auto axes: the compiler chooses intermediate shardings (Explicit, the new default,
     # rejects reshapes that split the sharded batch axis, e.g. per-example key splits).
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.make_mesh(
+        (len(devices),), (DATA_AXIS,), devices=devices, axis_types=(jax.sharding.AxisType.Auto,)
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -170,8 +205,10 @@ def to_global(local_batch: dict, mesh: Mesh) -> dict:
     """This process's rows of a batch (numpy, `process_rows` order) -> global arrays sharded
     on "data" (`jax.make_array_from_process_local_data`)."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local_batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local_batch.items()
+    }
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -9,6 +9,7 @@ them a run prints one warning line and writes no plots; nothing else changes. Th
 calls `write_plots` on process 0 only (`config.plots`, default True). Figures are drawn with
 matplotlib's object API on an Agg canvas: no pyplot, no global backend switch.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,17 @@ from jssl import io
 from jssl.metric_writer import EVAL_FILE, METRICS_FILE
 from jssl.optim import learning_rate_schedule
 
-__all__ = ["available", "can_embed", "figure", "curves_figure", "lr_figure", "features_figure",
-           "write_plots", "PLOT_FILES", "MAX_POINTS"]
+__all__ = [
+    "available",
+    "can_embed",
+    "figure",
+    "curves_figure",
+    "lr_figure",
+    "features_figure",
+    "write_plots",
+    "PLOT_FILES",
+    "MAX_POINTS",
+]
 
 PLOT_FILES = ("curves.png", "lr.png", "features.png")
 MAX_POINTS = 500  # t-SNE points: a few seconds on a CPU
@@ -80,8 +90,11 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(r["step"], r[key]) for r in rows
-           if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
+    pts = [
+        (r["step"], r[key])
+        for r in rows
+        if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])
+    ]
     steps, values = zip(*pts) if pts else ((), ())
     return np.asarray(steps), np.asarray(values, dtype=float)
 
@@ -112,14 +125,19 @@ def curves_figure(metrics: list[dict], evals: list[dict]):
 def lr_figure(config, metrics: list[dict]):
     """The schedule `jssl.optim.learning_rate_schedule` builds from config.optimizer over the
     whole run (line) and the learning rates the run logged (dots)."""
-    schedule = learning_rate_schedule(config.optimizer, total_steps=config.total_steps,
-                                      batch_size=config.batch_size)
-    steps = np.unique(np.linspace(0, config.total_steps, min(config.total_steps + 1, 1000),
-                                  dtype=np.int64))
+    schedule = learning_rate_schedule(
+        config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
+    )
+    steps = np.unique(
+        np.linspace(0, config.total_steps, min(config.total_steps + 1, 1000), dtype=np.int64)
+    )
     fig = figure(6, 4)
     ax = fig.subplots()
-    ax.plot(steps, np.asarray(schedule(steps)),  # optax schedules take arrays of steps
-            label=f"{config.optimizer.schedule} schedule ({config.optimizer.name})")
+    ax.plot(
+        steps,
+        np.asarray(schedule(steps)),  # optax schedules take arrays of steps
+        label=f"{config.optimizer.schedule} schedule ({config.optimizer.name})",
+    )
     logged_steps, logged = _series(metrics, "lr")
     if len(logged_steps):
         # The step's metrics report the rate used by that update, i.e. at step - 1.
@@ -130,8 +148,14 @@ def lr_figure(config, metrics: list[dict]):
     return fig
 
 
-def features_figure(features: np.ndarray, labels: np.ndarray, *, seed: int = 0,
-                    max_points: int = MAX_POINTS, title: str = "test features"):
+def features_figure(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seed: int = 0,
+    max_points: int = MAX_POINTS,
+    title: str = "test features",
+):
     """t-SNE (scikit-learn) of at most `max_points` L2-normalised feature rows (the k-NN's
     cosine geometry), one colour per class."""
     from sklearn.manifold import TSNE
@@ -140,8 +164,7 @@ def features_figure(features: np.ndarray, labels: np.ndarray, *, seed: int = 0,
     features = np.asarray(features, np.float32)
     labels = np.asarray(labels)
     if len(features) > max_points:
-        keep = np.sort(np.random.default_rng(seed).choice(len(features), max_points,
-                                                          replace=False))
+        keep = np.sort(np.random.default_rng(seed).choice(len(features), max_points, replace=False))
         features, labels = features[keep], labels[keep]
     x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     if x.shape[1] > 50:  # the usual PCA step before t-SNE: faster, and denoised
@@ -151,8 +174,9 @@ def features_figure(features: np.ndarray, labels: np.ndarray, *, seed: int = 0,
     # One thread: for a few hundred points OpenMP threads only spin against the run's own
     # (measured on 2 busy cores: 4.6 s with one thread, 31 s with two).
     with threadpool_limits(1):
-        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                  max_iter=500).fit_transform(x)
+        xy = TSNE(
+            n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500
+        ).fit_transform(x)
     fig = figure(6, 5.5)
     ax = fig.subplots()
     classes = np.unique(labels)
@@ -163,8 +187,13 @@ def features_figure(features: np.ndarray, labels: np.ndarray, *, seed: int = 0,
         for i, c in enumerate(classes):
             sel = labels == c
             ax.scatter(xy[sel, 0], xy[sel, 1], color=cmap(i), s=8, label=str(c))
-        ax.legend(title="class", fontsize="small", markerscale=2, loc="center left",
-                  bbox_to_anchor=(1.0, 0.5))
+        ax.legend(
+            title="class",
+            fontsize="small",
+            markerscale=2,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+        )
     else:
         points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", s=8)
         fig.colorbar(points, ax=ax, label="class")
@@ -179,8 +208,9 @@ def _save(fig, path: str) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def write_plots(workdir: str, config, *, features=None, labels=None, writer=None,
-                step: int = 0) -> list[str]:
+def write_plots(
+    workdir: str, config, *, features=None, labels=None, writer=None, step: int = 0
+) -> list[str]:
     """Write curves.png, lr.png and (given features and labels) features.png into `workdir`,
     and each as an image to `writer` (a jssl MetricWriter; TensorBoard "plots/<name>").
 
@@ -191,8 +221,10 @@ def write_plots(workdir: str, config, *, features=None, labels=None, writer=None
         return []
     metrics = _read_jsonl(os.path.join(workdir, METRICS_FILE))
     evals = _read_jsonl(os.path.join(workdir, EVAL_FILE))
-    figures = {"curves": lambda: curves_figure(metrics, evals),
-               "lr": lambda: lr_figure(config, metrics)}
+    figures = {
+        "curves": lambda: curves_figure(metrics, evals),
+        "lr": lambda: lr_figure(config, metrics),
+    }
     if features is not None and labels is not None and can_embed():
         figures["features"] = lambda: features_figure(features, labels, seed=config.seed)
     written = []

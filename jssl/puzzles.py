@@ -23,6 +23,7 @@ implemented here); per-tile mean/variance normalisation over all pixels and chan
 here); Jigsaw++ replaces `rand() % 3` (0, 1 or 2) distinct tile positions with distinct
 tiles of one other image.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "default_tile_size", "jigsaw_pp_tiles", "jigsaw_tiles", "min_hamming_distance",
-    "permutation_set", "rotate_images", "rotation_batch",
+    "default_tile_size",
+    "jigsaw_pp_tiles",
+    "jigsaw_tiles",
+    "min_hamming_distance",
+    "permutation_set",
+    "rotate_images",
+    "rotation_batch",
 ]
 
 _MAX_TILES = 10  # 10! = 3.6M candidates (36 MB as int8); 11! would need 440 MB
@@ -42,6 +48,7 @@ _NORM_EPS = 1e-8  # variance floor of the per-tile normalisation: a flat tile ma
 
 
 # --- Permutation sets ---------------------------------------------------------------------
+
 
 @functools.cache
 def _all_permutations(n: int) -> np.ndarray:
@@ -55,16 +62,16 @@ def _all_permutations(n: int) -> np.ndarray:
         blocks = []
         for first in range(m):
             rest = np.delete(np.arange(m, dtype=np.int8), first)[table]
-            blocks.append(np.concatenate(
-                [np.full((len(table), 1), first, np.int8), rest], axis=1))
+            blocks.append(np.concatenate([np.full((len(table), 1), first, np.int8), rest], axis=1))
         table = np.concatenate(blocks, axis=0)
     table.flags.writeable = False
     return table
 
 
 @functools.lru_cache(maxsize=32)
-def _permutation_set(num_permutations: int, num_tiles: int, seed: int,
-                     selection: str) -> np.ndarray:
+def _permutation_set(
+    num_permutations: int, num_tiles: int, seed: int, selection: str
+) -> np.ndarray:
     cands = _all_permutations(num_tiles)
     n = len(cands)
     columns = np.ascontiguousarray(cands.T)  # (num_tiles, n): one contiguous row per slot
@@ -91,8 +98,9 @@ def _permutation_set(num_permutations: int, num_tiles: int, seed: int,
     return out
 
 
-def permutation_set(num_permutations: int, num_tiles: int = 9, *, seed: int = 0,
-                    selection: str = "maxmin") -> np.ndarray:
+def permutation_set(
+    num_permutations: int, num_tiles: int = 9, *, seed: int = 0, selection: str = "maxmin"
+) -> np.ndarray:
     """A set of distinct permutations of range(num_tiles) far apart in Hamming distance.
 
     Greedy selection in the manner of Noroozi & Favaro 2016 (arXiv 1603.09246, Algorithm 1,
@@ -132,8 +140,10 @@ def permutation_set(num_permutations: int, num_tiles: int = 9, *, seed: int = 0,
         raise ValueError(f"num_tiles must be an integer in [1, {_MAX_TILES}], got {num_tiles!r}")
     limit = math.factorial(num_tiles)
     if not isinstance(num_permutations, int) or not 1 <= num_permutations <= limit:
-        raise ValueError(f"num_permutations must be an integer in [1, {num_tiles}! = {limit}] "
-                         f"for num_tiles={num_tiles}, got {num_permutations!r}")
+        raise ValueError(
+            f"num_permutations must be an integer in [1, {num_tiles}! = {limit}] "
+            f"for num_tiles={num_tiles}, got {num_permutations!r}"
+        )
     if selection not in ("maxmin", "mean"):
         raise ValueError(f"selection must be 'maxmin' or 'mean', got {selection!r}")
     return _permutation_set(num_permutations, num_tiles, int(seed), selection).copy()
@@ -156,6 +166,7 @@ def min_hamming_distance(perms) -> int:
 
 # --- Rotations ----------------------------------------------------------------------------
 
+
 def _rot90(image: jax.Array, k: int) -> jax.Array:
     """One (H, W, C) image by k * 90 degrees counter-clockwise (np.rot90 on axes (0, 1))."""
     return jnp.rot90(image, k, axes=(0, 1))
@@ -176,11 +187,15 @@ def rotate_images(images: jax.Array, k) -> jax.Array:
         return jnp.rot90(images, int(k), axes=(1, 2))
     k = jnp.asarray(k)
     if k.shape != images.shape[:1] or not jnp.issubdtype(k.dtype, jnp.integer):
-        raise ValueError(f"k must be a Python int or an int array of shape ({images.shape[0]},),"
-                         f" got {k.dtype} {k.shape}")
+        raise ValueError(
+            f"k must be a Python int or an int array of shape ({images.shape[0]},),"
+            f" got {k.dtype} {k.shape}"
+        )
     if images.shape[1] != images.shape[2]:
-        raise ValueError(f"per-example rotations need square images (H == W), got "
-                         f"{images.shape}; crop or resize first")
+        raise ValueError(
+            f"per-example rotations need square images (H == W), got "
+            f"{images.shape}; crop or resize first"
+        )
     branches = [functools.partial(_rot90, k=r) for r in range(4)]
     return jax.vmap(lambda im, r: jax.lax.switch(r, branches, im))(images, jnp.mod(k, 4))
 
@@ -206,6 +221,7 @@ def rotation_batch(images: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 # --- Jigsaw -------------------------------------------------------------------------------
 
+
 def default_tile_size(cell: int) -> int:
     """The official 64-px tile in an 85-px cell, scaled: round(cell * 64 / 85)."""
     return max(1, round(cell * 64 / 85))
@@ -223,20 +239,27 @@ def _check_jigsaw(images, permutations, grid, tile_size, color_shift, grayscale_
     if not isinstance(color_shift, int) or color_shift < 0:
         raise ValueError(f"color_shift must be an integer >= 0, got {color_shift!r}")
     if not isinstance(tile, int) or not 1 <= tile <= cell - 2 * color_shift:
-        raise ValueError(f"tile_size must be an integer in [1, cell - 2 * color_shift] = "
-                         f"[1, {cell - 2 * color_shift}] (cell = H // grid = {cell}), got "
-                         f"{tile!r}; use a smaller tile, grid or color_shift")
+        raise ValueError(
+            f"tile_size must be an integer in [1, cell - 2 * color_shift] = "
+            f"[1, {cell - 2 * color_shift}] (cell = H // grid = {cell}), got "
+            f"{tile!r}; use a smaller tile, grid or color_shift"
+        )
     if not 0.0 <= grayscale_prob <= 1.0:
         raise ValueError(f"grayscale_prob must be a probability in [0, 1], got {grayscale_prob!r}")
     if isinstance(permutations, np.ndarray) and (  # a concrete set: rows are permutations
-            permutations.ndim != 2
-            or not (np.sort(permutations, axis=1) == np.arange(permutations.shape[1])).all()):
-            raise ValueError("permutations must be an array (P, grid * grid) whose rows are "
-                             "permutations of range(grid * grid); see permutation_set")
+        permutations.ndim != 2
+        or not (np.sort(permutations, axis=1) == np.arange(permutations.shape[1])).all()
+    ):
+        raise ValueError(
+            "permutations must be an array (P, grid * grid) whose rows are "
+            "permutations of range(grid * grid); see permutation_set"
+        )
     permutations = jnp.asarray(permutations)
     if permutations.ndim != 2 or permutations.shape[1] != grid * grid:
-        raise ValueError(f"permutations must have shape (P, grid * grid) = (P, {grid * grid}), "
-                         f"got {permutations.shape}")
+        raise ValueError(
+            f"permutations must have shape (P, grid * grid) = (P, {grid * grid}), "
+            f"got {permutations.shape}"
+        )
     return images, permutations.astype(jnp.int32), cell, tile
 
 
@@ -245,8 +268,7 @@ def _randint(u: jax.Array, low, high) -> jax.Array:
     return jnp.minimum(low + jnp.floor(u * (high - low + 1)).astype(jnp.int32), high)
 
 
-def _cell_tiles(key, image, permutations, *, grid, cell, tile, jitter, color_shift,
-                grayscale_prob):
+def _cell_tiles(key, image, permutations, *, grid, cell, tile, jitter, color_shift, grayscale_prob):
     """One image (S, S, C) -> (cell tiles (G, t, t, C) in cell order, label, puzzle order).
 
     Cells are numbered row-major: cell q covers rows [(q // grid) * cell, ...) and columns
@@ -257,8 +279,8 @@ def _cell_tiles(key, image, permutations, *, grid, cell, tile, jitter, color_shi
     # One uniform draw per example, sliced per use: every threefry call costs compile time.
     u = jax.random.uniform(key, (2 + n_cells * 2 * (1 + channels),))
     u_label, u_gray = u[0], u[1]
-    u_offset = u[2:2 + 2 * n_cells].reshape(n_cells, 2)
-    u_shift = u[2 + 2 * n_cells:].reshape(n_cells, channels, 2)
+    u_offset = u[2 : 2 + 2 * n_cells].reshape(n_cells, 2)
+    u_shift = u[2 + 2 * n_cells :].reshape(n_cells, channels, 2)
     if jitter:  # the whole channel window stays inside the cell: offsets in [s, cell-t-s]
         offsets = _randint(u_offset, s, cell - tile - s)
     else:
@@ -294,21 +316,36 @@ def _normalize_tiles(tiles: jax.Array) -> jax.Array:
     return (tiles - mean) * jax.lax.rsqrt(var + _NORM_EPS)
 
 
-def _puzzles(key, images, permutations, *, grid, tile_size, jitter, color_shift,
-             grayscale_prob):
-    images, permutations, cell, tile = _check_jigsaw(images, permutations, grid, tile_size,
-                                                     color_shift, grayscale_prob)
-    fn = functools.partial(_cell_tiles, permutations=permutations, grid=grid, cell=cell,
-                           tile=tile, jitter=bool(jitter), color_shift=color_shift,
-                           grayscale_prob=float(grayscale_prob))
+def _puzzles(key, images, permutations, *, grid, tile_size, jitter, color_shift, grayscale_prob):
+    images, permutations, cell, tile = _check_jigsaw(
+        images, permutations, grid, tile_size, color_shift, grayscale_prob
+    )
+    fn = functools.partial(
+        _cell_tiles,
+        permutations=permutations,
+        grid=grid,
+        cell=cell,
+        tile=tile,
+        jitter=bool(jitter),
+        color_shift=color_shift,
+        grayscale_prob=float(grayscale_prob),
+    )
     keys = jax.random.split(key, images.shape[0])
     return jax.vmap(fn)(keys, images)
 
 
-def jigsaw_tiles(key: jax.Array, images: jax.Array, permutations, *, grid: int = 3,
-                 tile_size: int | None = None, jitter: bool = True,
-                 normalize_tiles: bool = True, color_shift: int = 0,
-                 grayscale_prob: float = 0.0) -> tuple[jax.Array, jax.Array]:
+def jigsaw_tiles(
+    key: jax.Array,
+    images: jax.Array,
+    permutations,
+    *,
+    grid: int = 3,
+    tile_size: int | None = None,
+    jitter: bool = True,
+    normalize_tiles: bool = True,
+    color_shift: int = 0,
+    grayscale_prob: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
     """Jigsaw puzzles (Noroozi & Favaro 2016): shuffled tiles and the permutation index.
 
     Each image (already cropped and augmented, square) is cut into grid x grid cells of
@@ -341,16 +378,32 @@ def jigsaw_tiles(key: jax.Array, images: jax.Array, permutations, *, grid: int =
     Returns:
       tiles float32 (B, grid * grid, t, t, C) and labels int32 (B,) in [0, P).
     """
-    _, labels, tiles = _puzzles(key, images, permutations, grid=grid, tile_size=tile_size,
-                                jitter=jitter, color_shift=color_shift,
-                                grayscale_prob=grayscale_prob)
+    _, labels, tiles = _puzzles(
+        key,
+        images,
+        permutations,
+        grid=grid,
+        tile_size=tile_size,
+        jitter=jitter,
+        color_shift=color_shift,
+        grayscale_prob=grayscale_prob,
+    )
     return (_normalize_tiles(tiles) if normalize_tiles else tiles), labels
 
 
-def jigsaw_pp_tiles(key: jax.Array, images: jax.Array, permutations, *,
-                    max_intruders: int = 2, grid: int = 3, tile_size: int | None = None,
-                    jitter: bool = True, normalize_tiles: bool = True, color_shift: int = 0,
-                    grayscale_prob: float = 0.0) -> tuple[jax.Array, jax.Array]:
+def jigsaw_pp_tiles(
+    key: jax.Array,
+    images: jax.Array,
+    permutations,
+    *,
+    max_intruders: int = 2,
+    grid: int = 3,
+    tile_size: int | None = None,
+    jitter: bool = True,
+    normalize_tiles: bool = True,
+    color_shift: int = 0,
+    grayscale_prob: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
     """Jigsaw++ puzzles (Noroozi et al. 2018): jigsaw puzzles with tiles of other images.
 
     First exactly `jigsaw_tiles(key, images, permutations, ...)` (same key, same tiles,
@@ -368,23 +421,35 @@ def jigsaw_pp_tiles(key: jax.Array, images: jax.Array, permutations, *,
     """
     n_cells = grid * grid if isinstance(grid, int) else 0
     if not isinstance(max_intruders, int) or not 0 <= max_intruders <= n_cells:
-        raise ValueError(f"max_intruders must be an integer in [0, grid * grid] = "
-                         f"[0, {n_cells}], got {max_intruders!r}")
+        raise ValueError(
+            f"max_intruders must be an integer in [0, grid * grid] = "
+            f"[0, {n_cells}], got {max_intruders!r}"
+        )
     batch = jnp.shape(images)[0]
     if max_intruders > 0 and batch < 2:
-        raise ValueError(f"jigsaw_pp_tiles takes intruder tiles from another image of the "
-                         f"batch and needs B >= 2, got B = {batch}; or set max_intruders=0")
-    cells, labels, tiles = _puzzles(key, images, permutations, grid=grid, tile_size=tile_size,
-                                    jitter=jitter, color_shift=color_shift,
-                                    grayscale_prob=grayscale_prob)
+        raise ValueError(
+            f"jigsaw_pp_tiles takes intruder tiles from another image of the "
+            f"batch and needs B >= 2, got B = {batch}; or set max_intruders=0"
+        )
+    cells, labels, tiles = _puzzles(
+        key,
+        images,
+        permutations,
+        grid=grid,
+        tile_size=tile_size,
+        jitter=jitter,
+        color_shift=color_shift,
+        grayscale_prob=grayscale_prob,
+    )
     if max_intruders > 0:
+
         def draw(k):
             u = jax.random.uniform(k, (2 + 2 * n_cells,))
             count = _randint(u[0], 0, max_intruders)
             shift = _randint(u[1], 1, batch - 1)
             # rank of each position in a uniform random order: the first `count` ranks win
-            rank = jnp.argsort(jnp.argsort(u[2:2 + n_cells]))
-            src_cells = jnp.argsort(u[2 + n_cells:])  # a random order of distinct cells
+            rank = jnp.argsort(jnp.argsort(u[2 : 2 + n_cells]))
+            src_cells = jnp.argsort(u[2 + n_cells :])  # a random order of distinct cells
             return rank < count, shift, src_cells
 
         keys = jax.random.split(jax.random.fold_in(key, 1), batch)

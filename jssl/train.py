@@ -14,6 +14,7 @@ Multi-process: every process runs this same code on the same global arrays (afte
 checkpoints collectively, and only process 0 writes metrics, plots, config.json and
 results.json.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,15 @@ from jssl.data import pipeline, sources
 from jssl.errors import ConfigError
 from jssl.metric_writer import EVAL_FILE, MetricWriter
 
-__all__ = ["train_and_evaluate", "evaluate_workdir", "run_steps", "finished_results",
-           "known_names", "RESULTS_FILE", "CONFIG_FILE"]
+__all__ = [
+    "train_and_evaluate",
+    "evaluate_workdir",
+    "run_steps",
+    "finished_results",
+    "known_names",
+    "RESULTS_FILE",
+    "CONFIG_FILE",
+]
 
 RESULTS_FILE = "results.json"
 
@@ -53,14 +61,19 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None):
     validate(config, len(devices) if devices else jax.device_count(), known=known_names(config))
     methods.validate(config)
     if config.batch_size % jax.process_count():
-        raise ConfigError(f"config.batch_size: {config.batch_size} is not divisible by the "
-                          f"{jax.process_count()} processes")
+        raise ConfigError(
+            f"config.batch_size: {config.batch_size} is not divisible by the "
+            f"{jax.process_count()} processes"
+        )
     resume = checkpoint.check_workdir(workdir, config)
-    source = sources.get_source(config.data.name, config.data.train_split,
-                                data_dir=config.data.data_dir)
+    source = sources.get_source(
+        config.data.name, config.data.train_split, data_dir=config.data.data_dir
+    )
     if len(source) < config.batch_size:
-        raise ConfigError(f"config.batch_size: {config.batch_size} is larger than the "
-                          f"{len(source)} examples of {config.data.name}:{config.data.train_split}")
+        raise ConfigError(
+            f"config.batch_size: {config.batch_size} is larger than the "
+            f"{len(source)} examples of {config.data.name}:{config.data.train_split}"
+        )
     return source, resume
 
 
@@ -72,24 +85,30 @@ class _Run:
         self.mesh = parallel.make_mesh(devices)
         self.repl = parallel.replicated(self.mesh)
         self.data_sharding = parallel.batch_sharding(self.mesh)
-        data_info = methods.DataInfo(num_classes=self.source.num_classes,
-                                     image_shape=self.source.image_shape)
+        data_info = methods.DataInfo(
+            num_classes=self.source.num_classes, image_shape=self.source.image_shape
+        )
         self.method = methods.build(config, data_info, self.mesh)
         # Shapes first; parameters are born replicated.
         self.rng = jax.random.PRNGKey(config.seed)
         abstract = jax.eval_shape(self.method.init, self.rng)
         self.abstract = jax.tree_util.tree_map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.repl), abstract)
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.repl), abstract
+        )
         # parallel.jit: jax.jit whose first execution waits for every process (see there).
         self.init_fn = parallel.jit(self.method.init, out_shardings=self.repl)
-        self.embed_fn = parallel.jit(self.method.embed,
-                                     in_shardings=(self.repl, self.data_sharding),
-                                     out_shardings=self.data_sharding)
+        self.embed_fn = parallel.jit(
+            self.method.embed,
+            in_shardings=(self.repl, self.data_sharding),
+            out_shardings=self.data_sharding,
+        )
         self.predict_fn = None
         if self.method.predict is not None:
-            self.predict_fn = parallel.jit(self.method.predict,
-                                           in_shardings=(self.repl, self.data_sharding),
-                                           out_shardings=self.data_sharding)
+            self.predict_fn = parallel.jit(
+                self.method.predict,
+                in_shardings=(self.repl, self.data_sharding),
+                out_shardings=self.data_sharding,
+            )
 
     def restore_or_init(self, ckpt: checkpoint.Checkpointer):
         if ckpt.latest_step() is not None:
@@ -104,8 +123,9 @@ class _Run:
 
     def random_init_eval(self, config) -> dict:
         initial = self.init_fn(self.rng)  # the very weights training started from
-        initial = evaluate.calibrate_batch_stats(self.method, initial, self.source, config,
-                                                 self.mesh)
+        initial = evaluate.calibrate_batch_stats(
+            self.method, initial, self.source, config, self.mesh
+        )
         return self.evaluate(initial, config)
 
 
@@ -113,13 +133,18 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=No
     """Evaluate the latest checkpoint of a finished (or interrupted) run; rewrite results.json."""
     run = _Run(config, workdir, devices)
     if not run.resume:
-        raise ConfigError(f"--workdir {workdir} holds no checkpoint of this experiment; "
-                          "train first (--mode=train)")
+        raise ConfigError(
+            f"--workdir {workdir} holds no checkpoint of this experiment; "
+            "train first (--mode=train)"
+        )
     ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
     state = ckpt.restore(run.abstract)
     ckpt.close()
-    results = {"workdir": workdir, "final_step": int(jax.device_get(state.step)),
-               "eval": run.evaluate(state, config)}
+    results = {
+        "workdir": workdir,
+        "final_step": int(jax.device_get(state.step)),
+        "eval": run.evaluate(state, config),
+    }
     if config.eval.random_init_baseline:
         results["random_init_eval"] = run.random_init_eval(config)
     if config.plots:
@@ -145,9 +170,18 @@ def finished_results(workdir: str, config: ml_collections.ConfigDict | None = No
     return results
 
 
-def run_steps(step_fn: Callable, state, batches, *, start_step: int, end_step: int,
-              log_every: int, on_log: Callable[[int, dict], None] | None = None,
-              after_step: Callable[[int, object], None] | None = None, progress=None):
+def run_steps(
+    step_fn: Callable,
+    state,
+    batches,
+    *,
+    start_step: int,
+    end_step: int,
+    log_every: int,
+    on_log: Callable[[int, dict], None] | None = None,
+    after_step: Callable[[int, object], None] | None = None,
+    progress=None,
+):
     """The loop every training goes through: steps `start_step + 1 .. end_step` of
     `state, metrics = step_fn(state, batch)` over `batches(start_step, end_step)`.
 
@@ -173,7 +207,8 @@ def run_steps(step_fn: Callable, state, batches, *, start_step: int, end_step: i
             if not math.isfinite(scalars["loss"]):
                 raise FloatingPointError(
                     f"loss is {scalars['loss']} at step {step}; lower config.optimizer.lr or "
-                    "check the data (the last checkpoint is kept)")
+                    "check the data (the last checkpoint is kept)"
+                )
             if on_log is not None:
                 on_log(step, scalars)
             if progress is not None:
@@ -198,20 +233,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     start_step = int(jax.device_get(state.step))
 
     # --- The step: one jit over the mesh, state donated. ---
-    step_fn = parallel.jit(method.train_step, in_shardings=(repl, data_sharding),
-                           out_shardings=(repl, repl), donate_argnums=0)
+    step_fn = parallel.jit(
+        method.train_step,
+        in_shardings=(repl, data_sharding),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
     if method.batches is not None:
         batches = method.batches(run.source, mesh)
     else:
-        batches = pipeline.TrainBatches(run.source, batch_size=config.batch_size,
-                                        seed=config.seed, mesh=mesh)
+        batches = pipeline.TrainBatches(
+            run.source, batch_size=config.batch_size, seed=config.seed, mesh=mesh
+        )
     writer = MetricWriter(workdir, resume_step=start_step)
     results = {"workdir": workdir, "resumed_from_step": start_step}
 
     progress = None
     if is_main and config.progress and start_step < config.total_steps:
-        progress = tqdm.tqdm(total=config.total_steps, initial=start_step, desc="train",
-                             unit="step", dynamic_ncols=True)
+        progress = tqdm.tqdm(
+            total=config.total_steps,
+            initial=start_step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
 
     def after_step(step, state):
         if step % config.checkpoint_every == 0 or step == config.total_steps:
@@ -221,9 +266,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
     train_start = time.perf_counter()
     try:
-        state = run_steps(step_fn, state, batches, start_step=start_step,
-                          end_step=config.total_steps, log_every=config.log_every,
-                          on_log=writer.write, after_step=after_step, progress=progress)
+        state = run_steps(
+            step_fn,
+            state,
+            batches,
+            start_step=start_step,
+            end_step=config.total_steps,
+            log_every=config.log_every,
+            on_log=writer.write,
+            after_step=after_step,
+            progress=progress,
+        )
     finally:
         if progress is not None:
             progress.close()
@@ -256,16 +309,23 @@ def _plots(run: _Run, state, config, workdir: str, writer: MetricWriter, step: i
         return
     features = labels = None
     if plots.can_embed(warn=is_main):
-        test = sources.get_source(config.data.name, config.eval.test_split,
-                                  data_dir=config.data.data_dir)
+        test = sources.get_source(
+            config.data.name, config.eval.test_split, data_dir=config.data.data_dir
+        )
         features, labels = evaluate.extract_features(
-            run.embed_fn, state, test, batch_size=config.eval.batch_size, mesh=run.mesh,
-            max_examples=plots.MAX_POINTS)
+            run.embed_fn,
+            state,
+            test,
+            batch_size=config.eval.batch_size,
+            mesh=run.mesh,
+            max_examples=plots.MAX_POINTS,
+        )
     if not is_main:
         return
     try:
-        plots.write_plots(workdir, config, features=features, labels=labels, writer=writer,
-                          step=step)
+        plots.write_plots(
+            workdir, config, features=features, labels=labels, writer=writer, step=step
+        )
     except Exception as e:  # noqa: BLE001 - see the docstring
         print(f"jssl: warning: plots failed ({type(e).__name__}: {e})", file=sys.stderr)
 

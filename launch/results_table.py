@@ -11,6 +11,7 @@ reused (its results.json read), so an interrupted table resumes. The table repor
 and the spread (sample standard deviation) over seeds of the k-NN and linear-probe test
 accuracies, with the command that reproduces each row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,18 @@ from jssl.studies.common import stats
 
 
 def _command(method: str, seed: int, workdir: str, steps: int | None) -> list[str]:
-    cmd = [sys.executable, "-m", "jssl.main", "--config", jc.config_file(method),
-           "--workdir", workdir, f"--config.seed={seed}", "--config.progress=False",
-           "--config.eval.random_init_baseline=False"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jssl.main",
+        "--config",
+        jc.config_file(method),
+        "--workdir",
+        workdir,
+        f"--config.seed={seed}",
+        "--config.progress=False",
+        "--config.eval.random_init_baseline=False",
+    ]
     if steps:
         cmd.append(f"--config.total_steps={steps}")
     return cmd
@@ -43,8 +53,11 @@ def run(method: str, seed: int, runs: str, steps: int | None) -> dict | None:
     if results is None:
         start = time.perf_counter()
         done = subprocess.run(_command(method, seed, workdir, steps), check=False)
-        print(f"{method} seed {seed}: {time.perf_counter() - start:.0f} s"
-              + ("" if done.returncode == 0 else f" FAILED (exit {done.returncode})"), flush=True)
+        print(
+            f"{method} seed {seed}: {time.perf_counter() - start:.0f} s"
+            + ("" if done.returncode == 0 else f" FAILED (exit {done.returncode})"),
+            flush=True,
+        )
         results = train.finished_results(workdir, config) if done.returncode == 0 else None
     return results
 
@@ -68,8 +81,11 @@ def main(argv: list[str] | None = None) -> None:
 
     rows, raw = [], {}
     for method in args.methods:
-        results = [r for r in (run(method, seed, args.runs, args.steps) for seed in args.seeds)
-                   if r is not None]
+        results = [
+            r
+            for r in (run(method, seed, args.runs, args.steps) for seed in args.seeds)
+            if r is not None
+        ]
         if not results:
             rows.append(f"| {method} | failed | failed | - | - | see the log |")
             continue
@@ -82,20 +98,28 @@ def main(argv: list[str] | None = None) -> None:
         secs = stats([r["train_time_s"] for r in results])["mean"]
         raw[method] = {"knn": knn, "linear": lin, "train_time_s": secs}
         steps = f" --config.total_steps={args.steps}" if args.steps else ""
-        command = (f"`python -m jssl.main --config configs/{method}.py --workdir runs/{method} "
-                   f"--config.seed=S{steps}`")
+        command = (
+            f"`python -m jssl.main --config configs/{method}.py --workdir runs/{method} "
+            f"--config.seed=S{steps}`"
+        )
         solo = zoo[method].get("reference")
         note = f" ({zoo[method]['note']})" if zoo[method].get("note") else ""
-        rows.append(f"| {method}{note}{method_note} | {_cell(knn)} | {_cell(lin)} | {secs:.0f} | "
-                    f"{solo if solo else '-'} | {command} |")
+        rows.append(
+            f"| {method}{note}{method_note} | {_cell(knn)} | {_cell(lin)} | {secs:.0f} | "
+            f"{solo if solo else '-'} | {command} |"
+        )
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    table = ("| method | k-NN test acc. % | linear probe test acc. % | train s/run | "
-             "solo-learn CIFAR-10 top-1 % (reference) | command (S = seed) |\n"
-             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    table = (
+        "| method | k-NN test acc. % | linear probe test acc. % | train s/run | "
+        "solo-learn CIFAR-10 top-1 % (reference) | command (S = seed) |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
     io.write_text(args.out, table)
-    io.write_json(os.path.splitext(args.out)[0] + ".json",
-                  {"seeds": args.seeds, "steps": args.steps, "results": raw})
+    io.write_json(
+        os.path.splitext(args.out)[0] + ".json",
+        {"seeds": args.seeds, "steps": args.steps, "results": raw},
+    )
     print(table)
 
 

@@ -12,8 +12,10 @@ cuts another third but computes some sharded gathers wrongly: tests/test_augment
 sharded-vs-unsharded augmentation caught it, so it is not used.) (2) Compiled executables
 go to a persistent cache shared by the test processes and their subprocesses. The cache
 is keyed on the program, the jax version and the flags: a hit is the same executable,
-never a different result.
+never a different result. (3) A scheduler flag that keeps cached executables with
+several collectives from deadlocking (below).
 """
+
 import os
 import tempfile
 
@@ -22,10 +24,18 @@ if "xla_force_host_platform_device_count" not in _flags:
     _flags += " --xla_force_host_platform_device_count=8"
 if "xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=0"
+if "xla_cpu_enable_concurrency_optimized_scheduler" not in _flags:
+    # XLA:CPU's concurrency-optimized scheduler lets independent collectives run in any
+    # order; an executable loaded from the persistent cache then deadlocks when two of its
+    # all-gathers meet in different orders on different devices (jax 0.10.2: the MoCo v3
+    # and NNCLR smoke steps hang on their second load). The plain scheduler keeps them in
+    # program order.
+    _flags += " --xla_cpu_enable_concurrency_optimized_scheduler=false"
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), "jssl-tests-xla-cache"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jssl-tests-xla-cache")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402

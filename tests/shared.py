@@ -8,6 +8,7 @@ into a directory every pytest-xdist worker sees, under a file lock, and hands te
 (config, workdir). Tests only read it; a test that changes a run (resume, a second start,
 --mode=eval) copies it first (`copy_run`).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -21,10 +22,19 @@ from jssl import config as jc
 # checkpoint every two: what the train-loop, resume, CLI, multi-host, export and plot tests
 # need of a finished run.
 SHARED_RUNS = {
-    "barlow_twins": ("barlow_twins", {"total_steps": 4, "log_every": 1, "checkpoint_every": 2,
-                                      "plots": True}),
-    "simclr": ("simclr", {"total_steps": 4, "log_every": 1, "checkpoint_every": 2,
-                          "eval.random_init_baseline": False}),
+    "barlow_twins": (
+        "barlow_twins",
+        {"total_steps": 4, "log_every": 1, "checkpoint_every": 2, "plots": True},
+    ),
+    "simclr": (
+        "simclr",
+        {
+            "total_steps": 4,
+            "log_every": 1,
+            "checkpoint_every": 2,
+            "eval.random_init_baseline": False,
+        },
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """The benchmark's FLOP counter and its JSON line (tiny sizes; timing is not tested)."""
+
 import json
 
 import jax
@@ -11,15 +12,18 @@ from jssl.models.conv import conv2d
 
 
 def _conv(x, w, stride=1):
-    return lax.conv_general_dilated(x, w, (stride, stride), "SAME",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(
+        x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def test_count_flops_matmul_and_batched():
     a, b = jnp.ones((5, 7)), jnp.ones((7, 6))
     assert bench.count_flops(lambda a, b: a @ b, a, b) == 2 * 5 * 7 * 6
     x, y = jnp.ones((3, 5, 7)), jnp.ones((3, 7, 2))
-    assert bench.count_flops(lambda x, y: jnp.einsum("bij,bjk->bik", x, y), x, y) == 2 * 3 * 5 * 7 * 2
+    assert (
+        bench.count_flops(lambda x, y: jnp.einsum("bij,bjk->bik", x, y), x, y) == 2 * 3 * 5 * 7 * 2
+    )
     # Inside jit (a nested jaxpr) it is counted once.
     assert bench.count_flops(jax.jit(lambda a, b: a @ b), a, b) == 2 * 5 * 7 * 6
 
@@ -33,19 +37,47 @@ def test_count_flops_conv_forward_and_backward(stride):
     grads = jax.grad(lambda x, w: _conv(x, w, stride).sum(), argnums=(0, 1))
     assert bench.count_flops(grads, x, w) == 3 * forward
     # The tapped weight gradient does the same multiply-adds (and no dead forward).
-    tapped = jax.grad(lambda x, w: conv2d(x, w, stride=stride, padding="SAME").sum(),
-                      argnums=(0, 1))
+    tapped = jax.grad(
+        lambda x, w: conv2d(x, w, stride=stride, padding="SAME").sum(), argnums=(0, 1)
+    )
     assert bench.count_flops(tapped, x, w) == 3 * forward
 
 
 @pytest.mark.slow
 def test_bench_json_line(capsys):
-    assert bench.main(["--backbone", "resnet18_tiny", "--width", "4", "--batch", "8",
-                       "--image-size", "16", "--proj", "16", "--steps", "1", "--warmup", "0",
-                       "--peak-tflops", "1.0"]) == 0
+    assert (
+        bench.main(
+            [
+                "--backbone",
+                "resnet18_tiny",
+                "--width",
+                "4",
+                "--batch",
+                "8",
+                "--image-size",
+                "16",
+                "--proj",
+                "16",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--peak-tflops",
+                "1.0",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("img_per_s", "step_s_median", "compile_s", "devices", "backend", "flops_per_step",
-                "mfu"):
+    for key in (
+        "img_per_s",
+        "step_s_median",
+        "compile_s",
+        "devices",
+        "backend",
+        "flops_per_step",
+        "mfu",
+    ):
         assert key in out, key
     assert out["devices"] == jax.device_count() and out["backend"] == "cpu"
     assert out["flops_per_step"] > 0 and 0 < out["mfu"]
@@ -54,14 +86,37 @@ def test_bench_json_line(capsys):
 def test_metamask_bench_times_every_mode_against_the_base_step(capsys):
     """`python -m jssl.bench --method metamask`: the base step and each mode timed in one
     run, ratios of their medians."""
-    assert bench.main(["--method", "metamask", "--modes", "first_order",
-                       "--backbone", "convnet", "--width", "4", "--batch", "8",
-                       "--image-size", "16", "--proj", "16", "--steps", "1", "--warmup", "0"]) == 0
+    assert (
+        bench.main(
+            [
+                "--method",
+                "metamask",
+                "--modes",
+                "first_order",
+                "--backbone",
+                "convnet",
+                "--width",
+                "4",
+                "--batch",
+                "8",
+                "--image-size",
+                "16",
+                "--proj",
+                "16",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["method"] == "metamask" and out["modes"] == ["first_order"]
     assert out["step_s_median_first_order"] > 0 and out["base_step_s_median"] > 0
     assert out["ratio_first_order"] == pytest.approx(
-        out["step_s_median_first_order"] / out["base_step_s_median"], rel=0.01)
+        out["step_s_median_first_order"] / out["base_step_s_median"], rel=0.01
+    )
     assert "ratio" not in out  # the headline ratio is the exact mode's, not timed here
     with pytest.raises(SystemExit, match="--modes 'second_order': choose from exact"):
         bench.main(["--method", "metamask", "--modes", "second_order"])
@@ -71,8 +126,16 @@ def test_bench_finds_the_shipped_configs_by_name():
     """The benchmarks load configs/<method>.py from the package (any installation)."""
     from types import SimpleNamespace
 
-    args = SimpleNamespace(method="simclr", batch=8, image_size=16, backbone="resnet18_tiny",
-                           stem="cifar", width=4, conv_impl="xla", dtype="float32")
+    args = SimpleNamespace(
+        method="simclr",
+        batch=8,
+        image_size=16,
+        backbone="resnet18_tiny",
+        stem="cifar",
+        width=4,
+        conv_impl="xla",
+        dtype="float32",
+    )
     c = bench.sized_config(args)
     assert (c.loss.name, c.batch_size, c.data.image_size) == ("nt_xent", 8, 16)
     with pytest.raises(SystemExit, match="--method nope: no config file configs/nope.py"):

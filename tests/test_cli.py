@@ -4,6 +4,7 @@ Most cases call `jssl.main.main(argv)` in this process (the same code path as th
 without starting an interpreter and JAX per case); a few run the real command in a
 subprocess, where the exit status and the absence of a traceback are the process's own.
 """
+
 import contextlib
 import io
 import json
@@ -24,8 +25,14 @@ SMOKE = "configs/barlow_twins.py:smoke"
 def run_cli(*args, timeout=240):
     """The real command in a subprocess: (returncode, stdout, stderr)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "jssl.main", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jssl.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def main_in_process(*args):
@@ -55,21 +62,38 @@ def assert_one_line_error(done, *needles):
         assert needle in lines[0], (needle, lines[0])
 
 
-@pytest.mark.parametrize("args,needles", [
-    (["--config", SMOKE, "--config.no_such_field=1"], ["--config.no_such_field", "no field"]),
-    (["--config", SMOKE, "--config.loss.lamb=1"], ["--config.loss.lamb", "did you mean 'lambd'"]),
-    (["--config", SMOKE, "--bogus_flag=1"], ["unknown flag --bogus_flag"]),
-    (["--config", SMOKE, "--config.batch_size=abc"], ["batch_size"]),
-    (["--config", "configs/no_such_method.py"], ["config file configs/no_such_method.py not found"]),
-    (["--config", "configs/barlow_twins.py:nope"], ["unknown preset 'nope'", "smoke"]),
-    (["--config", SMOKE, "--config.batch_size=30"], ["config.batch_size", "not divisible by the 8 devices"]),
-    (["--config", SMOKE, "--config.total_steps=0"], ["config.total_steps", "positive"]),
-    (["--config", "configs/barlow_twins.py", "--config.model.stem=imagenet"],
-     ["config.data.image_size", "too small for resnet18", "at least 32"]),
-    (["--config", SMOKE, "--config.data.name=no_such_data"], ["no_such_data"]),
-    (["--config", SMOKE, "--config.model.backbone=resnet19"], ["config.model.backbone", "resnet19"]),
-    (["--config", SMOKE], ["--workdir"]),
-])
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--config", SMOKE, "--config.no_such_field=1"], ["--config.no_such_field", "no field"]),
+        (
+            ["--config", SMOKE, "--config.loss.lamb=1"],
+            ["--config.loss.lamb", "did you mean 'lambd'"],
+        ),
+        (["--config", SMOKE, "--bogus_flag=1"], ["unknown flag --bogus_flag"]),
+        (["--config", SMOKE, "--config.batch_size=abc"], ["batch_size"]),
+        (
+            ["--config", "configs/no_such_method.py"],
+            ["config file configs/no_such_method.py not found"],
+        ),
+        (["--config", "configs/barlow_twins.py:nope"], ["unknown preset 'nope'", "smoke"]),
+        (
+            ["--config", SMOKE, "--config.batch_size=30"],
+            ["config.batch_size", "not divisible by the 8 devices"],
+        ),
+        (["--config", SMOKE, "--config.total_steps=0"], ["config.total_steps", "positive"]),
+        (
+            ["--config", "configs/barlow_twins.py", "--config.model.stem=imagenet"],
+            ["config.data.image_size", "too small for resnet18", "at least 32"],
+        ),
+        (["--config", SMOKE, "--config.data.name=no_such_data"], ["no_such_data"]),
+        (
+            ["--config", SMOKE, "--config.model.backbone=resnet19"],
+            ["config.model.backbone", "resnet19"],
+        ),
+        (["--config", SMOKE], ["--workdir"]),
+    ],
+)
 def test_bad_config_is_one_line(tmp_path, args, needles):
     if "--workdir" not in needles:
         args = [*args, "--workdir", str(tmp_path / "w")]
@@ -96,8 +120,9 @@ def test_workdir_is_a_file(tmp_path):
 
 
 def test_workdir_not_writable():
-    assert_one_line_error(main_in_process("--config", SMOKE, "--workdir", "/proc/jssl-test-run"),
-                          "not writable")
+    assert_one_line_error(
+        main_in_process("--config", SMOKE, "--workdir", "/proc/jssl-test-run"), "not writable"
+    )
 
 
 def test_finished_run_then_other_experiment_refused_then_eval(shared_run, tmp_path):
@@ -107,11 +132,16 @@ def test_finished_run_then_other_experiment_refused_then_eval(shared_run, tmp_pa
     c, shared = shared_run("simclr")
     workdir = copy_run(shared, tmp_path / "run")
     config = "configs/simclr.py:smoke"
-    run_fields = ["--config.total_steps=4", "--config.log_every=1",
-                  "--config.checkpoint_every=2", "--config.eval.random_init_baseline=False"]
+    run_fields = [
+        "--config.total_steps=4",
+        "--config.log_every=1",
+        "--config.checkpoint_every=2",
+        "--config.eval.random_init_baseline=False",
+    ]
     listing = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-    done = main_in_process("--config", config, "--workdir", workdir, *run_fields,
-                           "--config.loss.temperature=0.5")
+    done = main_in_process(
+        "--config", config, "--workdir", workdir, *run_fields, "--config.loss.temperature=0.5"
+    )
     assert_one_line_error(done, "different experiment", "loss.temperature")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == listing
     with open(os.path.join(workdir, "results.json")) as f:
@@ -137,13 +167,24 @@ def test_a_study_config_goes_to_its_study(tmp_path, monkeypatch):
 
     monkeypatch.setattr(studies, "run", fake_run)
     workdir = str(tmp_path / "study")
-    done = main_in_process("--config", "configs/metamask.py:compare_smoke", "--workdir",
-                           workdir, "--config.total_steps=2")
+    done = main_in_process(
+        "--config",
+        "configs/metamask.py:compare_smoke",
+        "--workdir",
+        workdir,
+        "--config.total_steps=2",
+    )
     assert done.returncode == 0, done.stderr
     assert calls == [("metamask", 2, workdir)]
-    assert json.loads(done.stdout) == {"workdir": workdir, "study": "metamask",
-                                       "verdict": ["MetaMask - no mask: +0.0 points"]}
-    assert_one_line_error(main_in_process("--config", "configs/metamask.py:compare_smoke",
-                                          "--workdir", workdir, "--mode=eval"),
-                          "--mode=eval evaluates one run")
+    assert json.loads(done.stdout) == {
+        "workdir": workdir,
+        "study": "metamask",
+        "verdict": ["MetaMask - no mask: +0.0 points"],
+    }
+    assert_one_line_error(
+        main_in_process(
+            "--config", "configs/metamask.py:compare_smoke", "--workdir", workdir, "--mode=eval"
+        ),
+        "--mode=eval evaluates one run",
+    )
     assert len(calls) == 1

@@ -1,6 +1,7 @@
 """k-means (jssl.cluster) against scikit-learn, across meshes, and its memory/reduction
 contract: same inertia and labels from the same initial centres, sharded equals
 unsharded, empty clusters re-seeded as scikit-learn does, no N x K distance array."""
+
 import jax
 import numpy as np
 import pytest
@@ -22,8 +23,7 @@ def _init(x, k, seed=1):
 
 
 def _sklearn(x, init, **kw):
-    return sklearn_cluster.KMeans(len(init), init=init, n_init=1, algorithm="lloyd",
-                                  **kw).fit(x)
+    return sklearn_cluster.KMeans(len(init), init=init, n_init=1, algorithm="lloyd", **kw).fit(x)
 
 
 @pytest.mark.parametrize("tol", [0.0, 1e-4])
@@ -93,10 +93,18 @@ def test_kmeans_plusplus_seeding():
     np.testing.assert_array_equal(c0, x[i0])
     assert sorted(blob[i0]) == list(range(8))  # every blob got exactly one centre
     y = _blobs(n=600, d=8, centers=40, spread=1.0, seed=8)  # harder: potentials compare
-    ours = np.mean([cluster.assign(y, cluster.kmeans_plusplus(y, 15, seed=s)[0])[1].sum()
-                    for s in range(4)])
-    ref = np.mean([((y[:, None] - sklearn_cluster.kmeans_plusplus(y, 15, random_state=s)[0])
-                    ** 2).sum(-1).min(1).sum() for s in range(4)])
+    ours = np.mean(
+        [cluster.assign(y, cluster.kmeans_plusplus(y, 15, seed=s)[0])[1].sum() for s in range(4)]
+    )
+    ref = np.mean(
+        [
+            ((y[:, None] - sklearn_cluster.kmeans_plusplus(y, 15, random_state=s)[0]) ** 2)
+            .sum(-1)
+            .min(1)
+            .sum()
+            for s in range(4)
+        ]
+    )
     assert ours < 1.25 * ref
 
 

@@ -1,4 +1,5 @@
 """Config presets and validation: each user mistake is one ConfigError naming the field."""
+
 import os
 
 import pytest
@@ -20,8 +21,9 @@ def test_the_zoo_is_derived_from_the_configs():
     # The files live in the package (configs/ is a link), so any installation finds them.
     assert os.path.realpath(os.path.join(ROOT, "configs")) == os.path.realpath(jc.CONFIG_DIR)
     assert jc.config_file("simclr").startswith(jc.CONFIG_DIR)
-    with pytest.raises(jc.ConfigError, match="no config file configs/nope.py; choose one of "
-                                             "barlow_twins, byol"):
+    with pytest.raises(
+        jc.ConfigError, match="no config file configs/nope.py; choose one of barlow_twins, byol"
+    ):
         jc.config_file("nope")
 
 
@@ -31,8 +33,15 @@ def test_presets_are_valid(name, preset):
     c = load(name, preset)
     jc.validate(c, num_devices=8)
     methods.validate(c)
-    for field in ("batch_size", "total_steps", "log_every", "checkpoint_every", "eval_every",
-                  "seed", "dtype"):
+    for field in (
+        "batch_size",
+        "total_steps",
+        "log_every",
+        "checkpoint_every",
+        "eval_every",
+        "seed",
+        "dtype",
+    ):
         assert field in c
     assert c.data.name and c.model.backbone
 
@@ -74,34 +83,61 @@ def _method_error(name, mutate, match):
 
 def test_fields_a_method_never_reads_are_refused():
     """A value set where the method never looks would be silently ignored: refused instead."""
-    _method_error("jigsaw", lambda c: setattr(c, "queue_size", 64),
-                  r"config\.queue_size: the puzzle method never reads it \(got 64\); set 0")
-    _method_error("rotation", lambda c: setattr(c.ema, "base_momentum", 0.99),
-                  r"config\.ema\.base_momentum: the puzzle method never reads it")
-    _method_error("transfer", lambda c: setattr(c.augment.view2, "solarize_prob", 0.2),
-                  r"config\.augment\.view2: the transfer method never reads it .*set it equal "
-                  r"to augment\.view1")
-    _method_error("transfer", lambda c: setattr(c, "queue_size", 64),
-                  r"config\.queue_size: the transfer method never reads it")
-    _method_error("fkt", lambda c: setattr(c.model, "num_prototypes", 8),
-                  r"config\.model\.num_prototypes: the joint method never reads it")
+    _method_error(
+        "jigsaw",
+        lambda c: setattr(c, "queue_size", 64),
+        r"config\.queue_size: the puzzle method never reads it \(got 64\); set 0",
+    )
+    _method_error(
+        "rotation",
+        lambda c: setattr(c.ema, "base_momentum", 0.99),
+        r"config\.ema\.base_momentum: the puzzle method never reads it",
+    )
+    _method_error(
+        "transfer",
+        lambda c: setattr(c.augment.view2, "solarize_prob", 0.2),
+        r"config\.augment\.view2: the transfer method never reads it .*set it equal "
+        r"to augment\.view1",
+    )
+    _method_error(
+        "transfer",
+        lambda c: setattr(c, "queue_size", 64),
+        r"config\.queue_size: the transfer method never reads it",
+    )
+    _method_error(
+        "fkt",
+        lambda c: setattr(c.model, "num_prototypes", 8),
+        r"config\.model\.num_prototypes: the joint method never reads it",
+    )
     # Pretrain: method state that the objective does not use.
-    _method_error("simclr", lambda c: setattr(c.ema, "base_momentum", 0.99),
-                  r"config\.ema\.base_momentum: loss 'nt_xent' has no target; set it to 0")
-    _method_error("simclr", lambda c: setattr(c, "queue_size", 64),
-                  r"config\.queue_size: loss 'nt_xent' has no queue")
+    _method_error(
+        "simclr",
+        lambda c: setattr(c.ema, "base_momentum", 0.99),
+        r"config\.ema\.base_momentum: loss 'nt_xent' has no target; set it to 0",
+    )
+    _method_error(
+        "simclr",
+        lambda c: setattr(c, "queue_size", 64),
+        r"config\.queue_size: loss 'nt_xent' has no queue",
+    )
 
 
 def test_queue_rules_belong_to_their_objective():
     """MoCo writes the keys of both views per step, NNCLR the first view's projections: the
     queue must hold whole steps of each (the rule lives with the pretext, not in
     jssl.config.validate)."""
-    _method_error("mocov2", lambda c: setattr(c, "queue_size", 96),
-                  r"config\.queue_size: 96 is not a multiple of 64 \(each step enqueues the keys "
-                  r"of both views\); use 64")
-    _method_error("nnclr", lambda c: setattr(c, "queue_size", 48),
-                  r"config\.queue_size: 48 is not a multiple of 32 \(each step enqueues the "
-                  r"first view's projections\); use 32")
+    _method_error(
+        "mocov2",
+        lambda c: setattr(c, "queue_size", 96),
+        r"config\.queue_size: 96 is not a multiple of 64 \(each step enqueues the keys "
+        r"of both views\); use 64",
+    )
+    _method_error(
+        "nnclr",
+        lambda c: setattr(c, "queue_size", 48),
+        r"config\.queue_size: 48 is not a multiple of 32 \(each step enqueues the "
+        r"first view's projections\); use 32",
+    )
     c = load("nnclr", "smoke")
     c.queue_size = 96  # 3 steps of 32 rows: fine for NNCLR (not for MoCo)
     jc.validate(c, num_devices=8)
@@ -118,7 +154,10 @@ def _bad(mutate, match, num_devices=8, known=None):
 
 
 def test_validation_errors_name_the_field():
-    _bad(lambda c: setattr(c, "batch_size", 30), r"config\.batch_size: 30 is not divisible by the 8 devices")
+    _bad(
+        lambda c: setattr(c, "batch_size", 30),
+        r"config\.batch_size: 30 is not divisible by the 8 devices",
+    )
     _bad(lambda c: setattr(c, "total_steps", 0), r"config\.total_steps: must be a positive integer")
     _bad(lambda c: setattr(c, "total_steps", -5), r"config\.total_steps")
     _bad(lambda c: setattr(c, "dtype", "float16"), r"config\.dtype")
@@ -128,13 +167,22 @@ def test_validation_errors_name_the_field():
     def small_image(c):
         c.model.backbone, c.model.stem = "resnet18", "imagenet"
         c.data.image_size = c.augment.view1.crop_size = c.augment.view2.crop_size = 16
-    _bad(small_image, r"config\.data\.image_size: 16 is too small for resnet18 with the imagenet stem; use at least 32")
+
+    _bad(
+        small_image,
+        r"config\.data\.image_size: 16 is too small for resnet18 with the imagenet stem; "
+        r"use at least 32",
+    )
     _bad(lambda c: setattr(c.augment.view2, "crop_size", 20), r"config\.augment\.view2\.crop_size")
-    _bad(lambda c: setattr(c.model, "backbone", "resnet19"), r"config\.model\.backbone: unknown value 'resnet19'; choose one of convnet, resnet18",
-         known={"model.backbone": ["resnet18", "convnet"]})
+    _bad(
+        lambda c: setattr(c.model, "backbone", "resnet19"),
+        r"config\.model\.backbone: unknown value 'resnet19'; choose one of convnet, resnet18",
+        known={"model.backbone": ["resnet18", "convnet"]},
+    )
 
     def drop(c):
         del c.eval["knn_k"]
+
     _bad(drop, r"config\.eval\.knn_k: missing")
 
 

@@ -1,11 +1,13 @@
 """The tapped convolution (jssl.models.conv) against XLA's convolution and its autodiff."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jssl.models.conv import Conv, conv2d
 
@@ -15,13 +17,17 @@ def reference(x, w, stride, padding):
         stride = (stride, stride)
     if isinstance(padding, int):
         padding = ((padding, padding), (padding, padding))
-    return lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(
+        x, w, stride, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def value_and_grads(fn, x, w, r):
     """f(x, w) and the gradients of sum(f(x, w) * r): a linear loss, so dx and dW are the
     transposed convolutions of r themselves."""
-    return jax.jit(lambda x, w: (fn(x, w), *jax.grad(lambda x, w: jnp.sum(fn(x, w) * r), (0, 1))(x, w)))(x, w)
+    return jax.jit(
+        lambda x, w: (fn(x, w), *jax.grad(lambda x, w: jnp.sum(fn(x, w) * r), (0, 1))(x, w))
+    )(x, w)
 
 
 def assert_close(got, want, rtol=1e-5):
@@ -46,8 +52,11 @@ def test_forward_and_gradients_equal_xla(n, h, w, cin, cout, k, stride, padding)
     kx, kw_, kr = jax.random.split(jax.random.PRNGKey(k * 10 + cin), 3)
     x = jax.random.normal(kx, (n, h, w, cin))
     wt = jax.random.normal(kw_, (k, k, cin, cout))
-    pads = padding if not isinstance(padding, str) else lax.padtype_to_pads(
-        (h, w), (k, k), (stride, stride), padding)
+    pads = (
+        padding
+        if not isinstance(padding, str)
+        else lax.padtype_to_pads((h, w), (k, k), (stride, stride), padding)
+    )
     r = jax.random.normal(kr, reference(x, wt, stride, pads).shape)
     got = value_and_grads(lambda x, w: conv2d(x, w, stride=stride, padding=padding), x, wt, r)
     want = value_and_grads(lambda x, w: reference(x, w, stride, pads), x, wt, r)
@@ -83,8 +92,9 @@ def test_bfloat16_forward_and_backward():
     w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 8)) * 0.2
     r = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8, 8))
     bf = jnp.bfloat16
-    got = value_and_grads(lambda x, w: conv2d(x, w, padding=1).astype(jnp.float32),
-                          x.astype(bf), w.astype(bf), r)
+    got = value_and_grads(
+        lambda x, w: conv2d(x, w, padding=1).astype(jnp.float32), x.astype(bf), w.astype(bf), r
+    )
     want = value_and_grads(lambda x, w: reference(x, w, 1, 1), x, w, r)
     assert got[0].dtype == jnp.float32 and got[1].dtype == got[2].dtype == bf
     for a, b in zip(got, want):

@@ -3,10 +3,12 @@
 The linear-probe tests share one problem size (200 x 10 training features, 3 classes, two
 weight decays) so the L-BFGS program compiles once unsharded and once sharded.
 """
+
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jssl import evaluate
 from jssl.data.subsets import few_label_subset
@@ -34,8 +36,11 @@ def knn_data(seed=0, num_classes=4):
 
 def min_topk_gap(train, query, k):
     """Smallest gap between the k-th and (k+1)-th similarity: > 0 means no ties at the cut."""
-    sims = np.sort((query / np.linalg.norm(query, axis=1, keepdims=True))
-                   @ (train / np.linalg.norm(train, axis=1, keepdims=True)).T, axis=1)[:, ::-1]
+    sims = np.sort(
+        (query / np.linalg.norm(query, axis=1, keepdims=True))
+        @ (train / np.linalg.norm(train, axis=1, keepdims=True)).T,
+        axis=1,
+    )[:, ::-1]
     return np.min(sims[:, k - 1] - sims[:, k])
 
 
@@ -44,8 +49,15 @@ def min_topk_gap(train, query, k):
 def test_knn_matches_reference(k, chunk_size):
     train, train_y, query, _ = knn_data()
     assert min_topk_gap(train, query, k) > 1e-5  # float32 and float64 pick the same neighbours
-    got = evaluate.knn_predict(train.astype(np.float32), train_y, query.astype(np.float32),
-                               num_classes=4, k=k, temperature=0.07, chunk_size=chunk_size)
+    got = evaluate.knn_predict(
+        train.astype(np.float32),
+        train_y,
+        query.astype(np.float32),
+        num_classes=4,
+        k=k,
+        temperature=0.07,
+        chunk_size=chunk_size,
+    )
     want = knn_reference(train, train_y, query, 4, k, 0.07)
     assert got.shape == (45, 4)
     np.testing.assert_allclose(got, want, rtol=2e-5)
@@ -55,14 +67,26 @@ def test_knn_matches_reference(k, chunk_size):
 def test_knn_accuracies_one_pass_equals_each_k():
     train, train_y, query, query_y = knn_data(1)
     train32, query32 = train.astype(np.float32), query.astype(np.float32)
-    got = evaluate.knn_accuracies(train32, train_y, query32, query_y, num_classes=4,
-                                  ks=(1, 5, 20), temperature=0.07, chunk_size=16)
+    got = evaluate.knn_accuracies(
+        train32,
+        train_y,
+        query32,
+        query_y,
+        num_classes=4,
+        ks=(1, 5, 20),
+        temperature=0.07,
+        chunk_size=16,
+    )
     assert set(got) == {1, 5, 20}
     for k in (1, 5, 20):
         want = np.mean(np.argmax(knn_reference(train, train_y, query, 4, k, 0.07), 1) == query_y)
         assert got[k] == pytest.approx(want, abs=1e-12)
-        assert evaluate.knn_accuracy(train32, train_y, query32, query_y, num_classes=4, k=k,
-                                     temperature=0.07) == got[k]
+        assert (
+            evaluate.knn_accuracy(
+                train32, train_y, query32, query_y, num_classes=4, k=k, temperature=0.07
+            )
+            == got[k]
+        )
     assert len(set(got.values())) > 1  # the k really differ on this data
 
 
@@ -130,8 +154,19 @@ def test_linear_probe_matches_scikit_learn():
 
     (xtr, ytr), _, (xte, yte) = probe_data(1, scale=0.5)
     wds = (1e-3, 3e-1)
-    got = evaluate.linear_probe(xtr, ytr, None, None, xte, yte, num_classes=CLASSES,
-                                weight_decays=wds, max_steps=500, tol=1e-7, return_probe=True)
+    got = evaluate.linear_probe(
+        xtr,
+        ytr,
+        None,
+        None,
+        xte,
+        yte,
+        num_classes=CLASSES,
+        weight_decays=wds,
+        max_steps=500,
+        tol=1e-7,
+        return_probe=True,
+    )
     probe = got["probe"]
     mean, std = xtr.astype(np.float64).mean(0), xtr.astype(np.float64).std(0)
     np.testing.assert_allclose(probe.mean, mean, rtol=1e-5)
@@ -139,8 +174,12 @@ def test_linear_probe_matches_scikit_learn():
     # Ours: (1/N) sum_i CE + wd/2 ||W||^2. scikit-learn (lbfgs): C sum_i CE + 1/2 ||W||^2,
     # bias not penalised. Ours divided by wd (same minimiser) is scikit-learn's objective
     # with C = 1 / (N * wd).
-    ref = {wd: LogisticRegression(C=1.0 / (N_TRAIN * wd), max_iter=10_000, tol=1e-12)
-           .fit((xtr - mean) / std, ytr) for wd in wds}
+    ref = {
+        wd: LogisticRegression(C=1.0 / (N_TRAIN * wd), max_iter=10_000, tol=1e-12).fit(
+            (xtr - mean) / std, ytr
+        )
+        for wd in wds
+    }
     train_scores = {wd: ref[wd].score((xtr - mean) / std, ytr) for wd in wds}
     # Without validation data the choice is made on training accuracy.
     want = {str(wd): score for wd, score in train_scores.items()}
@@ -151,8 +190,11 @@ def test_linear_probe_matches_scikit_learn():
     assert got["train_accuracy"] == got["val_accuracy"] == train_scores[chosen] < 1.0
     np.testing.assert_allclose(probe.weights.T, ref[chosen].coef_, atol=1e-4)
     # The bias is determined up to a constant shift (softmax); compare centred.
-    np.testing.assert_allclose(probe.bias - probe.bias.mean(),
-                               ref[chosen].intercept_ - ref[chosen].intercept_.mean(), atol=2e-4)
+    np.testing.assert_allclose(
+        probe.bias - probe.bias.mean(),
+        ref[chosen].intercept_ - ref[chosen].intercept_.mean(),
+        atol=2e-4,
+    )
     probs = jax.nn.softmax(evaluate.linear_probe_logits(probe, xte))
     np.testing.assert_allclose(probs, ref[chosen].predict_proba((xte - mean) / std), atol=1e-4)
     assert max(got["steps_per_wd"].values()) < 500  # stopped on the gradient tolerance
@@ -160,11 +202,14 @@ def test_linear_probe_matches_scikit_learn():
 
 def test_linear_probe_separable_data():
     (xtr, ytr), (xva, yva), (xte, yte) = probe_data(2, scale=8.0)
-    r = evaluate.linear_probe(xtr, ytr, xva, yva, xte, yte, num_classes=CLASSES,
-                              weight_decays=(0.0, 1e-3), max_steps=100)
+    r = evaluate.linear_probe(
+        xtr, ytr, xva, yva, xte, yte, num_classes=CLASSES, weight_decays=(0.0, 1e-3), max_steps=100
+    )
     assert r["train_accuracy"] == r["val_accuracy"] == r["test_accuracy"] == 1.0
-    assert all(isinstance(r[key], float) for key in
-               ("val_accuracy", "test_accuracy", "train_accuracy", "weight_decay"))
+    assert all(
+        isinstance(r[key], float)
+        for key in ("val_accuracy", "test_accuracy", "train_accuracy", "weight_decay")
+    )
 
 
 def test_linear_probe_selects_on_validation_never_on_test():
@@ -174,10 +219,20 @@ def test_linear_probe_selects_on_validation_never_on_test():
     # Validation labels that only that probe matches: best on validation is wd=1e3, best
     # on test is wd=0.
     wds = (0.0, 1e3)
-    r = evaluate.linear_probe(xtr, ytr, xva, np.zeros(N_VAL, int), xte, yte,
-                              num_classes=CLASSES, weight_decays=wds, max_steps=200)
-    on_test = evaluate.linear_probe(xtr, ytr, xte, yte, xte, yte, num_classes=CLASSES,
-                                    weight_decays=wds, max_steps=200)["val_accuracy_per_wd"]
+    r = evaluate.linear_probe(
+        xtr,
+        ytr,
+        xva,
+        np.zeros(N_VAL, int),
+        xte,
+        yte,
+        num_classes=CLASSES,
+        weight_decays=wds,
+        max_steps=200,
+    )
+    on_test = evaluate.linear_probe(
+        xtr, ytr, xte, yte, xte, yte, num_classes=CLASSES, weight_decays=wds, max_steps=200
+    )["val_accuracy_per_wd"]
     assert max(on_test, key=on_test.get) == "0.0"
     assert r["val_accuracy_per_wd"]["1000.0"] == 1.0 > r["val_accuracy_per_wd"]["0.0"]
     assert r["weight_decay"] == 1e3 and r["val_accuracy"] == 1.0
@@ -198,8 +253,9 @@ def test_linear_probe_rejects_bad_input():
     with pytest.raises(ValueError, match="train_x"):
         evaluate.linear_probe(xtr[0], ytr, xva, yva, xte, yte, **kw)
     with pytest.raises(ValueError, match="weight_decays"):
-        evaluate.linear_probe(xtr, ytr, xva, yva, xte, yte, num_classes=CLASSES,
-                              weight_decays=(-1.0,))
+        evaluate.linear_probe(
+            xtr, ytr, xva, yva, xte, yte, num_classes=CLASSES, weight_decays=(-1.0,)
+        )
 
 
 def test_few_label_subset():
@@ -211,11 +267,13 @@ def test_few_label_subset():
     assert np.all(np.diff(a) > 0)  # sorted, no repeats
     # round(0.1 * count), at least one per class present; the absent class 5 gives none.
     assert np.bincount(labels[a], minlength=6).tolist() == [10, 5, 2, 1, 1, 0]
-    np.testing.assert_array_equal(few_label_subset(labels, 1.0, seed=3, num_classes=6),
-                                  np.arange(len(labels)))
+    np.testing.assert_array_equal(
+        few_label_subset(labels, 1.0, seed=3, num_classes=6), np.arange(len(labels))
+    )
     # Within a class every member can be drawn: the draw is random, not the first members.
-    draws = np.concatenate([few_label_subset(labels, 0.1, seed=s, num_classes=6)
-                            for s in range(20)])
+    draws = np.concatenate(
+        [few_label_subset(labels, 0.1, seed=s, num_classes=6) for s in range(20)]
+    )
     assert len(np.unique(draws[labels[draws] == 1])) > 30
     with pytest.raises(ValueError, match="fraction"):
         few_label_subset(labels, 0.0, seed=0, num_classes=6)
@@ -225,6 +283,7 @@ def test_few_label_subset():
 
 def test_sharded_features_give_the_same_answers():
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
     def shard(a):
         return jax.device_put(a, NamedSharding(mesh, P("data")))
 
@@ -233,20 +292,31 @@ def test_sharded_features_give_the_same_answers():
     query = rng.normal(size=(40, 8)).astype(np.float32)
     y, qy = rng.integers(0, 3, size=64), rng.integers(0, 3, size=40)
     a = evaluate.knn_predict(train, y, query, num_classes=3, k=5, chunk_size=16)
-    b = evaluate.knn_predict(shard(train), shard(y), shard(query), num_classes=3, k=5,
-                             chunk_size=16)
+    b = evaluate.knn_predict(
+        shard(train), shard(y), shard(query), num_classes=3, k=5, chunk_size=16
+    )
     np.testing.assert_allclose(a, b, rtol=1e-5)
     plain = evaluate.knn_accuracies(train, y, query, qy, num_classes=3, ks=(1, 5))
-    sharded = evaluate.knn_accuracies(shard(train), shard(y), shard(query), shard(qy),
-                                      num_classes=3, ks=(1, 5))
+    sharded = evaluate.knn_accuracies(
+        shard(train), shard(y), shard(query), shard(qy), num_classes=3, ks=(1, 5)
+    )
     assert plain == sharded
 
     splits = probe_data(1)
-    kw = {"num_classes": CLASSES, "weight_decays": (1e-3, 3e-1), "max_steps": 500,
-          "return_probe": True}
+    kw = {
+        "num_classes": CLASSES,
+        "weight_decays": (1e-3, 3e-1),
+        "max_steps": 500,
+        "return_probe": True,
+    }
     plain = evaluate.linear_probe(*[a for s in splits for a in s], **kw)
     sharded = evaluate.linear_probe(*[shard(a) for s in splits for a in s], **kw)
-    for key in ("val_accuracy", "test_accuracy", "train_accuracy", "weight_decay",
-                "val_accuracy_per_wd"):
+    for key in (
+        "val_accuracy",
+        "test_accuracy",
+        "train_accuracy",
+        "weight_decay",
+        "val_accuracy_per_wd",
+    ):
         assert plain[key] == sharded[key], key
     np.testing.assert_allclose(plain["probe"].weights, sharded["probe"].weights, atol=1e-4)

@@ -1,4 +1,5 @@
 """Using what was trained: jssl.export (load_encoder, the export CLI) and model.init_from."""
+
 import os
 
 import jax
@@ -6,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jssl import checkpoint, export, methods, parallel, train
+from jssl import checkpoint, export, methods, train
 from jssl.config import ConfigError
 from jssl.data import sources
 from jssl.methods import joint
@@ -44,7 +45,8 @@ def test_load_encoder_gives_the_runs_features(trained, tmp_path):
     # The variables are the trained ones (not a fresh initialisation).
     np.testing.assert_array_equal(
         jax.tree_util.tree_leaves(variables["params"]["backbone"])[0],
-        np.asarray(jax.tree_util.tree_leaves(state.params["backbone"])[0]))
+        np.asarray(jax.tree_util.tree_leaves(state.params["backbone"])[0]),
+    )
 
     out = str(tmp_path / "encoder.msgpack")
     assert export.main(["--workdir", workdir, "--out", out]) == 0
@@ -78,17 +80,22 @@ def test_init_from_starts_fkt_from_the_pretrained_backbone(trained):
     f.model.init_from = workdir
     started = jax.jit(joint.build(f, info).init)(jax.random.PRNGKey(0))
     params, stats = checkpoint.load_backbone(workdir)
-    for got, want, before in zip(jax.tree_util.tree_leaves(started.params["backbone"]),
-                                 jax.tree_util.tree_leaves(params),
-                                 jax.tree_util.tree_leaves(fresh.params["backbone"])):
+    for got, want, before in zip(
+        jax.tree_util.tree_leaves(started.params["backbone"]),
+        jax.tree_util.tree_leaves(params),
+        jax.tree_util.tree_leaves(fresh.params["backbone"]),
+    ):
         np.testing.assert_array_equal(np.asarray(got), want)
     assert not np.array_equal(np.asarray(before), want)
-    for got, want in zip(jax.tree_util.tree_leaves(started.batch_stats["backbone"]),
-                         jax.tree_util.tree_leaves(stats)):
+    for got, want in zip(
+        jax.tree_util.tree_leaves(started.batch_stats["backbone"]), jax.tree_util.tree_leaves(stats)
+    ):
         np.testing.assert_array_equal(np.asarray(got), want)
     # Heads stay freshly initialised.
-    for a, b in zip(jax.tree_util.tree_leaves(started.params["classifier"]),
-                    jax.tree_util.tree_leaves(fresh.params["classifier"])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(started.params["classifier"]),
+        jax.tree_util.tree_leaves(fresh.params["classifier"]),
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

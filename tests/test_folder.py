@@ -1,4 +1,5 @@
 """The image-folder source (`data.name=folder:<path>`), on small folders of PNGs written here."""
+
 import os
 
 import numpy as np
@@ -48,7 +49,9 @@ def test_one_folder_of_classes_is_split_like_the_embedded_sets(classes_dir):
         assert src.num_classes == 3 and src.class_names == CLASSES
         assert src.image_shape == (12, 12, 3)
     for src, per_class in ((train, 7), (val, 1), (test, 2)):
-        np.testing.assert_array_equal(np.bincount(src.read(np.arange(len(src)))[1]), [per_class] * 3)
+        np.testing.assert_array_equal(
+            np.bincount(src.read(np.arange(len(src)))[1]), [per_class] * 3
+        )
     files = [set(p for p, _ in s._files) for s in (train, val, test)]
     assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
     assert set.union(*files) == set(pixels)

@@ -1,6 +1,7 @@
 """Attention gating over frozen pretext encoders (jssl/models/fusion.py, jssl/methods/fusion.py,
 jssl/studies/fusion.py): frozen means frozen (values and HLO), attention weights, K = 1 is a
 linear probe, clear errors for bad encoders, 1 vs 8 devices, the study end to end."""
+
 import copy
 import json
 import os
@@ -18,8 +19,8 @@ from jssl.data import sources
 from jssl.methods import fusion
 from jssl.models.fusion import FusionHead
 from jssl.studies import fusion as study
-from tests.test_config import load
 from tests.shared import smoke
+from tests.test_config import load
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,13 @@ def encoders(tmp_path_factory, shared_run):
 def val_features(encoders):
     """The two encoders' features of the validation split: (Encoders, features, labels)."""
     enc = export.load_encoders(encoders[2])
-    feats, labels = evaluate.encode_source(enc.modules, enc.variables,
-                                           sources.get_source("mnist_embedded", "validation"),
-                                           batch_size=250, mesh=parallel.make_mesh())
+    feats, labels = evaluate.encode_source(
+        enc.modules,
+        enc.variables,
+        sources.get_source("mnist_embedded", "validation"),
+        batch_size=250,
+        mesh=parallel.make_mesh(),
+    )
     return enc, feats, labels
 
 
@@ -86,8 +91,10 @@ def test_attention_weights_sum_to_one_and_respond_to_the_input(mode):
     if mode == "task_query":
         params["query"] = jax.random.normal(jax.random.PRNGKey(1), params["query"].shape)
     else:
-        params["query"] = {**params["query"], "kernel": jax.random.normal(
-            jax.random.PRNGKey(1), params["query"]["kernel"].shape)}
+        params["query"] = {
+            **params["query"],
+            "kernel": jax.random.normal(jax.random.PRNGKey(1), params["query"]["kernel"].shape),
+        }
     variables = {"params": params}
     w = np.asarray(head.apply(variables, feats)["weights"])
     assert w.shape == (32, 3) and np.all(w > 0)
@@ -121,7 +128,7 @@ def test_one_encoder_is_a_linear_probe(mode):
     np.testing.assert_allclose(out["logits"], x @ j0.T + bias, rtol=1e-4, atol=1e-5)
     if mode == "task_query":
         p = variables["params"]
-        composed = (p["project_0"]["kernel"] @ p["value"]["kernel"] @ p["classifier"]["kernel"])
+        composed = p["project_0"]["kernel"] @ p["value"]["kernel"] @ p["classifier"]["kernel"]
         np.testing.assert_allclose(j0.T, composed, rtol=1e-4, atol=1e-6)
 
 
@@ -152,15 +159,18 @@ def test_frozen_encoders_do_not_change_in_training(encoders, tmp_path):
     for i, path in enumerate(paths):
         _, want = export.load_encoder(path)
         got = tree["extras"]["encoders"][f"encoder_{i}"]
-        assert "batch_stats" in want and jax.tree_util.tree_structure(got) == \
-            jax.tree_util.tree_structure(want)
+        assert "batch_stats" in want and jax.tree_util.tree_structure(
+            got
+        ) == jax.tree_util.tree_structure(want)
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
             np.testing.assert_array_equal(a, b)
     widths = export.load_encoders(paths).widths
-    initial = fusion.head_init(fusion.setup(c, 10, widths), jax.random.PRNGKey(c.seed),
-                               [0.0] * 2, [1.0] * 2)
-    leaves = zip(jax.tree_util.tree_leaves(initial.params),
-                 jax.tree_util.tree_leaves(tree["params"]))
+    initial = fusion.head_init(
+        fusion.setup(c, 10, widths), jax.random.PRNGKey(c.seed), [0.0] * 2, [1.0] * 2
+    )
+    leaves = zip(
+        jax.tree_util.tree_leaves(initial.params), jax.tree_util.tree_leaves(tree["params"])
+    )
     moved = [np.abs(np.asarray(a) - b).max() for a, b in leaves]
     assert min(moved) > 0  # every head parameter trained
 
@@ -194,7 +204,8 @@ def test_no_gradient_of_the_encoders_is_computed(encoders):
     leaky_text = jax.jit(jax.grad(leaky, argnums=(0, 1))).lower(state.params, variables).as_text()
     assert _count(leaky_text) > forward
     grads = jax.jit(jax.grad(lambda v: sum(jnp.sum(f) for f in fusion.encode(enc, v, images))))(
-        variables)
+        variables
+    )
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads))
 
 
@@ -235,8 +246,11 @@ def test_missing_or_incompatible_encoder_is_named(encoders, tmp_path):
     saved["model"]["num_filters"] = 2 * saved["model"]["num_filters"]
     with open(os.path.join(bad, "config.json"), "w") as f:
         json.dump(saved, f)
-    with pytest.raises(ConfigError, match=r"encoders\[1\]: .*edited: its checkpoint does not "
-                                          r"fit .*architecture \(\d+,"):
+    with pytest.raises(
+        ConfigError,
+        match=r"encoders\[1\]: .*edited: its checkpoint does not "
+        r"fit .*architecture \(\d+,",
+    ):
         export.load_encoders([paths[0], bad])
     with pytest.raises(ConfigError, match=r"config\.fusion\.encoders: \(\)"):
         _build(_config([]))
@@ -272,12 +286,13 @@ def test_presets_and_config_errors():
     assert load("fusion", "compare").study == "fusion"
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
         load("fusion", "nope")
-    for fields, match in [({"mode": "max"}, r"config\.fusion\.mode: unknown mode 'max'"),
-                          ({"mode": "concat", "entropy_weight": 0.1},
-                           r"config\.fusion\.entropy_weight"),
-                          ({"names": ("a",)}, r"config\.fusion\.names"),
-                          ({"mode": "single", "single_index": 2}, r"config\.fusion\.single_index"),
-                          ({"labelled_fraction": 0.0}, r"config\.fusion\.labelled_fraction")]:
+    for fields, match in [
+        ({"mode": "max"}, r"config\.fusion\.mode: unknown mode 'max'"),
+        ({"mode": "concat", "entropy_weight": 0.1}, r"config\.fusion\.entropy_weight"),
+        ({"names": ("a",)}, r"config\.fusion\.names"),
+        ({"mode": "single", "single_index": 2}, r"config\.fusion\.single_index"),
+        ({"labelled_fraction": 0.0}, r"config\.fusion\.labelled_fraction"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             fusion.validate(_config(["a", "b"], **fields))
 
@@ -296,8 +311,7 @@ def test_study_end_to_end(encoders):
     with open(os.path.join(root, "results.json")) as f:
         saved = json.load(f)
     s = saved["summary"]["fractions"]["0.1"]
-    expected = {"task_query", "se_gate", "single_rotation", "single_simclr",
-                "pretext_matching"}
+    expected = {"task_query", "se_gate", "single_rotation", "single_simclr", "pretext_matching"}
     assert set(s["accuracy"]) == expected
     for seed in ("0", "1"):
         run = saved["runs"]["0.1"][seed]["variants"]
@@ -310,16 +324,27 @@ def test_study_end_to_end(encoders):
         w = np.asarray(run["task_query"]["class_weights"])
         np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-5)
         assert np.asarray(run["se_gate"]["class_weights"]).shape == (10, 2)
-    diffs = [saved["runs"]["0.1"][k]["variants"]["task_query"]["test_accuracy"]
-             - saved["runs"]["0.1"][k]["variants"]["pretext_matching"]["test_accuracy"]
-             for k in ("0", "1")]
+    diffs = [
+        saved["runs"]["0.1"][k]["variants"]["task_query"]["test_accuracy"]
+        - saved["runs"]["0.1"][k]["variants"]["pretext_matching"]["test_accuracy"]
+        for k in ("0", "1")
+    ]
     assert s["negative_transfer"]["task_query"]["diff_mean"] == pytest.approx(np.mean(diffs))
     assert set(s["attention"]) == {"task_query", "se_gate"}
     per_class = saved["attention_per_class"]["0.1"]["task_query"]
-    mean_weights = [np.mean([saved["runs"]["0.1"][k]["variants"]["task_query"]["class_weights"][c]
-                             for k in ("0", "1")], axis=0) for c in range(10)]
-    np.testing.assert_allclose([[row[n] for n in ("rotation", "simclr")] for row in per_class],
-                               mean_weights, rtol=1e-6)
+    mean_weights = [
+        np.mean(
+            [
+                saved["runs"]["0.1"][k]["variants"]["task_query"]["class_weights"][c]
+                for k in ("0", "1")
+            ],
+            axis=0,
+        )
+        for c in range(10)
+    ]
+    np.testing.assert_allclose(
+        [[row[n] for n in ("rotation", "simclr")] for row in per_class], mean_weights, rtol=1e-6
+    )
     with open(os.path.join(root, "attention.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(root, "results.md")) as f:
@@ -331,8 +356,9 @@ def test_study_end_to_end(encoders):
     assert again["summary"] == results["summary"]
     # One seed has no spread: the difference is reported, never judged against noise.
     one_seed = {f: {"0": by_seed["0"]} for f, by_seed in saved["runs"].items()}
-    single, _ = study.summarize(one_seed, ["rotation", "simclr"], ["task_query", "se_gate"],
-                                "task_query")
+    single, _ = study.summarize(
+        one_seed, ["rotation", "simclr"], ["task_query", "se_gate"], "task_query"
+    )
     t = single["fractions"]["0.1"]["negative_transfer"]["task_query"]
     assert t["diff_se"] is None and not t["worse_beyond_noise"] and not t["better_beyond_noise"]
     assert t["diff_mean"] == pytest.approx(diffs[0])

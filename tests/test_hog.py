@@ -1,5 +1,6 @@
 """jssl.hog against scikit-image's `hog` on real images (scikit-image's sample photographs
 and the embedded MNIST digits), every block normalisation, odd cell sizes, colour."""
+
 import functools
 
 import jax
@@ -18,14 +19,13 @@ def _ours(images, **kw):
 
 def _photo(name, size=(96, 120)):
     image = getattr(skimage_data, name)()
-    return image[40:40 + size[0], 60:60 + size[1]]  # a crop with texture keeps tests fast
+    return image[40 : 40 + size[0], 60 : 60 + size[1]]  # a crop with texture keeps tests fast
 
 
 CASES = [
     dict(),  # scikit-image's defaults: 9 orientations, 8x8 cells, 3x3 blocks, L2-Hys
     dict(orientations=8, pixels_per_cell=(7, 9), cells_per_block=(2, 3), block_norm="L1"),
-    dict(orientations=6, pixels_per_cell=(10, 10), cells_per_block=(2, 2),
-         block_norm="L1-sqrt"),
+    dict(orientations=6, pixels_per_cell=(10, 10), cells_per_block=(2, 2), block_norm="L1-sqrt"),
     dict(orientations=12, pixels_per_cell=(16, 12), cells_per_block=(1, 1), block_norm="L2"),
 ]
 
@@ -38,9 +38,14 @@ def test_matches_skimage_on_photographs(name, kw):
     ref = skimage_feature.hog(image, channel_axis=-1 if colour else None, **kw)
     out = _ours(image[None], **kw)[0]
     assert out.shape == ref.shape
-    assert out.shape[0] == jhog.hog_num_features(image.shape, **{
-        k: v for k, v in kw.items() if k in ("orientations", "pixels_per_cell",
-                                             "cells_per_block")})
+    assert out.shape[0] == jhog.hog_num_features(
+        image.shape,
+        **{
+            k: v
+            for k, v in kw.items()
+            if k in ("orientations", "pixels_per_cell", "cells_per_block")
+        },
+    )
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)
     assert np.abs(ref).max() > 0.05  # a real signal, not two zero vectors
 
@@ -48,8 +53,7 @@ def test_matches_skimage_on_photographs(name, kw):
 def test_transform_sqrt_matches_skimage():
     image = _photo("camera")
     ref = skimage_feature.hog(image, transform_sqrt=True)
-    np.testing.assert_allclose(_ours(image[None], transform_sqrt=True)[0], ref, rtol=0,
-                               atol=1e-5)
+    np.testing.assert_allclose(_ours(image[None], transform_sqrt=True)[0], ref, rtol=0, atol=1e-5)
 
 
 def test_matches_skimage_on_embedded_mnist_batch():

@@ -1,5 +1,6 @@
 """Functional Knowledge Transfer (jssl/methods/joint.py): where the gradients go, lambda = 0,
 the labelled subset, 1 vs 8 devices, and a run end to end."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,15 +29,19 @@ def _batch(c, seed=0):
     rng = np.random.default_rng(seed)
     s = c.data.image_size
     n, m = c.batch_size, c.joint.labelled_batch_size
-    return {"image": rng.integers(0, 256, (n, s, s, 1), dtype=np.uint8),
-            "label": np.zeros((n,), np.int32),
-            "labelled_image": rng.integers(0, 256, (m, s, s, 1), dtype=np.uint8),
-            "labelled_label": rng.integers(0, 10, (m,)).astype(np.int32)}
+    return {
+        "image": rng.integers(0, 256, (n, s, s, 1), dtype=np.uint8),
+        "label": np.zeros((n,), np.int32),
+        "labelled_image": rng.integers(0, 256, (m, s, s, 1), dtype=np.uint8),
+        "labelled_label": rng.integers(0, 10, (m,)).astype(np.int32),
+    }
 
 
 def _norms(tree):
-    return {k: float(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(v)))
-            for k, v in tree.items()}
+    return {
+        k: float(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(v)))
+        for k, v in tree.items()
+    }
 
 
 def test_gradients_of_each_term_reach_the_right_parameters():
@@ -47,8 +52,9 @@ def test_gradients_of_each_term_reach_the_right_parameters():
     state = joint.init(s, jax.random.PRNGKey(0))
     inputs = joint.make_inputs(s, state, _batch(c))
     # Both terms' gradients from one compiled Jacobian (row 0: CE, row 1: L_SSL).
-    jac = jax.jit(jax.jacrev(lambda p: jnp.stack(
-        joint.loss_terms(s, p, state.batch_stats, inputs)[:2])))(state.params)
+    jac = jax.jit(
+        jax.jacrev(lambda p: jnp.stack(joint.loss_terms(s, p, state.batch_stats, inputs)[:2]))
+    )(state.params)
     ce_grads = jax.tree_util.tree_map(lambda g: g[0], jac)
     ssl_grads = jax.tree_util.tree_map(lambda g: g[1], jac)
     ce, ssl = _norms(ce_grads), _norms(ssl_grads)
@@ -80,8 +86,10 @@ def test_lambda_zero_is_supervised_training():
     assert float(m1["loss"]) == float(m1["ce_loss"]) and float(m1["ssl_loss"]) == 0.0
     for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s2.params)):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(jax.tree_util.tree_leaves(state0.params["projector"]),
-                    jax.tree_util.tree_leaves(s1.params["projector"])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(state0.params["projector"]),
+        jax.tree_util.tree_leaves(s1.params["projector"]),
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -129,8 +137,7 @@ def _losses(c, devices):
 
 def test_one_device_equals_eight():
     c = _smoke()
-    np.testing.assert_allclose(_losses(c, jax.devices()[:1]), _losses(c, jax.devices()),
-                               rtol=2e-4)
+    np.testing.assert_allclose(_losses(c, jax.devices()[:1]), _losses(c, jax.devices()), rtol=2e-4)
 
 
 @pytest.mark.slow
@@ -166,8 +173,15 @@ def test_compare_runs_differ_only_where_the_arms_do(tmp_path):
     pre = experiment_fields(by["pretrain", None, 1]["config"])
     assert pre["method"] == "pretrain" and pre["data.train_split"] == c.eval.train_split
     # Same backbone, pretext, augmentation and optimiser as the joint runs.
-    for k in ("model.backbone", "model.num_filters", "loss.name", "loss.temperature",
-              "optimizer.lr", "augment.view1.crop_scale", "model.projector_dim"):
+    for k in (
+        "model.backbone",
+        "model.num_filters",
+        "loss.name",
+        "loss.temperature",
+        "optimizer.lr",
+        "augment.view1.crop_scale",
+        "model.projector_dim",
+    ):
         assert pre[k] == fu[k], k
     assert not any(k.startswith(("study", "compare")) for k in fu)
     c.model.init_from = str(tmp_path)
@@ -199,9 +213,11 @@ def test_compare_smoke_writes_table_plot_and_resumes(tmp_path):
     sup = saved["runs"][os.path.join(workdir, "supervised_f0.1_s0")]["eval"]
     assert rep != sup
     # A second invocation reuses every finished run (nothing retrained).
-    mtimes = {d: os.path.getmtime(os.path.join(workdir, d, "results.json"))
-              for d in os.listdir(workdir) if os.path.isdir(os.path.join(workdir, d))}
+    mtimes = {
+        d: os.path.getmtime(os.path.join(workdir, d, "results.json"))
+        for d in os.listdir(workdir)
+        if os.path.isdir(os.path.join(workdir, d))
+    }
     assert len(mtimes) == 4
     fkt.run(c, workdir)
-    assert mtimes == {d: os.path.getmtime(os.path.join(workdir, d, "results.json"))
-                      for d in mtimes}
+    assert mtimes == {d: os.path.getmtime(os.path.join(workdir, d, "results.json")) for d in mtimes}

@@ -1,4 +1,5 @@
 """Losses against independent NumPy references, finite differences and the 8-device mesh."""
+
 import inspect
 
 import jax
@@ -22,8 +23,11 @@ class _JittedLosses:
 
     def __getattr__(self, name):
         fn = getattr(losses, name)
-        static = [p.name for p in inspect.signature(fn).parameters.values()
-                  if p.kind == p.KEYWORD_ONLY and p.name != "labels"]
+        static = [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind == p.KEYWORD_ONLY and p.name != "labels"
+        ]
         jitted = jax.jit(fn, static_argnames=static)
         setattr(self, name, jitted)
         return jitted
@@ -58,8 +62,9 @@ def barlow_reference(z1, z2, lambd, scale, unbiased, eps):
 @pytest.mark.parametrize("lambd,scale", [(0.0051, 1.0), (0.005, 0.1)])
 def test_barlow_twins_matches_reference(unbiased, eps, lambd, scale):
     z1, z2 = _rand((16, 6), 0), _rand((16, 6), 1)
-    got = jax.jit(lambda a, b: L.barlow_twins(a, b, lambd=lambd, scale=scale,
-                                                   unbiased=unbiased, eps=eps))(z1, z2)
+    got = jax.jit(
+        lambda a, b: L.barlow_twins(a, b, lambd=lambd, scale=scale, unbiased=unbiased, eps=eps)
+    )(z1, z2)
     want = barlow_reference(z1, z2, lambd, scale, unbiased, eps)
     np.testing.assert_allclose(got, want, rtol=2e-5)
 
@@ -82,7 +87,7 @@ def test_barlow_twins_unbiased_is_torch_std_convention():
     a = (z1 - z1.mean(0)) / z1.std(0, ddof=1)
     b = (z2 - z2.mean(0)) / z2.std(0, ddof=1)
     c = a.T @ b / 8
-    want = np.sum((1 - np.diag(c)) ** 2) + 0.0051 * (np.sum(c ** 2) - np.sum(np.diag(c) ** 2))
+    want = np.sum((1 - np.diag(c)) ** 2) + 0.0051 * (np.sum(c**2) - np.sum(np.diag(c) ** 2))
     np.testing.assert_allclose(L.barlow_twins(z1, z2, unbiased=True, eps=0.0), want, rtol=1e-5)
 
 
@@ -90,8 +95,14 @@ def test_barlow_twins_gradients_match_finite_differences():
     with jax.enable_x64(True):
         z1 = jnp.asarray(_rand((6, 3), 4), jnp.float64)
         z2 = jnp.asarray(_rand((6, 3), 5), jnp.float64)
-        check_grads(lambda a, b: L.barlow_twins(a, b, lambd=0.3), (z1, z2), order=1,
-                    modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(
+            lambda a, b: L.barlow_twins(a, b, lambd=0.3),
+            (z1, z2),
+            order=1,
+            modes=["rev"],
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 def test_barlow_twins_shape_errors():
@@ -150,14 +161,19 @@ def test_nt_xent_equals_simclr_cross_entropy_form():
 
 def test_nt_xent_multi_view_and_supcon():
     views = [_rand((6, 4), s) for s in (10, 11, 12)]
-    np.testing.assert_allclose(L.nt_xent(*views, temperature=0.3),
-                               nt_xent_reference(views, 0.3), rtol=1e-5)
+    np.testing.assert_allclose(
+        L.nt_xent(*views, temperature=0.3), nt_xent_reference(views, 0.3), rtol=1e-5
+    )
     labels = np.array([0, 1, 0, 2, 1, 0])
-    np.testing.assert_allclose(L.nt_xent(*views[:2], temperature=0.3, labels=jnp.asarray(labels)),
-                               nt_xent_reference(views[:2], 0.3, labels), rtol=1e-5)
+    np.testing.assert_allclose(
+        L.nt_xent(*views[:2], temperature=0.3, labels=jnp.asarray(labels)),
+        nt_xent_reference(views[:2], 0.3, labels),
+        rtol=1e-5,
+    )
     # With all labels distinct, SupCon is SimCLR.
-    np.testing.assert_allclose(L.nt_xent(*views[:2], labels=jnp.arange(6) + 3),
-                               L.nt_xent(*views[:2]), rtol=1e-6)
+    np.testing.assert_allclose(
+        L.nt_xent(*views[:2], labels=jnp.arange(6) + 3), L.nt_xent(*views[:2]), rtol=1e-6
+    )
 
 
 def test_nt_xent_finite_at_small_temperature():
@@ -172,8 +188,14 @@ def test_nt_xent_gradients_match_finite_differences():
     with jax.enable_x64(True):
         z1 = jnp.asarray(_rand((5, 3), 15), jnp.float64)
         z2 = jnp.asarray(_rand((5, 3), 16), jnp.float64)
-        check_grads(lambda a, b: L.nt_xent(a, b, temperature=0.5), (z1, z2), order=1,
-                    modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(
+            lambda a, b: L.nt_xent(a, b, temperature=0.5),
+            (z1, z2),
+            order=1,
+            modes=["rev"],
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 def test_nt_xent_errors():
@@ -210,9 +232,11 @@ def dcl_reference(z1, z2, temperature, sigma=None):
     total = 0.0
     for a, b in ((u, v), (v, u)):
         for i in range(n):
-            neg = sum(np.exp(np.dot(a[i], a[k]) / temperature)
-                      + np.exp(np.dot(a[i], b[k]) / temperature)
-                      for k in range(n) if k != i)
+            neg = sum(
+                np.exp(np.dot(a[i], a[k]) / temperature) + np.exp(np.dot(a[i], b[k]) / temperature)
+                for k in range(n)
+                if k != i
+            )
             total += -w[i] * np.dot(a[i], b[i]) / temperature + np.log(neg)
     return total / (2 * n)
 
@@ -257,8 +281,10 @@ def test_dclw_weights_are_constants():
         out = 0.0
         for x, y in ((u, v), (v, u)):
             pos = jnp.sum(x * y, axis=1) / t
-            neg = jnp.log(jnp.sum(jnp.where(mask, jnp.exp(x @ x.T / t), 0.0), axis=1)
-                          + jnp.sum(jnp.where(mask, jnp.exp(x @ y.T / t), 0.0), axis=1))
+            neg = jnp.log(
+                jnp.sum(jnp.where(mask, jnp.exp(x @ x.T / t), 0.0), axis=1)
+                + jnp.sum(jnp.where(mask, jnp.exp(x @ y.T / t), 0.0), axis=1)
+            )
             out = out + jnp.mean(-w * pos + neg)
         return out / 2
 
@@ -309,7 +335,8 @@ def test_moco_hand_computed_and_normalize_flag():
     assert float(L.moco(5 * e1, 2 * e1, -e1, temperature=1.0)) == pytest.approx(want, rel=1e-6)
     # Raw: positive 1.5 * 2 = 3, negative -1.5 -> log(1 + e^-4.5).
     assert float(L.moco(1.5 * e1, 2 * e1, -e1, temperature=1.0, normalize=False)) == pytest.approx(
-        np.log1p(np.exp(-4.5)), rel=1e-5)
+        np.log1p(np.exp(-4.5)), rel=1e-5
+    )
 
 
 def test_moco_targets_get_no_gradient():
@@ -324,8 +351,14 @@ def test_moco_gradients():
     with jax.enable_x64(True):
         kk, qq = jnp.asarray(k, jnp.float64), jnp.asarray(queue, jnp.float64)
         q0 = jnp.asarray(_rand((5, 3), 38), jnp.float64)
-        check_grads(lambda q: L.moco(q, kk, qq, temperature=0.5), (q0,),
-                    order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(
+            lambda q: L.moco(q, kk, qq, temperature=0.5),
+            (q0,),
+            order=1,
+            modes=["rev"],
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 def test_moco_errors():
@@ -365,8 +398,14 @@ def test_mocov3_key_gets_no_gradient_and_query_gradient_is_right():
     with jax.enable_x64(True):
         kk = jnp.asarray(k, jnp.float64)
         q0 = jnp.asarray(_rand((5, 3), 45), jnp.float64)
-        check_grads(lambda q: L.mocov3(q, kk, temperature=0.5), (q0,),
-                    order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(
+            lambda q: L.mocov3(q, kk, temperature=0.5),
+            (q0,),
+            order=1,
+            modes=["rev"],
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 # --- NNCLR -------------------------------------------------------------------------------
@@ -395,8 +434,9 @@ def test_nearest_neighbour_is_the_most_cosine_similar_support_row():
     cos = _unit_rows(z) @ support.T
     np.testing.assert_array_equal(got, support[np.argmax(cos, axis=1)])
     # A support row itself (any positive scale) finds itself.
-    np.testing.assert_array_equal(np.asarray(L.nearest_neighbour(3 * support[[4, 7]], support)),
-                                  support[[4, 7]])
+    np.testing.assert_array_equal(
+        np.asarray(L.nearest_neighbour(3 * support[[4, 7]], support)), support[[4, 7]]
+    )
     with pytest.raises(ValueError, match=r"support must have shape \(K, 4\)"):
         L.nearest_neighbour(z, support[:, :3])
 
@@ -412,8 +452,14 @@ def test_nnclr_neighbours_get_no_gradient_and_prediction_gradient_is_right():
     with jax.enable_x64(True):
         nn = jnp.asarray(_rand((5, 3), 53), jnp.float64)
         p0 = jnp.asarray(_rand((5, 3), 54), jnp.float64)
-        check_grads(lambda p: L.nnclr(p, nn, temperature=0.5), (p0,),
-                    order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(
+            lambda p: L.nnclr(p, nn, temperature=0.5),
+            (p0,),
+            order=1,
+            modes=["rev"],
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 # --- VICReg ------------------------------------------------------------------------------
@@ -443,8 +489,15 @@ def test_vicreg_matches_reference(reduction, scale):
     got = jax.jit(lambda a, b: L.vicreg(a, b, variance_reduction=reduction))(z1, z2)
     want = vicreg_reference(z1, z2, 25.0, 25.0, 1.0, 1e-4, reduction)
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    got = L.vicreg(z1, z2, sim_weight=1.0, var_weight=2.0, cov_weight=3.0, eps=1e-2,
-                        variance_reduction=reduction)
+    got = L.vicreg(
+        z1,
+        z2,
+        sim_weight=1.0,
+        var_weight=2.0,
+        cov_weight=3.0,
+        eps=1e-2,
+        variance_reduction=reduction,
+    )
     want = vicreg_reference(z1, z2, 1.0, 2.0, 3.0, 1e-2, reduction)
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
@@ -513,8 +566,9 @@ def test_wmse_gradients_and_errors():
 
 
 def cosine_reference(p, z):
-    return [np.dot(p[i], z[i]) / (np.linalg.norm(p[i]) * np.linalg.norm(z[i]))
-            for i in range(len(p))]
+    return [
+        np.dot(p[i], z[i]) / (np.linalg.norm(p[i]) * np.linalg.norm(z[i])) for i in range(len(p))
+    ]
 
 
 def test_byol_and_simsiam_match_reference():
@@ -542,8 +596,14 @@ def test_bootstrap_target_gets_no_gradient(loss_fn):
     zz = _rand((5, 3), 75)
     with jax.enable_x64(True):
         z64 = jnp.asarray(zz, jnp.float64)
-        check_grads(lambda a: loss_fn(a, z64), (jnp.asarray(_rand((5, 3), 76), jnp.float64),),
-                    order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(
+            lambda a: loss_fn(a, z64),
+            (jnp.asarray(_rand((5, 3), 76), jnp.float64),),
+            order=1,
+            modes=["rev"],
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 # --- Sinkhorn-Knopp and SwAV ----------------------------------------------------------
@@ -587,8 +647,9 @@ def test_sinkhorn_stable_on_large_scores_and_no_gradient():
     assert np.all(np.isfinite(q)) and q.dtype == jnp.float32
     np.testing.assert_allclose(np.sum(q, axis=1), 1.0, rtol=1e-5)
     moderate = 4.0 * _rand((16, 8), 84)  # / 0.05 = 80: near float32's exp limit
-    np.testing.assert_allclose(L.sinkhorn_knopp(moderate), sinkhorn_reference(moderate, 0.05, 3),
-                               rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(
+        L.sinkhorn_knopp(moderate), sinkhorn_reference(moderate, 0.05, 3), rtol=1e-3, atol=1e-6
+    )
     g = jax.grad(lambda s: jnp.sum(L.sinkhorn_knopp(s) * jnp.arange(8.0)))(_rand((16, 8), 85))
     assert np.all(g == 0)
 
@@ -619,8 +680,10 @@ def swav_reference(scores, temperature, iters, epsilon, num_large):
 
 def _swav_scores(num_crops, seed, n=8, k=6):
     protos = _unit_rows(_rand((k, 5), seed))
-    return [(_unit_rows(_rand((n, 5), seed + 1 + c)) @ protos.T).astype(np.float32)
-            for c in range(num_crops)]
+    return [
+        (_unit_rows(_rand((n, 5), seed + 1 + c)) @ protos.T).astype(np.float32)
+        for c in range(num_crops)
+    ]
 
 
 @pytest.mark.parametrize("num_crops,num_large", [(2, 2), (4, 2), (3, 1)])
@@ -707,9 +770,14 @@ def test_dino_teacher_and_center_get_no_gradient_and_student_gradient_is_right()
     with jax.enable_x64(True):
         t64 = [jnp.asarray(t, jnp.float64) for t in teacher]
         c64 = jnp.asarray(center, jnp.float64)
-        check_grads(lambda *s: L.dino(list(s), t64, c64, student_temp=0.5, teacher_temp=0.3),
-                    tuple(jnp.asarray(s, jnp.float64) for s in student), order=1, modes=["rev"],
-                    atol=1e-6, rtol=1e-6)
+        check_grads(
+            lambda *s: L.dino(list(s), t64, c64, student_temp=0.5, teacher_temp=0.3),
+            tuple(jnp.asarray(s, jnp.float64) for s in student),
+            order=1,
+            modes=["rev"],
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 def test_dino_stable_and_errors():
@@ -759,8 +827,14 @@ def test_classification_matches_reference(name, classes):
     if name == "jigsaw_pp":
         return  # the same cross-entropy as jigsaw: its gradient is checked there
     with jax.enable_x64(True):
-        check_grads(lambda x: loss_fn(x, jnp.asarray(labels)), (jnp.asarray(logits, jnp.float64),),
-                    order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(
+            lambda x: loss_fn(x, jnp.asarray(labels)),
+            (jnp.asarray(logits, jnp.float64),),
+            order=1,
+            modes=["rev"],
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 def test_classification_errors():
@@ -803,13 +877,17 @@ def test_bfloat16_inputs_give_float32(name):
     np.testing.assert_allclose(lo, loss_fn(r1, r2), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("loss_fn", [
-    lambda a, b: L.dcl(a, b, temperature=0.01),
-    lambda a, b: L.dcl(a, b, temperature=0.01, sigma=0.01),
-    lambda a, b: L.moco(a, b, L.l2_normalize(b[::-1]), temperature=0.01),
-    lambda a, b: L.mocov3(a, b, temperature=0.01),
-    lambda a, b: L.nnclr(a, b, temperature=0.01),
-], ids=["dcl", "dclw", "moco", "mocov3", "nnclr"])
+@pytest.mark.parametrize(
+    "loss_fn",
+    [
+        lambda a, b: L.dcl(a, b, temperature=0.01),
+        lambda a, b: L.dcl(a, b, temperature=0.01, sigma=0.01),
+        lambda a, b: L.moco(a, b, L.l2_normalize(b[::-1]), temperature=0.01),
+        lambda a, b: L.mocov3(a, b, temperature=0.01),
+        lambda a, b: L.nnclr(a, b, temperature=0.01),
+    ],
+    ids=["dcl", "dclw", "moco", "mocov3", "nnclr"],
+)
 def test_contrastive_finite_at_small_temperature(loss_fn):
     z1, z2 = 1e3 * _rand((32, 16), 160), 1e3 * _rand((32, 16), 161)
     loss, grads = jax.value_and_grad(loss_fn)(z1, z2)
@@ -842,13 +920,15 @@ def _global_batch_cases():
     return {
         "barlow_twins": (lambda b, r: L.barlow_twins(*b), (z1, z2), ()),
         "nt_xent": (lambda b, r: L.nt_xent(*b, temperature=0.1), (z1, z2), ()),
-        "nt_xent_supcon": (lambda b, r: L.nt_xent(b[0], b[1], labels=b[2] % 3),
-                           (z1, z2, labels), ()),
+        "nt_xent_supcon": (
+            lambda b, r: L.nt_xent(b[0], b[1], labels=b[2] % 3),
+            (z1, z2, labels),
+            (),
+        ),
         "dclw": (lambda b, r: L.dcl(*b, sigma=0.5), (z1, z2), ()),
         "moco": (lambda b, r: L.moco(b[0], b[1], r[0]), (z1, z2), (queue,)),
         "mocov3": (lambda b, r: L.mocov3(*b), (z1, z2), ()),
-        "nnclr": (lambda b, r: L.nnclr(b[0], L.nearest_neighbour(b[1], r[0])), (z1, z2),
-                  (queue,)),
+        "nnclr": (lambda b, r: L.nnclr(b[0], L.nearest_neighbour(b[1], r[0])), (z1, z2), (queue,)),
         "vicreg": (lambda b, r: L.vicreg(*b), (z1, z2), ()),
         "wmse": (lambda b, r: L.wmse(*b), (z1, z2), ()),
         "byol": (lambda b, r: L.byol(*b), (z1, z2), ()),
@@ -872,6 +952,7 @@ def test_loss_on_sharded_global_batch(name):
     assert len(a.addressable_shards) == 8 and a.addressable_shards[0].data.shape[0] == 4
     sharded = jax.jit(loss_fn)(sharded_batch, sharded_rep)
     one = jax.devices()[0]
-    single = jax.jit(loss_fn)([jax.device_put(x, one) for x in batch],
-                              [jax.device_put(x, one) for x in replicated])
+    single = jax.jit(loss_fn)(
+        [jax.device_put(x, one) for x in batch], [jax.device_put(x, one) for x in replicated]
+    )
     np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-7)

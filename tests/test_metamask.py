@@ -1,6 +1,7 @@
 """MetaMask: the hypergradient against finite differences (float64), the modes against each
 other, BatchNorm statistics untouched by the meta passes, training, 1 vs 8 devices, exact
 resume of the mask and its optimizer state, and the comparison study."""
+
 import functools
 import json
 import os
@@ -24,14 +25,18 @@ LR, MOMENTUM, WD = 0.3, 0.9, 0.05
 
 # --- The hypergradient on a small problem with pytree params and mask ----------------------
 
+
 def _problem():
     """(loss_fn, params, mask, velocity): a two-layer net whose hidden units are masked, with
     a mask term that also scales a bias, so d theta'/dm is far from zero."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(6, 3)))
     y = jnp.asarray(rng.normal(size=(6, 2)))
-    params = {"w1": jnp.asarray(rng.normal(size=(3, 4))), "b1": jnp.asarray(rng.normal(size=(4,))),
-              "w2": jnp.asarray(rng.normal(size=(4, 2)) * 0.5)}
+    params = {
+        "w1": jnp.asarray(rng.normal(size=(3, 4))),
+        "b1": jnp.asarray(rng.normal(size=(4,))),
+        "w2": jnp.asarray(rng.normal(size=(4, 2)) * 0.5),
+    }
     mask = {"m": jnp.asarray(rng.normal(size=(4,))), "s": jnp.asarray(0.3)}
     velocity = jax.tree_util.tree_map(lambda p: 0.1 * jnp.ones_like(p), params)
 
@@ -50,8 +55,11 @@ def _unrolled(loss_fn, params, mask, velocity):
 
 def _hyper(mode):
     loss_fn, params, mask, velocity = _problem()
-    return jax.jit(functools.partial(mask_hypergradient, loss_fn, lr=LR, momentum=MOMENTUM,
-                                     weight_decay=WD, mode=mode))(params, mask, velocity)
+    return jax.jit(
+        functools.partial(
+            mask_hypergradient, loss_fn, lr=LR, momentum=MOMENTUM, weight_decay=WD, mode=mode
+        )
+    )(params, mask, velocity)
 
 
 def _flat(tree):
@@ -78,8 +86,11 @@ def test_exact_equals_finite_differences_of_the_unrolled_objective():
             return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in ls])
 
         eps = 1e-6
-        numeric = [(objective(shifted(i, j, eps)) - objective(shifted(i, j, -eps))) / (2 * eps)
-                   for i, leaf in enumerate(leaves) for j in range(np.size(leaf))]
+        numeric = [
+            (objective(shifted(i, j, eps)) - objective(shifted(i, j, -eps))) / (2 * eps)
+            for i, leaf in enumerate(leaves)
+            for j in range(np.size(leaf))
+        ]
         exact = _hyper("exact")
         assert jax.tree_util.tree_structure(exact) == treedef
         np.testing.assert_allclose(_flat(exact), numeric, rtol=1e-6, atol=1e-9)
@@ -100,8 +111,7 @@ def test_first_order_is_the_partial_derivative_at_the_stepped_params():
 @pytest.mark.parametrize("x64", [True, False])
 def test_finite_difference_mode_is_close_to_exact(x64):
     with jax.enable_x64(x64):
-        exact, fd, first = (_flat(_hyper(m)) for m in ("exact", "finite_difference",
-                                                       "first_order"))
+        exact, fd, first = (_flat(_hyper(m)) for m in ("exact", "finite_difference", "first_order"))
         scale = np.abs(exact).max()
         fd_err = np.abs(fd - exact).max()
         assert fd_err < (1e-4 if x64 else 1e-3) * scale, (fd, exact)
@@ -112,13 +122,24 @@ def test_finite_difference_mode_is_close_to_exact(x64):
 def test_jit_pytrees_weight_decay_and_velocity():
     loss_fn, params, mask, velocity = _problem()
     for mode in metamask.MODES:
-        f = jax.jit(functools.partial(mask_hypergradient, loss_fn, momentum=MOMENTUM,
-                                      weight_decay=WD, mode=mode))
+        f = jax.jit(
+            functools.partial(
+                mask_hypergradient, loss_fn, momentum=MOMENTUM, weight_decay=WD, mode=mode
+            )
+        )
         got = f(params, mask, velocity, lr=jnp.float32(LR))  # a traced learning rate
         np.testing.assert_allclose(_flat(got), _flat(_hyper(mode)), rtol=2e-5, atol=1e-6)
     # Eagerly, without jit, too.
-    eager = mask_hypergradient(loss_fn, params, mask, velocity, lr=LR, momentum=MOMENTUM,
-                               weight_decay=WD, mode="first_order")
+    eager = mask_hypergradient(
+        loss_fn,
+        params,
+        mask,
+        velocity,
+        lr=LR,
+        momentum=MOMENTUM,
+        weight_decay=WD,
+        mode="first_order",
+    )
     np.testing.assert_allclose(_flat(eager), _flat(_hyper("first_order")), rtol=2e-5, atol=1e-6)
     # weight decay per leaf (a pytree like params) equals the scalar when all leaves agree,
     # and a different per-leaf value changes the result; so does the velocity.
@@ -130,11 +151,20 @@ def test_jit_pytrees_weight_decay_and_velocity():
     c = f(params, mask, jax.tree_util.tree_map(jnp.zeros_like, velocity), weight_decay=WD)
     assert not np.allclose(_flat(a), _flat(b)) and not np.allclose(_flat(a), _flat(c))
     with pytest.raises(ValueError, match="mode must be one of"):
-        mask_hypergradient(loss_fn, params, mask, velocity, lr=LR, momentum=MOMENTUM,
-                           weight_decay=WD, mode="second_order")
+        mask_hypergradient(
+            loss_fn,
+            params,
+            mask,
+            velocity,
+            lr=LR,
+            momentum=MOMENTUM,
+            weight_decay=WD,
+            mode="second_order",
+        )
 
 
 # --- Config ---------------------------------------------------------------------------------
+
 
 def test_presets():
     for preset in ("", "smoke", "cifar10", "compare", "compare_smoke"):
@@ -143,8 +173,12 @@ def test_presets():
         metamask.validate(c)
     c = load("metamask", "cifar10")
     assert (c.batch_size, c.total_steps, c.data.name) == (512, 800 * (50000 // 512), "cifar10")
-    assert (c.optimizer.name, c.optimizer.lr, c.optimizer.momentum,
-            c.optimizer.weight_decay) == ("sgd", 1e-3, 0.9, 5e-4)
+    assert (c.optimizer.name, c.optimizer.lr, c.optimizer.momentum, c.optimizer.weight_decay) == (
+        "sgd",
+        1e-3,
+        0.9,
+        5e-4,
+    )
     assert (c.metamask.lr, c.metamask.momentum, c.metamask.weight_decay) == (1e-3, 0.9, 5e-4)
     assert (c.loss.temperature, c.loss.contrastive_weight, c.loss.lambd) == (0.07, 10.0, 5e-3)
     assert tuple(c.model.projector_hidden_dims) + (c.model.projector_dim,) == (2048,) * 3
@@ -155,13 +189,16 @@ def test_presets():
         load("metamask", "nope")
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("metamask.mode", "second_order", r"config\.metamask\.mode: unknown mode"),
-    ("metamask.lr", 0.0, r"config\.metamask\.lr: must be a positive"),
-    ("optimizer.name", "lars", r"config\.optimizer\.name: MetaMask's virtual step is SGD"),
-    ("loss.name", "barlow_twins", r"config\.loss\.name: MetaMask trains"),
-    ("loss.temperature", 0.0, r"config\.loss\.temperature"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("metamask.mode", "second_order", r"config\.metamask\.mode: unknown mode"),
+        ("metamask.lr", 0.0, r"config\.metamask\.lr: must be a positive"),
+        ("optimizer.name", "lars", r"config\.optimizer\.name: MetaMask's virtual step is SGD"),
+        ("loss.name", "barlow_twins", r"config\.loss\.name: MetaMask trains"),
+        ("loss.temperature", 0.0, r"config\.loss\.temperature"),
+    ],
+)
 def test_bad_config_is_one_line_naming_the_field(field, value, match):
     c = load("metamask", "smoke")
     group, name = field.split(".")
@@ -172,6 +209,7 @@ def test_bad_config_is_one_line_naming_the_field(field, value, match):
 
 
 # --- The method -----------------------------------------------------------------------------
+
 
 def _smoke(**overrides):
     c = load("metamask", "smoke")
@@ -214,9 +252,12 @@ def test_training_moves_network_and_mask(eight):
     assert m4.shape == (4 * c.model.num_filters,)  # one value per backbone feature
     assert not np.array_equal(m2, m0) and not np.array_equal(m4, m2)
     assert rows[-1]["mask_max"] == pytest.approx(m4.max(), rel=1e-6)
-    assert any(not np.array_equal(a, b) for a, b in
-               zip(jax.tree_util.tree_leaves(first["params"]),
-                   jax.tree_util.tree_leaves(last["params"])))
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(first["params"]), jax.tree_util.tree_leaves(last["params"])
+        )
+    )
 
 
 def test_embed_is_masked_features(eight):
@@ -231,8 +272,9 @@ def test_embed_is_masked_features(eight):
     masked = np.asarray(run.embed_fn(state, images))
     # sigmoid(+inf) = 1 exactly: the same network's features without the mask.
     ones = jnp.full_like(state.extras["mask_logits"], jnp.inf)
-    plain = np.asarray(run.embed_fn(state.replace(extras={**state.extras, "mask_logits": ones}),
-                                    images))
+    plain = np.asarray(
+        run.embed_fn(state.replace(extras={**state.extras, "mask_logits": ones}), images)
+    )
     mask = metamask.mask_values(state, c)
     assert np.abs(mask - 0.5).max() > 0
     np.testing.assert_allclose(masked, plain * mask, rtol=1e-6, atol=1e-7)
@@ -257,7 +299,8 @@ def test_one_device_equals_eight_and_meta_passes_keep_batchnorm_statistics(eight
 
     step = jax.jit(step, in_shardings=(repl, data), out_shardings=repl)
     state = jax.jit(functools.partial(metamask.init, s), out_shardings=repl)(
-        jax.random.PRNGKey(c.seed))
+        jax.random.PRNGKey(c.seed)
+    )
     batches = pipeline.TrainBatches(source, batch_size=c.batch_size, seed=c.seed, mesh=mesh)
     losses = []
     for batch in batches(0, c.total_steps):
@@ -267,8 +310,9 @@ def test_one_device_equals_eight_and_meta_passes_keep_batchnorm_statistics(eight
         assert any(not np.array_equal(a, b) for a, b in zip(before, stats_net))  # net wrote
         for a, b in zip(stats_net, jax.tree_util.tree_leaves(new.batch_stats)):
             np.testing.assert_array_equal(a, b)
-        for a, b in zip(jax.tree_util.tree_leaves(net.params),
-                        jax.tree_util.tree_leaves(new.params)):
+        for a, b in zip(
+            jax.tree_util.tree_leaves(net.params), jax.tree_util.tree_leaves(new.params)
+        ):
             np.testing.assert_array_equal(a, b)  # the meta update moves the mask only
         assert not np.array_equal(new.extras["mask_logits"], state.extras["mask_logits"])
         losses.append(float(metrics["loss"]))
@@ -296,12 +340,14 @@ def test_resume_is_exact(eight, tmp_path):
         assert a["step"] == b["step"]
         assert a["loss"] == b["loss"] and a["mask_max"] == b["mask_max"], (a, b)
     want, got = restore_host(workdir)[1], restore_host(part)[1]
-    for a, b in zip(jax.tree_util.tree_leaves(want["extras"]),
-                    jax.tree_util.tree_leaves(got["extras"])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(want["extras"]), jax.tree_util.tree_leaves(got["extras"])
+    ):
         np.testing.assert_array_equal(a, b)  # mask logits, momentum and schedule count
 
 
 # --- The study --------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_study_writes_table_and_plots(eight, tmp_path):

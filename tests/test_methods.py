@@ -1,5 +1,6 @@
 """Every zoo config trains: a few sharded steps per config, and the method state
 (momentum targets, queues, prototypes, centres) behaves as the papers say."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,8 +25,7 @@ def _run(config, steps, devices=None, batch_seed=0):
     jc.validate(config, len(devices or jax.devices()))
     mesh = parallel.make_mesh(devices)
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    method = methods.build(config, methods.DataInfo(10, (config.data.image_size,) * 2 + (1,)),
-                           mesh)
+    method = methods.build(config, methods.DataInfo(10, (config.data.image_size,) * 2 + (1,)), mesh)
     state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(config.seed))
     step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
     states, logs = [state], []
@@ -39,8 +39,10 @@ def _run(config, steps, devices=None, batch_seed=0):
 
 
 def _changed(a, b):
-    return any(not np.array_equal(x, y) for x, y in
-               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -71,14 +73,18 @@ def test_target_is_ema_of_online_and_gets_no_gradient():
     states, logs = _run(c, 2)
     s0, s1, s2 = states
     tau = logs[1]["ema_momentum"]
-    expect = jax.tree_util.tree_map(lambda t, o: tau * t + (1 - tau) * o,
-                                    s1.extras["target"]["params"], s2.params)
-    for a, b in zip(jax.tree_util.tree_leaves(expect),
-                    jax.tree_util.tree_leaves(s2.extras["target"]["params"])):
+    expect = jax.tree_util.tree_map(
+        lambda t, o: tau * t + (1 - tau) * o, s1.extras["target"]["params"], s2.params
+    )
+    for a, b in zip(
+        jax.tree_util.tree_leaves(expect), jax.tree_util.tree_leaves(s2.extras["target"]["params"])
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     # The target starts as a copy of the online network.
-    for a, b in zip(jax.tree_util.tree_leaves(s0.params),
-                    jax.tree_util.tree_leaves(s0.extras["target"]["params"])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(s0.params),
+        jax.tree_util.tree_leaves(s0.extras["target"]["params"]),
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -102,15 +108,20 @@ def test_swav_prototypes_stay_unit_norm_and_freeze():
         w = np.asarray(s.params["prototypes"]["kernel"])
         np.testing.assert_allclose(np.linalg.norm(w, axis=0), 1.0, rtol=1e-5)
     # Frozen for the first step: only rounding of the renormalisation moves them.
-    np.testing.assert_allclose(states[0].params["prototypes"]["kernel"],
-                               states[1].params["prototypes"]["kernel"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        states[0].params["prototypes"]["kernel"],
+        states[1].params["prototypes"]["kernel"],
+        rtol=1e-6,
+        atol=1e-7,
+    )
     assert _changed(states[1].params["prototypes"], states[2].params["prototypes"])
 
 
 def _step_inputs(config, state):
     """The method, and the step's inputs (augmented views) of `_run`'s first batch."""
-    method = methods.build(config, methods.DataInfo(10, (config.data.image_size,) * 2 + (1,)),
-                           parallel.make_mesh())
+    method = methods.build(
+        config, methods.DataInfo(10, (config.data.image_size,) * 2 + (1,)), parallel.make_mesh()
+    )
     return method, jax.jit(method.make_inputs)(state, _batch(config, seed=0))
 
 
@@ -122,13 +133,15 @@ def test_dino_center_is_ema_of_teacher_logits():
     s0, s1 = states
     _, inputs = _step_inputs(c, s0)
     model = pretrain.build_model(c)
-    teacher = jax.jit(lambda v, x: model.apply(v, x, train=True, predict=False,
-                                               mutable=["batch_stats"])[0]["s"])
+    teacher = jax.jit(
+        lambda v, x: model.apply(v, x, train=True, predict=False, mutable=["batch_stats"])[0]["s"]
+    )
     scores = [teacher(s0.extras["target"], x) for x in inputs["views"][:2]]
     m = c.loss.center_momentum
     assert m < 1 and np.abs(np.asarray(s1.extras["center"])).max() > 0
     want = m * np.asarray(s0.extras["center"]) + (1 - m) * np.mean(
-        np.concatenate(scores), axis=0, keepdims=True)
+        np.concatenate(scores), axis=0, keepdims=True
+    )
     np.testing.assert_allclose(s1.extras["center"], want, rtol=1e-5, atol=1e-6)
 
 
@@ -141,12 +154,15 @@ def test_nnclr_positives_are_nearest_neighbours_and_z1_is_enqueued():
     _, inputs = _step_inputs(c, s0)
     model = pretrain.build_model(c)
     project = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]["z"])
-    z1 = np.asarray(project({"params": s0.params, "batch_stats": s0.batch_stats},
-                            inputs["views"][0]), np.float64)
+    z1 = np.asarray(
+        project({"params": s0.params, "batch_stats": s0.batch_stats}, inputs["views"][0]),
+        np.float64,
+    )
     z1n = z1 / np.linalg.norm(z1, axis=1, keepdims=True)
     # The positives: each projection's most cosine-similar row of the old queue.
-    np.testing.assert_array_equal(np.asarray(losses.nearest_neighbour(z1, queue0)),
-                                  queue0[np.argmax(z1n @ queue0.T, axis=1)])
+    np.testing.assert_array_equal(
+        np.asarray(losses.nearest_neighbour(z1, queue0)), queue0[np.argmax(z1n @ queue0.T, axis=1)]
+    )
     # The first view's normalised projections overwrote the oldest rows; the rest is kept.
     n = c.batch_size
     np.testing.assert_allclose(s1.extras["queue"][:n], z1n, rtol=1e-4, atol=1e-5)
@@ -160,14 +176,17 @@ def test_one_device_equals_eight(name):
     c = load(name, "smoke")
     _, logs1 = _run(c, 2, devices=jax.devices()[:1])
     _, logs8 = _run(c, 2)
-    np.testing.assert_allclose([m["loss"] for m in logs1], [m["loss"] for m in logs8],
-                               rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        [m["loss"] for m in logs1], [m["loss"] for m in logs8], rtol=2e-4, atol=1e-5
+    )
 
 
 def test_missing_method_state_is_a_config_error():
     c = load("byol", "smoke")
     c.ema.base_momentum = 0.0
-    with pytest.raises(jc.ConfigError, match="config.ema.base_momentum: loss 'byol' needs a target"):
+    with pytest.raises(
+        jc.ConfigError, match="config.ema.base_momentum: loss 'byol' needs a target"
+    ):
         methods.build(c, methods.DataInfo(10, (16, 16, 1)))
 
 
@@ -189,4 +208,3 @@ def test_supcon_uses_labels():
     batch2 = dict(batch, label=np.zeros_like(batch["label"]))
     _, m2 = jax.jit(method.train_step)(state, batch2)
     assert not np.isclose(float(m1["loss"]), float(m2["loss"]))
-

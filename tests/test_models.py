@@ -1,9 +1,11 @@
 """Backbones and heads: widths, stems, BatchNorm modes, bfloat16, init, tapped vs XLA convs."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jssl import models
 from jssl.models.conv import Conv
@@ -16,15 +18,19 @@ def init(net, x):
 
 def shapes_of(net, x):
     """Output and per-module intermediate shapes, traced without compiling."""
+
     def run(x):
         variables = net.init(jax.random.PRNGKey(0), x, train=False)
-        return net.apply(variables, x, train=False, capture_intermediates=True,
-                         mutable=["intermediates"])
+        return net.apply(
+            variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+        )
+
     return jax.eval_shape(run, x)
 
 
-@pytest.mark.parametrize("name,features", [("resnet18_tiny", 64), ("resnet50_tiny", 128),
-                                           ("convnet_tiny", 32)])
+@pytest.mark.parametrize(
+    "name,features", [("resnet18_tiny", 64), ("resnet50_tiny", 128), ("convnet_tiny", 32)]
+)
 def test_feature_widths_of_tiny_backbones(name, features):
     net = models.build_backbone(name, conv_impl="xla")
     out, _ = shapes_of(net, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
@@ -50,8 +56,10 @@ def test_stems():
     assert blocks("cifar", 32) == [(1, 32, 32, 8), (1, 16, 16, 16), (1, 8, 8, 32), (1, 4, 4, 64)]
     # ImageNet stem (7x7/2 conv, 3x3/2 max-pool) divides by 4: 64 -> 16, 2 x 2 at the end.
     assert blocks("imagenet", 64) == [(1, 16, 16, 8), (1, 8, 8, 16), (1, 4, 4, 32), (1, 2, 2, 64)]
-    params = init(models.build_backbone("resnet18_tiny", stem="imagenet", conv_impl="xla"),
-                  jnp.ones((1, 16, 16, 3)))["params"]
+    params = init(
+        models.build_backbone("resnet18_tiny", stem="imagenet", conv_impl="xla"),
+        jnp.ones((1, 16, 16, 3)),
+    )["params"]
     assert params["Conv_0"]["kernel"].shape == (7, 7, 3, 8)
 
 
@@ -59,18 +67,23 @@ def test_batchnorm_updates_running_stats_only_in_train_mode():
     net = models.build_backbone("resnet18_tiny", conv_impl="xla")
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3)) * 3 + 1
     variables = init(net, x)
-    train = jax.jit(lambda v, x: net.apply(v, x, train=True, capture_intermediates=True,
-                                           mutable=["batch_stats", "intermediates"]))
+    train = jax.jit(
+        lambda v, x: net.apply(
+            v, x, train=True, capture_intermediates=True, mutable=["batch_stats", "intermediates"]
+        )
+    )
     _, updates = train(variables, x)
     old, new = variables["batch_stats"], updates["batch_stats"]
     changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), old, new)
     assert all(jax.tree_util.tree_leaves(changed))
     # PyTorch's momentum 0.1: running = 0.9 running + 0.1 batch (stem BN, from its conv output).
     stem_out = updates["intermediates"]["Conv_0"]["__call__"][0]
-    np.testing.assert_allclose(new["BatchNorm_0"]["mean"], 0.1 * stem_out.mean((0, 1, 2)),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(new["BatchNorm_0"]["var"], 0.9 + 0.1 * stem_out.var((0, 1, 2)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        new["BatchNorm_0"]["mean"], 0.1 * stem_out.mean((0, 1, 2)), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        new["BatchNorm_0"]["var"], 0.9 + 0.1 * stem_out.var((0, 1, 2)), rtol=1e-5
+    )
     # Eval mode: stats unchanged even when mutable, and outputs independent of the batch.
     evaluate = jax.jit(lambda v, x: net.apply(v, x, train=False, mutable=["batch_stats"]))
     four, same = evaluate(variables, x)
@@ -85,11 +98,15 @@ def test_bfloat16_compute_float32_params_and_outputs():
     out, state = shapes_of(net, jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32))
     assert out.dtype == jnp.float32
     assert state["intermediates"]["Conv_0"]["__call__"][0].dtype == jnp.bfloat16
-    params = jax.eval_shape(lambda x: net.init(jax.random.PRNGKey(0), x, train=False),
-                            jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32))["params"]
+    params = jax.eval_shape(
+        lambda x: net.init(jax.random.PRNGKey(0), x, train=False),
+        jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32),
+    )["params"]
     assert {p.dtype for p in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.float32)}
     proj = models.Projector(hidden_dims=(16,), out_dim=8, dtype=jnp.bfloat16)
-    z = jax.eval_shape(lambda h: proj.init_with_output(jax.random.PRNGKey(0), h, train=False)[0], out)
+    z = jax.eval_shape(
+        lambda h: proj.init_with_output(jax.random.PRNGKey(0), h, train=False)[0], out
+    )
     assert z.dtype == jnp.float32
 
 
@@ -126,7 +143,9 @@ def test_projector_layout_and_values():
 
     plain = models.Projector(hidden_dims=(32,), out_dim=8, use_bn=False, last_bias=False)
     p = plain.init(jax.random.PRNGKey(0), x, train=False)["params"]
-    assert set(p) == {"Dense_0", "Dense_1"} and "bias" in p["Dense_0"] and "bias" not in p["Dense_1"]
+    assert (
+        set(p) == {"Dense_0", "Dense_1"} and "bias" in p["Dense_0"] and "bias" not in p["Dense_1"]
+    )
     last = models.Projector(hidden_dims=(32,), out_dim=8, last_bn=True)
     v = last.init(jax.random.PRNGKey(0), x, train=False)
     assert set(v["params"]) == {"Dense_0", "Dense_1", "BatchNorm_0"}  # final BN has no affine
@@ -139,7 +158,9 @@ def test_classifier_is_linear():
     clf = models.Classifier(num_classes=3)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 6))
     params = clf.init(jax.random.PRNGKey(0), x)["params"]
-    want = np.asarray(x) @ np.asarray(params["Dense_0"]["kernel"]) + np.asarray(params["Dense_0"]["bias"])
+    want = np.asarray(x) @ np.asarray(params["Dense_0"]["kernel"]) + np.asarray(
+        params["Dense_0"]["bias"]
+    )
     np.testing.assert_allclose(clf.apply({"params": params}, x), want, rtol=1e-5, atol=1e-6)
 
 
@@ -151,29 +172,39 @@ def test_bad_names_and_fields():
     with pytest.raises(ValueError, match="conv_impl must be one of auto, xla, tapped"):
         models.build_backbone("resnet18", conv_impl="cudnn")
     with pytest.raises(ValueError, match="stem must be 'cifar' or 'imagenet'"):
-        shapes_of(models.build_backbone("resnet18_tiny", stem="tiny"),
-                  jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
+        shapes_of(
+            models.build_backbone("resnet18_tiny", stem="tiny"),
+            jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32),
+        )
 
 
 def test_conv_impl_selects_the_module():
     assert models.build_backbone("resnet18", conv_impl="tapped").conv is Conv
     assert models.build_backbone("resnet18", conv_impl="xla").conv is not Conv
-    assert models.build_backbone("resnet18").conv is (Conv if jax.default_backend() == "cpu"
-                                                      else models.conv_module("xla"))
+    assert models.build_backbone("resnet18").conv is (
+        Conv if jax.default_backend() == "cpu" else models.conv_module("xla")
+    )
 
 
 def test_tapped_backbone_equals_xla_backbone_sharded():
     x = jax.random.normal(jax.random.PRNGKey(2), (8, 16, 16, 3))
-    nets = {impl: models.build_backbone("resnet18_tiny", conv_impl=impl) for impl in ("xla", "tapped")}
+    nets = {
+        impl: models.build_backbone("resnet18_tiny", conv_impl=impl) for impl in ("xla", "tapped")
+    }
     variables = init(nets["xla"], x)
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
 
     def loss(net):
         def f(params):
-            out, _ = net.apply({"params": params, "batch_stats": variables["batch_stats"]}, xs,
-                               train=True, mutable=["batch_stats"])
+            out, _ = net.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]},
+                xs,
+                train=True,
+                mutable=["batch_stats"],
+            )
             return jnp.sum(jnp.sin(out))
+
         return jax.jit(jax.value_and_grad(f))
 
     (la, ga), (lb, gb) = (loss(nets[k])(variables["params"]) for k in ("xla", "tapped"))

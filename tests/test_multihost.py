@@ -4,6 +4,7 @@ The two processes (started with launch/local_multiprocess.sh, as a user would) f
 8-device mesh; each reads only its rows of every batch. They must compute what one process
 with 8 devices computes, write metrics once, checkpoint collectively, and resume.
 """
+
 import json
 import os
 import shutil
@@ -14,10 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from jssl import config as jc
 from jssl import checkpoint, parallel, train
-from tests.test_config import ROOT
+from jssl import config as jc
 from tests.shared import read_metrics, smoke
+from tests.test_config import ROOT
 
 SCRIPT = os.path.join(ROOT, "launch", "local_multiprocess.sh")
 OVERRIDES = {"total_steps": 4, "log_every": 1, "checkpoint_every": 2, "plots": False}
@@ -26,21 +27,31 @@ OVERRIDES = {"total_steps": 4, "log_every": 1, "checkpoint_every": 2, "plots": F
 def launch(args, logdir, timeout=540):
     """Two processes of `python -m jssl.main <args>`, 4 CPU devices each."""
     env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED="1")
-    return subprocess.run(["bash", SCRIPT, "-n", "2", "--cpu-devices", "4", "--logdir",
-                           str(logdir), "--", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", SCRIPT, "-n", "2", "--cpu-devices", "4", "--logdir", str(logdir), "--", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def summary(stdout):
     """The JSON summary process 0 prints (among gloo's "[Gloo] Rank ..." lines, which its
     threads may interleave)."""
-    return json.JSONDecoder().raw_decode(stdout[stdout.index('{\n "workdir"'):])[0]
+    return json.JSONDecoder().raw_decode(stdout[stdout.index('{\n "workdir"') :])[0]
 
 
 def cli_args(name, workdir, **overrides):
     flat = {**OVERRIDES, "eval.random_init_baseline": False, **overrides}
-    return ["--config", f"configs/{name}.py:smoke", "--workdir", str(workdir),
-            *(f"--config.{k}={v}" for k, v in flat.items())]
+    return [
+        "--config",
+        f"configs/{name}.py:smoke",
+        "--workdir",
+        str(workdir),
+        *(f"--config.{k}={v}" for k, v in flat.items()),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +76,9 @@ def two_process_runs(tmp_path_factory):
 def test_two_processes_equal_one_process(two_process_runs, shared_run, name):
     workdir = two_process_runs[name]
     c, one = shared_run(name)  # the same config (OVERRIDES) on one process, 8 devices
-    assert {k: c[k] for k in ("total_steps", "log_every", "checkpoint_every")} == \
-        {k: OVERRIDES[k] for k in ("total_steps", "log_every", "checkpoint_every")}
+    assert {k: c[k] for k in ("total_steps", "log_every", "checkpoint_every")} == {
+        k: OVERRIDES[k] for k in ("total_steps", "log_every", "checkpoint_every")
+    }
     with open(os.path.join(one, train.RESULTS_FILE)) as f:
         r1 = json.load(f)
     rows1, rows2 = read_metrics(one), read_metrics(workdir)
@@ -152,13 +164,18 @@ def test_process_rows_cover_the_batch_in_order():
     np.testing.assert_array_equal(parallel.process_rows(one, 8), np.arange(8))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(num_processes=2), "--coordinator_address, --process_id missing"),
-    (dict(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2),
-     r"--process_id must be in \[0, 2\)"),
-    (dict(coordinator_address="localhost", num_processes=2, process_id=0), "not host:port"),
-    (dict(coordinator_address="127.0.0.1:1", num_processes=0, process_id=0), ">= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_processes=2), "--coordinator_address, --process_id missing"),
+        (
+            dict(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2),
+            r"--process_id must be in \[0, 2\)",
+        ),
+        (dict(coordinator_address="localhost", num_processes=2, process_id=0), "not host:port"),
+        (dict(coordinator_address="127.0.0.1:1", num_processes=0, process_id=0), ">= 1"),
+    ],
+)
 def test_distributed_flags_are_checked_before_start(kwargs, match):
     kwargs = {"coordinator_address": None, "num_processes": None, "process_id": None, **kwargs}
     with pytest.raises(ValueError, match=match):
@@ -166,8 +183,13 @@ def test_distributed_flags_are_checked_before_start(kwargs, match):
 
 
 def test_cluster_detection(monkeypatch):
-    for var in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID",
-                "SLURM_NTASKS"):
+    for var in (
+        "SLURM_JOB_ID",
+        "SLURM_STEP_NODELIST",
+        "SLURM_PROCID",
+        "SLURM_LOCALID",
+        "SLURM_NTASKS",
+    ):
         monkeypatch.delenv(var, raising=False)
     assert parallel.detected_cluster() is None
     assert parallel.initialize_distributed() == 1  # nothing to start: one process
@@ -184,15 +206,24 @@ def test_cluster_detection(monkeypatch):
 def test_cli_distributed_flag_error_is_one_line(tmp_path):
     from tests.test_cli import assert_one_line_error, run_cli
 
-    done = run_cli("--config", "configs/barlow_twins.py:smoke", "--workdir",
-                   str(tmp_path / "w"), "--num_processes=2", "--process_id=0")
+    done = run_cli(
+        "--config",
+        "configs/barlow_twins.py:smoke",
+        "--workdir",
+        str(tmp_path / "w"),
+        "--num_processes=2",
+        "--process_id=0",
+    )
     assert_one_line_error(done, "--coordinator_address missing")
     assert not os.path.exists(tmp_path / "w")
 
 
 def test_local_multiprocess_script_rejects_bad_arguments(tmp_path):
-    for args, needle in ((["-n", "0", "--", "--workdir", "w"], "-n must be a positive integer"),
-                         (["-n", "2"], "no jssl arguments")):
-        done = subprocess.run(["bash", SCRIPT, *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=30)
+    for args, needle in (
+        (["-n", "0", "--", "--workdir", "w"], "-n must be a positive integer"),
+        (["-n", "2"], "no jssl arguments"),
+    ):
+        done = subprocess.run(
+            ["bash", SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
         assert done.returncode == 2 and needle in done.stderr, done.stderr

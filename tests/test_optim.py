@@ -1,5 +1,6 @@
 """Optimizers and schedules from the config (jssl.optim): linear LR scaling with the batch,
 warm-up + cosine, the weight-decay / LARS masks, clipping, against hand computations."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,18 +26,26 @@ def test_schedule_scales_with_batch_and_warms_up_then_decays():
     np.testing.assert_allclose([s(0), s(5), s(10)], [0.0, peak / 2, peak], rtol=1e-6)
     # Cosine over the 100 steps after the warm-up: half way is half the peak, the end is 0.
     np.testing.assert_allclose([s(60), s(110)], [peak / 2, 0.0], rtol=1e-5, atol=1e-7)
-    flat = optim.learning_rate_schedule(_opt(lr=0.3, scale_lr_with_batch=False,
-                                             schedule="constant"), total_steps=100,
-                                        batch_size=512)
+    flat = optim.learning_rate_schedule(
+        _opt(lr=0.3, scale_lr_with_batch=False, schedule="constant"),
+        total_steps=100,
+        batch_size=512,
+    )
     assert float(flat(0)) == float(flat(99)) == pytest.approx(0.3)
 
 
 def test_decay_mask_is_weights_only():
-    params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones(4)},
-              "bn": {"scale": jnp.ones(4), "bias": jnp.ones(4)}, "dense": {"kernel": jnp.ones((4, 2))}}
+    params = {
+        "conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones(4)},
+        "bn": {"scale": jnp.ones(4), "bias": jnp.ones(4)},
+        "dense": {"kernel": jnp.ones((4, 2))},
+    }
     mask = optim.decay_mask(params)
-    assert mask == {"conv": {"kernel": True, "bias": False}, "bn": {"scale": False, "bias": False},
-                    "dense": {"kernel": True}}
+    assert mask == {
+        "conv": {"kernel": True, "bias": False},
+        "bn": {"scale": False, "bias": False},
+        "dense": {"kernel": True},
+    }
 
 
 def _step(o, params, grads, total_steps=10, batch_size=256):
@@ -48,8 +57,14 @@ def _step(o, params, grads, total_steps=10, batch_size=256):
 def test_sgd_decays_weights_but_not_biases_when_masked():
     params = {"w": jnp.full((2, 2), 2.0), "b": jnp.full((2,), 2.0)}
     grads = {"w": jnp.zeros((2, 2)), "b": jnp.zeros((2,))}
-    o = _opt(name="sgd", lr=0.1, weight_decay=0.5, momentum=0.9, schedule="constant",
-             scale_lr_with_batch=False)
+    o = _opt(
+        name="sgd",
+        lr=0.1,
+        weight_decay=0.5,
+        momentum=0.9,
+        schedule="constant",
+        scale_lr_with_batch=False,
+    )
     up = _step(o, params, grads)
     np.testing.assert_allclose(up["w"], -0.1 * 0.5 * 2.0)  # -lr * wd * w
     np.testing.assert_allclose(up["b"], 0.0)  # excluded from weight decay
@@ -63,8 +78,15 @@ def test_lars_trust_ratio_on_weights_only():
     w, g = np.array([[3.0, 4.0]]), np.array([[0.6, 0.8]])  # ||w|| = 5, ||g|| = 1
     params = {"w": jnp.asarray(w), "b": jnp.asarray([1.0])}
     grads = {"w": jnp.asarray(g), "b": jnp.asarray([0.5])}
-    o = _opt(name="lars", lr=0.2, weight_decay=0.0, momentum=0.9, trust_coefficient=0.02,
-             schedule="constant", scale_lr_with_batch=False)
+    o = _opt(
+        name="lars",
+        lr=0.2,
+        weight_decay=0.0,
+        momentum=0.9,
+        trust_coefficient=0.02,
+        schedule="constant",
+        scale_lr_with_batch=False,
+    )
     up = _step(o, params, grads)
     np.testing.assert_allclose(up["w"], -0.2 * 0.02 * 5.0 / 1.0 * g, rtol=1e-5)
     np.testing.assert_allclose(up["b"], [-0.2 * 0.5], rtol=1e-6)
@@ -73,12 +95,20 @@ def test_lars_trust_ratio_on_weights_only():
 def test_adamw_and_clipping():
     params = {"w": jnp.ones((2,))}
     grads = {"w": jnp.asarray([30.0, 40.0])}  # norm 50
-    o = _opt(name="adamw", lr=0.01, weight_decay=0.0, schedule="constant",
-             scale_lr_with_batch=False)
+    o = _opt(
+        name="adamw", lr=0.01, weight_decay=0.0, schedule="constant", scale_lr_with_batch=False
+    )
     np.testing.assert_allclose(_step(o, params, grads)["w"], [-0.01, -0.01], rtol=1e-4)
     # Clipping happens before the optimizer: SGD sees the gradient scaled to norm 5.
-    o = _opt(name="sgd", lr=1.0, weight_decay=0.0, momentum=0.0, schedule="constant",
-             scale_lr_with_batch=False, clip_grad_norm=5.0)
+    o = _opt(
+        name="sgd",
+        lr=1.0,
+        weight_decay=0.0,
+        momentum=0.0,
+        schedule="constant",
+        scale_lr_with_batch=False,
+        clip_grad_norm=5.0,
+    )
     np.testing.assert_allclose(_step(o, params, grads)["w"], [-3.0, -4.0], rtol=1e-5)
     with pytest.raises(ValueError, match="config.optimizer.name: unknown optimizer 'adam'"):
         optim.build_optimizer(_opt(name="adam"), total_steps=10, batch_size=256)

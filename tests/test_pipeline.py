@@ -1,4 +1,5 @@
 """The host pipeline: batches are a function of (seed, step), hosts read disjoint slices."""
+
 import jax
 import numpy as np
 import pytest
@@ -27,19 +28,22 @@ class ArraySource:
 
 def test_each_epoch_is_a_permutation():
     n, b = 50, 10
-    seen = np.concatenate([pipeline.batch_indices(s, batch_size=b, num_examples=n, seed=3)
-                           for s in range(5)])
+    seen = np.concatenate(
+        [pipeline.batch_indices(s, batch_size=b, num_examples=n, seed=3) for s in range(5)]
+    )
     assert sorted(seen.tolist()) == list(range(n))
-    second = np.concatenate([pipeline.batch_indices(s, batch_size=b, num_examples=n, seed=3)
-                             for s in range(5, 10)])
+    second = np.concatenate(
+        [pipeline.batch_indices(s, batch_size=b, num_examples=n, seed=3) for s in range(5, 10)]
+    )
     assert sorted(second.tolist()) == list(range(n))
     assert not np.array_equal(seen, second)  # a new order each epoch
 
 
 def test_batches_straddle_epochs_and_depend_only_on_seed_and_step():
     n, b = 50, 16  # 50 is not a multiple of 16: step 3 spans epochs 0 and 1
-    stream = np.concatenate([pipeline.batch_indices(s, batch_size=b, num_examples=n, seed=1)
-                             for s in range(7)])
+    stream = np.concatenate(
+        [pipeline.batch_indices(s, batch_size=b, num_examples=n, seed=1) for s in range(7)]
+    )
     assert sorted(stream[:n].tolist()) == list(range(n))
     again = pipeline.batch_indices(3, batch_size=b, num_examples=n, seed=1)
     np.testing.assert_array_equal(again, stream[48:64])
@@ -49,8 +53,12 @@ def test_batches_straddle_epochs_and_depend_only_on_seed_and_step():
 
 def test_process_slices_partition_the_global_batch():
     full = pipeline.batch_indices(4, batch_size=12, num_examples=50, seed=0)
-    parts = [pipeline.batch_indices(4, batch_size=12, num_examples=50, seed=0,
-                                    process_index=p, process_count=3) for p in range(3)]
+    parts = [
+        pipeline.batch_indices(
+            4, batch_size=12, num_examples=50, seed=0, process_index=p, process_count=3
+        )
+        for p in range(3)
+    ]
     np.testing.assert_array_equal(np.concatenate(parts), full)
 
 

@@ -1,4 +1,5 @@
 """End-of-run plots: PNG files with the right content, TensorBoard images, optional extras."""
+
 import glob
 import json
 import os
@@ -20,8 +21,9 @@ def _workdir(tmp_path, config):
     """A workdir with the logs of a short run: loss 2 -> 1 over 10 steps, two evaluations."""
     workdir = str(tmp_path / "run")
     writer = MetricWriter(workdir)
-    schedule = optim.learning_rate_schedule(config.optimizer, total_steps=config.total_steps,
-                                            batch_size=config.batch_size)
+    schedule = optim.learning_rate_schedule(
+        config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
+    )
     for step in range(1, 11):
         writer.write(step, {"loss": 2.0 - step / 10, "lr": float(schedule(step - 1))})
     writer.write(5, {"eval/knn_accuracy": 0.3, "eval/linear_accuracy": 0.4}, file=EVAL_FILE)
@@ -51,8 +53,9 @@ def test_write_plots_pngs_and_tensorboard_images(tmp_path):
     c.optimizer.warmup_steps = 3
     workdir, writer = _workdir(tmp_path, c)
     features, labels = _clusters()
-    written = plots.write_plots(workdir, c, features=features, labels=labels, writer=writer,
-                                step=10)
+    written = plots.write_plots(
+        workdir, c, features=features, labels=labels, writer=writer, step=10
+    )
     writer.close()
     assert [os.path.basename(p) for p in written] == list(plots.PLOT_FILES)
     for path in written:
@@ -88,13 +91,16 @@ def test_figures_plot_the_logged_series_and_the_schedule(tmp_path):
     curve, logged = ax.lines
     schedule = optim.learning_rate_schedule(c.optimizer, total_steps=10, batch_size=c.batch_size)
     np.testing.assert_allclose(curve.get_xdata(), np.arange(11))
-    np.testing.assert_allclose(curve.get_ydata(), [float(schedule(s)) for s in range(11)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        curve.get_ydata(), [float(schedule(s)) for s in range(11)], rtol=1e-6
+    )
     assert curve.get_ydata()[0] == 0 and np.argmax(curve.get_ydata()) == 3  # warm-up, peak
     # Logged rates sit on the schedule (the step's metrics report the rate of its update).
-    np.testing.assert_allclose(logged.get_ydata(),
-                               np.interp(logged.get_xdata(), curve.get_xdata(),
-                                         curve.get_ydata()), rtol=1e-6)
+    np.testing.assert_allclose(
+        logged.get_ydata(),
+        np.interp(logged.get_xdata(), curve.get_xdata(), curve.get_ydata()),
+        rtol=1e-6,
+    )
 
 
 def test_missing_extras_are_one_warning_line(tmp_path, monkeypatch, capsys):
@@ -139,6 +145,7 @@ def test_a_run_writes_its_plots(shared_run):
     (events,) = glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
     assert b"plots/features" in open(events, "rb").read()
     # The feature picture shows the test split's classes (the embedded MNIST: 10).
-    assert sum(_has_colour(_pixels(os.path.join(workdir, "features.png")), rgb)
-               for rgb in TAB10) == 3
+    assert (
+        sum(_has_colour(_pixels(os.path.join(workdir, "features.png")), rgb) for rgb in TAB10) == 3
+    )
     assert results["final_step"] == 4

@@ -1,4 +1,5 @@
 """jssl.puzzles against independent NumPy / plain-Python references."""
+
 import functools
 import itertools
 import math
@@ -18,8 +19,7 @@ TILE = 6  # default: round(8 * 64 / 85)
 
 def _encoded(n, s=S, c=3):
     """Pixel value = 10000 * image + 1000 * channel + s * row + column (exact in float32)."""
-    b, y, x, ch = np.meshgrid(np.arange(n), np.arange(s), np.arange(s), np.arange(c),
-                              indexing="ij")
+    b, y, x, ch = np.meshgrid(np.arange(n), np.arange(s), np.arange(s), np.arange(c), indexing="ij")
     return (10000 * b + 1000 * ch + s * y + x).astype(np.float32)
 
 
@@ -40,6 +40,7 @@ PERMS = P.permutation_set(30)
 
 # --- permutation_set ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("num,expected_min", [(100, 6), (1000, 5)])
 def test_permutation_set_standard_sizes(num, expected_min):
     perms = P.permutation_set(num)
@@ -50,7 +51,8 @@ def test_permutation_set_standard_sizes(num, expected_min):
     # A random set of distinct permutations of the same size does worse.
     rng = np.random.default_rng(0)
     rand = np.array(list(itertools.permutations(range(9))))[
-        rng.choice(math.factorial(9), num, replace=False)]
+        rng.choice(math.factorial(9), num, replace=False)
+    ]
     assert P.min_hamming_distance(rand) < expected_min
     # The paper's sum-of-distances rule gives valid sets with close pairs.
     mean = P.permutation_set(num, selection="mean")
@@ -91,14 +93,18 @@ def _greedy_reference(num, n, seed, rule):
 @pytest.mark.parametrize("rule", ["maxmin", "mean"])
 @pytest.mark.parametrize("n,num,seed", [(4, 5, 0), (4, 24, 1), (5, 12, 7)])
 def test_permutation_set_greedy_brute_force(rule, n, num, seed):
-    np.testing.assert_array_equal(P.permutation_set(num, n, seed=seed, selection=rule),
-                                  _greedy_reference(num, n, seed, rule))
+    np.testing.assert_array_equal(
+        P.permutation_set(num, n, seed=seed, selection=rule), _greedy_reference(num, n, seed, rule)
+    )
 
 
 def test_permutation_set_errors():
-    for bad in [{"num_permutations": 0}, {"num_permutations": 25, "num_tiles": 4},
-                {"num_permutations": 2, "num_tiles": 11},
-                {"num_permutations": 2, "selection": "x"}]:
+    for bad in [
+        {"num_permutations": 0},
+        {"num_permutations": 25, "num_tiles": 4},
+        {"num_permutations": 2, "num_tiles": 11},
+        {"num_permutations": 2, "selection": "x"},
+    ]:
         with pytest.raises(ValueError):
             P.permutation_set(**bad)
     with pytest.raises(ValueError):
@@ -111,6 +117,7 @@ def test_min_hamming_distance():
 
 
 # --- Rotations ----------------------------------------------------------------------------
+
 
 def test_rotate_images_matches_numpy():
     x = np.random.RandomState(0).rand(5, 7, 7, 2).astype(np.float32)
@@ -132,10 +139,11 @@ def test_rotation_batch():
     assert rotated.shape == (12, 5, 5, 3) and labels.dtype == jnp.int32
     np.testing.assert_array_equal(labels, np.repeat(np.arange(4), 3))
     for k in range(4):
-        np.testing.assert_array_equal(rotated[3 * k:3 * k + 3], np.rot90(x, k, axes=(1, 2)))
+        np.testing.assert_array_equal(rotated[3 * k : 3 * k + 3], np.rot90(x, k, axes=(1, 2)))
 
 
 # --- Jigsaw -------------------------------------------------------------------------------
+
 
 def _cell_origin(q):
     return (q // GRID) * CELL, (q % GRID) * CELL
@@ -144,7 +152,8 @@ def _cell_origin(q):
 def test_jigsaw_tiles_exact_crops():
     x = _encoded(6)
     tiles, labels = _jit("jigsaw_tiles", jitter=False, normalize_tiles=False)(
-        jax.random.key(0), x, jnp.asarray(PERMS))
+        jax.random.key(0), x, jnp.asarray(PERMS)
+    )
     assert tiles.shape == (6, 9, TILE, TILE, 3) and tiles.dtype == jnp.float32
     assert labels.shape == (6,) and labels.dtype == jnp.int32
     off = (CELL - TILE) // 2
@@ -152,7 +161,8 @@ def test_jigsaw_tiles_exact_crops():
         for j in range(9):
             r, c = _cell_origin(PERMS[labels[b], j])
             np.testing.assert_array_equal(
-                tiles[b, j], x[b, r + off:r + off + TILE, c + off:c + off + TILE])
+                tiles[b, j], x[b, r + off : r + off + TILE, c + off : c + off + TILE]
+            )
 
 
 def test_jigsaw_labels_uniform_and_keys():
@@ -176,7 +186,8 @@ def test_jigsaw_jitter_stays_in_cell(color_shift):
     n = 64
     x = _encoded(n)
     tiles, labels = _jit("jigsaw_tiles", normalize_tiles=False, color_shift=color_shift)(
-        jax.random.key(3), x, jnp.asarray(PERMS))
+        jax.random.key(3), x, jnp.asarray(PERMS)
+    )
     tiles, labels = np.asarray(tiles), np.asarray(labels)
     offsets, channel_offsets_differ = set(), False
     for b in range(n):
@@ -188,8 +199,9 @@ def test_jigsaw_jitter_stays_in_cell(color_shift):
                 assert (img, ch_) == (b, ch)
                 dy, dx = y0 - r, x0 - c
                 assert 0 <= dy <= CELL - TILE and 0 <= dx <= CELL - TILE
-                np.testing.assert_array_equal(tiles[b, j, ..., ch],
-                                              x[b, y0:y0 + TILE, x0:x0 + TILE, ch])
+                np.testing.assert_array_equal(
+                    tiles[b, j, ..., ch], x[b, y0 : y0 + TILE, x0 : x0 + TILE, ch]
+                )
                 starts.append((dy, dx))
                 offsets.update((dy, dx))
             channel_offsets_differ |= len(set(starts)) > 1
@@ -207,7 +219,8 @@ def test_jigsaw_normalize_and_grayscale():
     np.testing.assert_allclose(grey[..., 0], grey[..., 1], atol=1e-6)
     np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-6)
     raw, _ = _jit("jigsaw_tiles", grayscale_prob=0.5, normalize_tiles=False)(
-        jax.random.key(0), np.tile(x, (16, 1, 1, 1)), perms)
+        jax.random.key(0), np.tile(x, (16, 1, 1, 1)), perms
+    )
     is_grey = np.all(raw[..., 0] == raw[..., 1], axis=(1, 2, 3))
     assert 0.3 < is_grey.mean() < 0.7
 
@@ -234,9 +247,13 @@ def test_jigsaw_jit_no_retrace_and_sharding():
 
 def test_jigsaw_errors():
     x, perms = np.zeros((2, S, S, 3), np.float32), PERMS
-    for images, kw in [(np.zeros((2, S, S + 1, 3)), {}), (x, {"tile_size": CELL + 1}),
-                       (x, {"tile_size": CELL, "color_shift": 1}), (x, {"grid": 2}),
-                       (x, {"grayscale_prob": 1.5})]:
+    for images, kw in [
+        (np.zeros((2, S, S + 1, 3)), {}),
+        (x, {"tile_size": CELL + 1}),
+        (x, {"tile_size": CELL, "color_shift": 1}),
+        (x, {"grid": 2}),
+        (x, {"grayscale_prob": 1.5}),
+    ]:
         with pytest.raises(ValueError):
             P.jigsaw_tiles(jax.random.key(0), images, perms, **kw)
     with pytest.raises(ValueError):
@@ -244,6 +261,7 @@ def test_jigsaw_errors():
 
 
 # --- Jigsaw++ -----------------------------------------------------------------------------
+
 
 def test_jigsaw_pp_intruders():
     n, perms = 128, jnp.asarray(PERMS)
@@ -258,9 +276,16 @@ def test_jigsaw_pp_intruders():
     for b in range(n):
         changed = [j for j in range(9) if not np.array_equal(tiles[b, j], base[b, j])]
         counts.append(len(changed))
-        sources = {(_decode(tiles[b, j, 0, 0, 0])[0],
-                    (_decode(tiles[b, j, 0, 0, 0])[2] // CELL,
-                     _decode(tiles[b, j, 0, 0, 0])[3] // CELL)) for j in changed}
+        sources = {
+            (
+                _decode(tiles[b, j, 0, 0, 0])[0],
+                (
+                    _decode(tiles[b, j, 0, 0, 0])[2] // CELL,
+                    _decode(tiles[b, j, 0, 0, 0])[3] // CELL,
+                ),
+            )
+            for j in changed
+        }
         assert len(sources) == len(changed)  # distinct cells
         assert len({img for img, _ in sources}) <= 1  # one other image per example
         assert all(img != b for img, _ in sources)
@@ -277,6 +302,7 @@ def test_jigsaw_pp_intruders():
 def test_jigsaw_pp_all_positions_and_normalized():
     x = np.random.RandomState(4).rand(8, S, S, 3).astype(np.float32)
     tiles, labels = _jit("jigsaw_pp_tiles", max_intruders=9)(
-        jax.random.key(0), x, jnp.asarray(PERMS))
+        jax.random.key(0), x, jnp.asarray(PERMS)
+    )
     assert tiles.shape == (8, 9, TILE, TILE, 3) and labels.shape == (8,)
     np.testing.assert_allclose(np.std(tiles, axis=(2, 3, 4)), 1.0, atol=1e-4)

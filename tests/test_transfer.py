@@ -1,6 +1,7 @@
 """Knowledge transfer by clustering: the student method, the teachers, and the study's
 stages (resume from saved output, deterministic pseudo-labels, a student that sees the
 teacher only through its pseudo-labels)."""
+
 import json
 import os
 import shutil
@@ -52,24 +53,37 @@ def _study_config(teacher_specs: dict, steps: int = 3):
 
 
 def _hog_teacher():
-    return teachers.teacher_config("hog", hog=ml_collections.ConfigDict(dict(
-        orientations=9, pixels_per_cell=(2, 2), cells_per_block=(2, 2), block_norm="L2-Hys",
-        transform_sqrt=False)))
+    return teachers.teacher_config(
+        "hog",
+        hog=ml_collections.ConfigDict(
+            dict(
+                orientations=9,
+                pixels_per_cell=(2, 2),
+                cells_per_block=(2, 2),
+                block_norm="L2-Hys",
+                transform_sqrt=False,
+            )
+        ),
+    )
 
 
 def _mtimes(root):
-    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-            for d, _, files in os.walk(root) for f in files}
+    return {
+        os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+        for d, _, files in os.walk(root)
+        for f in files
+    }
 
 
 @pytest.mark.parametrize("preset", ["", "smoke", "cifar10", "compare"])
 def test_presets_are_valid(preset):
     c = load("transfer", preset)
     assert c.study == "transfer" and c.method == "transfer"
-    study._validate(c, num_train=10 ** 6, num_devices=8)
+    study._validate(c, num_train=10**6, num_devices=8)
     student = study.student_config(c, "/x/labels.npy")
-    assert not any(k in student for k in ("study", "teachers", "clustering", "baselines",
-                                          "compare"))
+    assert not any(
+        k in student for k in ("study", "teachers", "clustering", "baselines", "compare")
+    )
     assert len(c.compare.seeds) == (3 if preset == "compare" else 1)
     assert student.model.backbone.startswith("alexnet")
     for spec in c.teachers.values():  # a student of another architecture than its teacher
@@ -116,8 +130,9 @@ def test_student_trains_on_the_pseudo_labels():
         losses.append(float(metrics["loss"]))
         assert np.isfinite(losses[-1]) and float(metrics["grad_norm"]) > 0
     assert abs(losses[0] - losses[1]) > 1e-3
-    assert not np.array_equal(jax.tree_util.tree_leaves(new.params)[0],
-                              jax.tree_util.tree_leaves(state.params)[0])
+    assert not np.array_equal(
+        jax.tree_util.tree_leaves(new.params)[0], jax.tree_util.tree_leaves(state.params)[0]
+    )
 
 
 def test_pseudo_label_source_and_errors(tmp_path):
@@ -147,27 +162,39 @@ def test_study_runs_and_resumes_each_stage(tmp_path):
     c.compare.seeds = (0, 1)
     wd = str(tmp_path / "study")
     out = study.run(c, wd)
-    for name in ("results.json", "results.md", "clusters.png", "features/hog.npy",
-                 "clusters/hog-k8/labels.npy", "students/hog-k8-s0/results.json",
-                 "students/hog-k8-s1/results.json"):
+    for name in (
+        "results.json",
+        "results.md",
+        "clusters.png",
+        "features/hog.npy",
+        "clusters/hog-k8/labels.npy",
+        "students/hog-k8-s0/results.json",
+        "students/hog-k8-s1/results.json",
+    ):
         assert os.path.exists(os.path.join(wd, name)), name
     # The student row: the mean, sample std and values of the two seeds' own results.
-    per_seed = [json.load(open(os.path.join(wd, f"students/hog-k8-s{s}/results.json")))
-                for s in (0, 1)]
+    per_seed = [
+        json.load(open(os.path.join(wd, f"students/hog-k8-s{s}/results.json"))) for s in (0, 1)
+    ]
     row = next(r for r in out["rows"] if r["run"] == "student <- hog")
     lin = [r["eval"]["linear_accuracy"] for r in per_seed]
     assert row["linear_accuracy_values"] == lin
     assert row["linear_accuracy"] == pytest.approx(np.mean(lin))
     assert row["linear_accuracy_std"] == pytest.approx(np.std(lin, ddof=1))
     rand = next(r for r in out["rows"] if r["run"] == "student random init")
-    assert rand["linear_accuracy_values"] == [r["random_init_eval"]["linear_accuracy"]
-                                              for r in per_seed]
+    assert rand["linear_accuracy_values"] == [
+        r["random_init_eval"]["linear_accuracy"] for r in per_seed
+    ]
     assert per_seed[0]["random_init_eval"] != per_seed[1]["random_init_eval"]  # 2 inits
     labels = np.load(os.path.join(wd, "clusters/hog-k8/labels.npy"))
     assert labels.shape == (1438,) and set(np.unique(labels)) == set(range(8))
     summary = out["summary"]
-    for key in ("teacher hog/linear_accuracy", "student <- hog/linear_accuracy",
-                "student <- hog/knn_accuracy", "student random init/linear_accuracy"):
+    for key in (
+        "teacher hog/linear_accuracy",
+        "student <- hog/linear_accuracy",
+        "student <- hog/knn_accuracy",
+        "student random init/linear_accuracy",
+    ):
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["teacher hog/linear_accuracy"] > 0.5  # HOG separates digits well
     assert 0.0 < out["teachers"]["hog"]["clusters"]["nmi"] <= 1.0
@@ -189,17 +216,21 @@ def test_study_runs_and_resumes_each_stage(tmp_path):
     c.clustering.max_iter = 11  # other clustering inputs for the same k: refused, untouched
     with pytest.raises(jc.ConfigError, match="made from other inputs"):
         study.run(c, wd)
-    assert _mtimes(wd)[os.path.join(wd, "clusters/hog-k8/labels.npy")] == \
-        before[os.path.join(wd, "clusters/hog-k8/labels.npy")]
+    assert (
+        _mtimes(wd)[os.path.join(wd, "clusters/hog-k8/labels.npy")]
+        == before[os.path.join(wd, "clusters/hog-k8/labels.npy")]
+    )
 
 
 def test_rows_and_verdict_pair_the_seeds():
     """Rows over seeds: mean and sample std; the verdict's differences are paired by seed."""
     ev = lambda lin: {"linear_accuracy": lin, "knn_accuracy": lin - 0.1}  # noqa: E731
-    student = study._row("student <- a", "student", "x", "a's 8 clusters",
-                         [ev(0.90), ev(0.80), ev(0.95)])
-    direct = study._row("student on a pretext", "baseline", "x", "a", [ev(0.85), ev(0.82),
-                                                                        ev(0.90)])
+    student = study._row(
+        "student <- a", "student", "x", "a's 8 clusters", [ev(0.90), ev(0.80), ev(0.95)]
+    )
+    direct = study._row(
+        "student on a pretext", "baseline", "x", "a", [ev(0.85), ev(0.82), ev(0.90)]
+    )
     rand = study._row("student random init", "baseline", "x", "nothing", [ev(0.5)] * 3)
     assert student["linear_accuracy"] == pytest.approx(0.8833333)
     assert student["linear_accuracy_std"] == pytest.approx(np.std([0.9, 0.8, 0.95], ddof=1))
@@ -210,9 +241,10 @@ def test_rows_and_verdict_pair_the_seeds():
     assert "+38.3 ± 7.6, higher in 3 of 3 seeds vs random init" in text
     one = study._row("student <- a", "student", "x", "c", ev(0.9))
     assert one["linear_accuracy_std"] is None and one["linear_accuracy_values"] == [0.9]
-    assert study.verdict([one, study._row("student random init", "baseline", "x", "n",
-                                          ev(0.5))]) == \
-        "student <- a: linear 90.0% (+40.0 vs random init)"
+    assert (
+        study.verdict([one, study._row("student random init", "baseline", "x", "n", ev(0.5))])
+        == "student <- a: linear 90.0% (+40.0 vs random init)"
+    )
 
 
 def test_pseudo_labels_are_deterministic(tmp_path):
@@ -272,8 +304,9 @@ def test_checkpoint_teacher_layers_and_an_isolated_student(tmp_path):
     assert set(student["params"]) == {"backbone", "head"}
     teacher_leaves = jax.tree_util.tree_leaves(teacher["params"])
     for leaf in jax.tree_util.tree_leaves(student["params"]):
-        assert not any(np.shape(leaf) == np.shape(t) and np.array_equal(leaf, t)
-                       for t in teacher_leaves)
+        assert not any(
+            np.shape(leaf) == np.shape(t) and np.array_equal(leaf, t) for t in teacher_leaves
+        )
     # Without the teacher at all, the pseudo-labels alone reproduce the same student.
     shutil.rmtree(teacher_dir)
     labels = os.path.join(wd, "clusters", "simclr-k8", "labels.npy")
@@ -281,22 +314,23 @@ def test_checkpoint_teacher_layers_and_an_isolated_student(tmp_path):
     alone.eval.random_init_baseline = False
     again = train.train_and_evaluate(alone, str(tmp_path / "student_again"))
     _, student2 = checkpoint.restore_host(str(tmp_path / "student_again"), None)
-    for a, b in zip(jax.tree_util.tree_leaves(student["params"]),
-                    jax.tree_util.tree_leaves(student2["params"])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(student["params"]), jax.tree_util.tree_leaves(student2["params"])
+    ):
         np.testing.assert_array_equal(a, b)
     row = next(r for r in out["rows"] if r["run"] == "student <- simclr")
     assert row["linear_accuracy"] == again["eval"]["linear_accuracy"]
 
 
-@pytest.mark.parametrize("name,size", [("alexnet", 63), ("alexnet_cifar", 28),
-                                       ("alexnet_tiny", 8)])
+@pytest.mark.parametrize("name,size", [("alexnet", 63), ("alexnet_cifar", 28), ("alexnet_tiny", 8)])
 def test_alexnet_backbones(name, size):
     from jssl import models
 
     net = models.build_backbone(name, num_filters=4)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, size, size, 3)), jnp.float32)
     variables = jax.jit(lambda r, x: models.init_variables(net, r, x, train=False))(
-        jax.random.PRNGKey(0), x)
+        jax.random.PRNGKey(0), x
+    )
     out = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, x)
     assert out.shape == (2, net.num_features) == (2, 16)
     convs = [v["kernel"].shape for k, v in sorted(variables["params"].items()) if "Conv" in k]

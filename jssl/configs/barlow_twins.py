@@ -1,11 +1,11 @@
 """Barlow Twins (Zbontar et al. 2021), solo-learn's CIFAR recipe.
 
-  python -m jssl.main --config configs/barlow_twins.py --workdir runs/barlow          # embedded MNIST
-  python -m jssl.main --config configs/barlow_twins.py:smoke --workdir /tmp/bt       # seconds
-  python -m jssl.main --config configs/barlow_twins.py:cifar10 --workdir runs/bt_c10 # paper setting
+python -m jssl.main --config configs/barlow_twins.py --workdir runs/barlow          # embedded MNIST
+python -m jssl.main --config configs/barlow_twins.py:smoke --workdir /tmp/bt       # seconds
+python -m jssl.main --config configs/barlow_twins.py:cifar10 --workdir runs/bt_c10 # paper setting
 """
-from jssl import config as jc
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.

@@ -1,11 +1,11 @@
 """BYOL (Grill et al. 2020), solo-learn's CIFAR recipe.
 
-  python -m jssl.main --config configs/byol.py --workdir runs/byol             # embedded MNIST
-  python -m jssl.main --config configs/byol.py:smoke --workdir /tmp/byol       # seconds
-  python -m jssl.main --config configs/byol.py:cifar10 --workdir runs/byol_c10 # paper setting
+python -m jssl.main --config configs/byol.py --workdir runs/byol             # embedded MNIST
+python -m jssl.main --config configs/byol.py:smoke --workdir /tmp/byol       # seconds
+python -m jssl.main --config configs/byol.py:cifar10 --workdir runs/byol_c10 # paper setting
 """
-from jssl import config as jc
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.

@@ -7,9 +7,10 @@ solo-learn has no DCL: the cifar10 preset is SimCLR's solo-learn recipe with the
   python -m jssl.main --config configs/dcl.py:smoke --workdir /tmp/dcl       # seconds
   python -m jssl.main --config configs/dcl.py:cifar10 --workdir runs/dcl_c10 # paper setting
 """
-from jssl import config as jc
+
 from ml_collections import config_dict
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py); solo-learn publishes no
 # CIFAR-10 number for it.

@@ -1,11 +1,11 @@
 """DINO (Caron et al. 2021), solo-learn's CIFAR recipe.
 
-  python -m jssl.main --config configs/dino.py --workdir runs/dino             # embedded MNIST
-  python -m jssl.main --config configs/dino.py:smoke --workdir /tmp/dino       # seconds
-  python -m jssl.main --config configs/dino.py:cifar10 --workdir runs/dino_c10 # paper setting
+python -m jssl.main --config configs/dino.py --workdir runs/dino             # embedded MNIST
+python -m jssl.main --config configs/dino.py:smoke --workdir /tmp/dino       # seconds
+python -m jssl.main --config configs/dino.py:cifar10 --workdir runs/dino_c10 # paper setting
 """
-from jssl import config as jc
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.
@@ -46,7 +46,8 @@ def get_config(preset: str = ""):
         c.ema.base_momentum = 0.99
         c.augment.num_small_crops = 2  # exercises multi-crop
         c.augment.small_view = jc.view_config(
-            **{**c.augment.view1.to_dict(), "crop_size": 8, "crop_scale": (0.05, 0.3)})
+            **{**c.augment.view1.to_dict(), "crop_size": 8, "crop_scale": (0.05, 0.3)}
+        )
     elif preset == "cifar10":
         jc.cifar10_preset(c)
         jc.solo_cifar_augment(c, "asymmetric")

@@ -9,6 +9,7 @@ optimised jointly through one backbone (jssl/methods/joint.py, docs/methods.md s
       # (jssl/studies/fkt.py); compare_smoke: the same in seconds
   --config.joint.labelled_fraction=0.01|0.1|1.0   --config.joint.ssl_weight=0 (supervised only)
 """
+
 import ml_collections
 
 from jssl import config as jc
@@ -50,12 +51,14 @@ def get_config(preset: str = ""):
             jc.smoke_preset(c)
             c.total_steps = 4
         c.study = "fkt"  # jssl/studies/fkt.py runs every arm
-        c.compare = ml_collections.ConfigDict(dict(
-            arms=("functional", "representational", "supervised"),
-            fractions=(0.01, 0.1, 1.0) if preset == "compare" else (0.1,),
-            seeds=(0, 1, 2) if preset == "compare" else (0,),
-            pretrain_steps=0,  # 0: total_steps
-        ))
+        c.compare = ml_collections.ConfigDict(
+            dict(
+                arms=("functional", "representational", "supervised"),
+                fractions=(0.01, 0.1, 1.0) if preset == "compare" else (0.1,),
+                seeds=(0, 1, 2) if preset == "compare" else (0,),
+                pretrain_steps=0,  # 0: total_steps
+            )
+        )
         c.joint.labelled_batch_size = 32 if preset == "compare" else 16
         c.eval.random_init_baseline = False
     elif preset == "cifar10":
@@ -64,8 +67,9 @@ def get_config(preset: str = ""):
         c.joint.labelled_batch_size = 256
         c.optimizer.warmup_steps = 0
     else:
-        raise jc.unknown_preset("configs/fkt.py", preset,
-                                ("smoke", "cifar10", "compare", "compare_smoke"))
+        raise jc.unknown_preset(
+            "configs/fkt.py", preset, ("smoke", "cifar10", "compare", "compare_smoke")
+        )
     # Labels train the classifier: train on the training split only, so that the
     # validation split stays unseen for model selection.
     c.data.train_split = c.eval.train_split

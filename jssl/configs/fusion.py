@@ -16,10 +16,12 @@ encoders with short budgets into DIR/encoders/<name>, then trains every fusion v
 baseline on 1% and 10% of the labels with 3 seeds, and writes DIR/results.json,
 DIR/results.md and DIR/attention.png.
 """
+
 import ml_collections
 
 from jssl import config as jc
 from jssl.methods.fusion import fusion_config
+
 
 def _pretext_config(name: str, preset: str = ""):
     """The config of configs/<name>.py at `preset` (a sibling file of this one)."""
@@ -30,29 +32,34 @@ def _variant(mode: str, entropy_weight: float = 0.0) -> ml_collections.ConfigDic
     return ml_collections.ConfigDict({"mode": mode, "entropy_weight": entropy_weight})
 
 
-def compare_config(pretexts: dict, *, seeds=(0, 1, 2), fractions=(0.01, 0.1),
-                   lrs=(1e-3, 3e-3, 1e-2, 3e-2)):
+def compare_config(
+    pretexts: dict, *, seeds=(0, 1, 2), fractions=(0.01, 0.1), lrs=(1e-3, 3e-3, 1e-2, 3e-2)
+):
     """The `config.compare` group of the fusion study: stage-1 pretext configs (each run in
     DIR/encoders/<name>, reused when finished), the fused variants (the single-pretext
     baselines and pretext matching are always added), seeds, labelled fractions, and the
     learning rates each variant is trained with (the best on validation is kept)."""
-    return ml_collections.ConfigDict({
-        "pretexts": ml_collections.ConfigDict(pretexts),
-        "variants": ml_collections.ConfigDict({
-            "task_query": _variant("task_query"),
-            "task_query_entropy": _variant("task_query", 0.05),
-            "input_query": _variant("input_query"),
-            "se_gate": _variant("se_gate"),
-            "average": _variant("average"),
-            "concat": _variant("concat"),
-        }),
-        # The fused variant whose negative-transfer check is the headline (chosen before
-        # any result; every fused variant is checked in results.json).
-        "reference": "task_query",
-        "seeds": tuple(seeds),
-        "lrs": tuple(lrs),
-        "fractions": tuple(fractions),
-    })
+    return ml_collections.ConfigDict(
+        {
+            "pretexts": ml_collections.ConfigDict(pretexts),
+            "variants": ml_collections.ConfigDict(
+                {
+                    "task_query": _variant("task_query"),
+                    "task_query_entropy": _variant("task_query", 0.05),
+                    "input_query": _variant("input_query"),
+                    "se_gate": _variant("se_gate"),
+                    "average": _variant("average"),
+                    "concat": _variant("concat"),
+                }
+            ),
+            # The fused variant whose negative-transfer check is the headline (chosen before
+            # any result; every fused variant is checked in results.json).
+            "reference": "task_query",
+            "seeds": tuple(seeds),
+            "lrs": tuple(lrs),
+            "fractions": tuple(fractions),
+        }
+    )
 
 
 def _short(c, steps: int, *, warmup: int = 10):
@@ -109,10 +116,12 @@ def get_config(preset: str = ""):
         c.fusion.encoders = ()  # stage 1 fills them in: DIR/encoders/<name>
         c.fusion.names = ()
         c.fusion.cache_features = True
-        c.compare = compare_config({
-            "rotation": _short(_pretext_config("rotation"), 200),
-            "jigsaw": _short(_pretext_config("jigsaw"), 200),
-            "simclr": _short(_pretext_config("simclr"), 200),
-            "barlow_twins": _short(_pretext_config("barlow_twins"), 200),
-        })
+        c.compare = compare_config(
+            {
+                "rotation": _short(_pretext_config("rotation"), 200),
+                "jigsaw": _short(_pretext_config("jigsaw"), 200),
+                "simclr": _short(_pretext_config("simclr"), 200),
+                "barlow_twins": _short(_pretext_config("barlow_twins"), 200),
+            }
+        )
     return c

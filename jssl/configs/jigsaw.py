@@ -7,9 +7,9 @@ cifar10 preset is our choice (the paper's 1000 permutations, solo-learn's schedu
   python -m jssl.main --config configs/jigsaw.py:smoke --workdir /tmp/jigsaw       # seconds
   python -m jssl.main --config configs/jigsaw.py:cifar10 --workdir runs/jigsaw_c10 # paper setting
 """
+
 from jssl import config as jc
 from jssl.methods.puzzle import puzzle_config
-
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py); solo-learn publishes no
 # CIFAR-10 number for it.
@@ -41,8 +41,12 @@ def get_config(preset: str = ""):
     elif preset == "cifar10":
         jc.cifar10_preset(c)
         c.puzzle.input_size = 96  # 32-px cells, 24-px tiles
-        jc.one_view(c, jc.view_config(crop_size=32, crop_scale=(0.5, 1.0),
-                                      color_jitter_prob=0.0, grayscale_prob=0.0))
+        jc.one_view(
+            c,
+            jc.view_config(
+                crop_size=32, crop_scale=(0.5, 1.0), color_jitter_prob=0.0, grayscale_prob=0.0
+            ),
+        )
     else:
         raise jc.unknown_preset("configs/jigsaw.py", preset)
     return c

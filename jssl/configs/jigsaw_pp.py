@@ -2,13 +2,15 @@
 tiles replaced by tiles of other images, the label unchanged (docs/methods.md section 5).
 solo-learn has no Jigsaw++: the cifar10 preset is our choice (1000 permutations).
 
-  python -m jssl.main --config configs/jigsaw_pp.py --workdir runs/jigsaw_pp             # embedded MNIST
+  # embedded MNIST
+  python -m jssl.main --config configs/jigsaw_pp.py --workdir runs/jigsaw_pp
   python -m jssl.main --config configs/jigsaw_pp.py:smoke --workdir /tmp/jigsaw_pp       # seconds
-  python -m jssl.main --config configs/jigsaw_pp.py:cifar10 --workdir runs/jigsaw_pp_c10 # paper setting
+  # paper setting
+  python -m jssl.main --config configs/jigsaw_pp.py:cifar10 --workdir runs/jigsaw_pp_c10
 """
+
 from jssl import config as jc
 from jssl.methods.puzzle import puzzle_config
-
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py); solo-learn publishes no
 # CIFAR-10 number for it.
@@ -41,8 +43,12 @@ def get_config(preset: str = ""):
     elif preset == "cifar10":
         jc.cifar10_preset(c)
         c.puzzle.input_size = 96  # 32-px cells, 24-px tiles
-        jc.one_view(c, jc.view_config(crop_size=32, crop_scale=(0.5, 1.0),
-                                      color_jitter_prob=0.0, grayscale_prob=0.0))
+        jc.one_view(
+            c,
+            jc.view_config(
+                crop_size=32, crop_scale=(0.5, 1.0), color_jitter_prob=0.0, grayscale_prob=0.0
+            ),
+        )
     else:
         raise jc.unknown_preset("configs/jigsaw_pp.py", preset)
     return c

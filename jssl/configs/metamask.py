@@ -1,13 +1,16 @@
 """MetaMask (Li et al., NeurIPS 2022): Barlow Twins + 10 x NT-Xent on features masked by a
 meta-learned M = sigmoid(m) (jssl/methods/metamask.py, docs/methods.md section 3).
 
-  python -m jssl.main --config configs/metamask.py --workdir runs/metamask             # embedded MNIST
+  # embedded MNIST
+  python -m jssl.main --config configs/metamask.py --workdir runs/metamask
   python -m jssl.main --config configs/metamask.py:smoke --workdir /tmp/metamask       # seconds
-  python -m jssl.main --config configs/metamask.py:cifar10 --workdir runs/metamask_c10 # official setting
+  # official setting
+  python -m jssl.main --config configs/metamask.py:cifar10 --workdir runs/metamask_c10
   python -m jssl.main --config configs/metamask.py:compare --workdir runs/metamask_cmp
       # MetaMask vs the same network without the mask, 3 seeds (jssl/studies/metamask.py)
   --config.metamask.mode=exact|first_order|finite_difference   --config.metamask.enabled=False
 """
+
 import ml_collections
 
 from jssl import config as jc
@@ -68,16 +71,19 @@ def get_config(preset: str = ""):
         c.checkpoint_every = 10 * steps_per_epoch
         c.eval_every = 50 * steps_per_epoch
     else:
-        raise jc.unknown_preset("configs/metamask.py", preset,
-                                ("smoke", "cifar10", "compare", "compare_smoke"))
+        raise jc.unknown_preset(
+            "configs/metamask.py", preset, ("smoke", "cifar10", "compare", "compare_smoke")
+        )
     # The official monitor: weighted k-NN, k = 5, temperature 1.0, on masked features.
     c.eval.knn_k = 5
     c.eval.knn_temperature = 1.0
     if preset.startswith("compare"):
         c.study = "metamask"  # jssl/studies/metamask.py: MetaMask vs no mask, per seed
-        c.compare = ml_collections.ConfigDict(dict(
-            seeds=(0, 1, 2) if preset == "compare" else (0,),
-        ))
+        c.compare = ml_collections.ConfigDict(
+            dict(
+                seeds=(0, 1, 2) if preset == "compare" else (0,),
+            )
+        )
         c.eval.random_init_baseline = False
         if preset == "compare_smoke":
             c.total_steps = 4

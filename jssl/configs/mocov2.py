@@ -1,11 +1,11 @@
 """MoCo v2 (Chen et al. 2020, arXiv 2003.04297), solo-learn's mocov2plus CIFAR recipe.
 
-  python -m jssl.main --config configs/mocov2.py --workdir runs/mocov2             # embedded MNIST
-  python -m jssl.main --config configs/mocov2.py:smoke --workdir /tmp/mocov2       # seconds
-  python -m jssl.main --config configs/mocov2.py:cifar10 --workdir runs/mocov2_c10 # paper setting
+python -m jssl.main --config configs/mocov2.py --workdir runs/mocov2             # embedded MNIST
+python -m jssl.main --config configs/mocov2.py:smoke --workdir /tmp/mocov2       # seconds
+python -m jssl.main --config configs/mocov2.py:cifar10 --workdir runs/mocov2_c10 # paper setting
 """
-from jssl import config as jc
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.

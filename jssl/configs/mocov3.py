@@ -1,11 +1,11 @@
 """MoCo v3 (Chen, Xie & He 2021), solo-learn's CIFAR recipe.
 
-  python -m jssl.main --config configs/mocov3.py --workdir runs/mocov3             # embedded MNIST
-  python -m jssl.main --config configs/mocov3.py:smoke --workdir /tmp/mocov3       # seconds
-  python -m jssl.main --config configs/mocov3.py:cifar10 --workdir runs/mocov3_c10 # paper setting
+python -m jssl.main --config configs/mocov3.py --workdir runs/mocov3             # embedded MNIST
+python -m jssl.main --config configs/mocov3.py:smoke --workdir /tmp/mocov3       # seconds
+python -m jssl.main --config configs/mocov3.py:cifar10 --workdir runs/mocov3_c10 # paper setting
 """
-from jssl import config as jc
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.

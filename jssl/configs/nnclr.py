@@ -5,6 +5,7 @@ positive is its nearest neighbour in a support queue of earlier projections.
   python -m jssl.main --config configs/nnclr.py:smoke --workdir /tmp/nnclr       # seconds
   python -m jssl.main --config configs/nnclr.py:cifar10 --workdir runs/nnclr_c10 # paper setting
 """
+
 from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10

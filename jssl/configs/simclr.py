@@ -1,11 +1,11 @@
 """SimCLR (Chen et al. 2020), solo-learn's CIFAR recipe.
 
-  python -m jssl.main --config configs/simclr.py --workdir runs/simclr            # embedded MNIST
-  python -m jssl.main --config configs/simclr.py:smoke --workdir /tmp/simclr      # seconds
-  python -m jssl.main --config configs/simclr.py:cifar10 --workdir runs/simclr_c10
+python -m jssl.main --config configs/simclr.py --workdir runs/simclr            # embedded MNIST
+python -m jssl.main --config configs/simclr.py:smoke --workdir /tmp/simclr      # seconds
+python -m jssl.main --config configs/simclr.py:cifar10 --workdir runs/simclr_c10
 """
-from jssl import config as jc
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.

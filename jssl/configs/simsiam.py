@@ -1,11 +1,11 @@
 """SimSiam (Chen & He 2021), solo-learn's CIFAR recipe.
 
-  python -m jssl.main --config configs/simsiam.py --workdir runs/simsiam             # embedded MNIST
-  python -m jssl.main --config configs/simsiam.py:smoke --workdir /tmp/simsiam       # seconds
-  python -m jssl.main --config configs/simsiam.py:cifar10 --workdir runs/simsiam_c10 # paper setting
+python -m jssl.main --config configs/simsiam.py --workdir runs/simsiam             # embedded MNIST
+python -m jssl.main --config configs/simsiam.py:smoke --workdir /tmp/simsiam       # seconds
+python -m jssl.main --config configs/simsiam.py:cifar10 --workdir runs/simsiam_c10 # paper setting
 """
-from jssl import config as jc
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.

@@ -5,8 +5,8 @@ samples as positives (uses the data set's labels), solo-learn's CIFAR recipe.
   python -m jssl.main --config configs/supcon.py:smoke --workdir /tmp/supcon       # seconds
   python -m jssl.main --config configs/supcon.py:cifar10 --workdir runs/supcon_c10 # paper setting
 """
-from jssl import config as jc
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.

@@ -1,11 +1,11 @@
 """SwAV (Caron et al. 2020), solo-learn's CIFAR recipe.
 
-  python -m jssl.main --config configs/swav.py --workdir runs/swav             # embedded MNIST
-  python -m jssl.main --config configs/swav.py:smoke --workdir /tmp/swav       # seconds
-  python -m jssl.main --config configs/swav.py:cifar10 --workdir runs/swav_c10 # paper setting
+python -m jssl.main --config configs/swav.py --workdir runs/swav             # embedded MNIST
+python -m jssl.main --config configs/swav.py:smoke --workdir /tmp/swav       # seconds
+python -m jssl.main --config configs/swav.py:cifar10 --workdir runs/swav_c10 # paper setting
 """
-from jssl import config as jc
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.
@@ -40,7 +40,8 @@ def get_config(preset: str = ""):
         c.model.num_prototypes = 20
         c.augment.num_small_crops = 2  # exercises multi-crop
         c.augment.small_view = jc.view_config(
-            **{**c.augment.view1.to_dict(), "crop_size": 8, "crop_scale": (0.05, 0.3)})
+            **{**c.augment.view1.to_dict(), "crop_size": 8, "crop_scale": (0.05, 0.3)}
+        )
     elif preset == "cifar10":
         jc.cifar10_preset(c)
         jc.solo_cifar_augment(c, "symmetric")

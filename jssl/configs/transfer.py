@@ -3,7 +3,8 @@ a teacher's features of the whole training set -> k-means -> pseudo-labels -> a 
 another architecture trained from scratch to classify them -> linear probe and k-NN of the
 student (jssl/studies/transfer.py runs the stages, each resuming from its saved output).
 
-  python -m jssl.main --config configs/transfer.py --workdir runs/transfer             # embedded MNIST
+  # embedded MNIST
+  python -m jssl.main --config configs/transfer.py --workdir runs/transfer
   python -m jssl.main --config configs/transfer.py:smoke --workdir /tmp/transfer       # seconds
   python -m jssl.main --config configs/transfer.py:cifar10 --workdir runs/transfer_c10 # paper-like
   python -m jssl.main --config configs/transfer.py:compare --workdir runs/transfer_cmp # the table
@@ -19,6 +20,7 @@ on each pretext directly, and (from the first student run of each seed) the stud
 random initialisation; its student-side runs repeat for 3 seeds (`compare.seeds`; the
 teachers and their clusters are made once).
 """
+
 import ml_collections
 
 from jssl import config as jc
@@ -46,14 +48,16 @@ def _pretext_teacher(name: str, preset: str = "", steps: int = 0):
 def _study_fields(c, teachers: dict, pretext_baselines=(), seeds=(0,)) -> None:
     c.study = "transfer"
     c.teachers = ml_collections.ConfigDict(teachers)
-    c.clustering = ml_collections.ConfigDict(dict(
-        normalize=True,  # L2-normalise the teacher's features before k-means
-        max_iter=100,
-        tol=1e-4,  # scikit-learn's relative centre-shift tolerance
-        seed=0,  # k-means++ seeding
-        init_sample_size=0,  # >0: seed k-means++ on this many points (millions of images)
-        feature_batch_size=500,
-    ))
+    c.clustering = ml_collections.ConfigDict(
+        dict(
+            normalize=True,  # L2-normalise the teacher's features before k-means
+            max_iter=100,
+            tol=1e-4,  # scikit-learn's relative centre-shift tolerance
+            seed=0,  # k-means++ seeding
+            init_sample_size=0,  # >0: seed k-means++ on this many points (millions of images)
+            feature_batch_size=500,
+        )
+    )
     # Teachers of kind "config" whose pretext also trains the student's architecture
     # directly (the paper's "Jigsaw++ on AlexNet" beside "clustered Jigsaw++ -> AlexNet").
     c.baselines = ml_collections.ConfigDict(dict(pretext=tuple(pretext_baselines)))
@@ -87,10 +91,16 @@ def get_config(preset: str = ""):
             # Shorter budgets: seven training runs in one command on a CPU.
             c.total_steps = 300
             c.optimizer.warmup_steps = 15
-            _study_fields(c, {"jigsaw": _pretext_teacher("jigsaw", steps=300),
-                              "jigsaw_pp": _pretext_teacher("jigsaw_pp", steps=300),
-                              "hog": teacher_config("hog")},
-                          pretext_baselines=("jigsaw", "jigsaw_pp"), seeds=(0, 1, 2))
+            _study_fields(
+                c,
+                {
+                    "jigsaw": _pretext_teacher("jigsaw", steps=300),
+                    "jigsaw_pp": _pretext_teacher("jigsaw_pp", steps=300),
+                    "hog": teacher_config("hog"),
+                },
+                pretext_baselines=("jigsaw", "jigsaw_pp"),
+                seeds=(0, 1, 2),
+            )
     elif preset == "smoke":
         jc.smoke_preset(c)
         c.model.backbone = "alexnet_tiny"

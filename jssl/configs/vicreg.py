@@ -1,11 +1,11 @@
 """VICReg (Bardes, Ponce & LeCun 2022), solo-learn's CIFAR recipe.
 
-  python -m jssl.main --config configs/vicreg.py --workdir runs/vicreg             # embedded MNIST
-  python -m jssl.main --config configs/vicreg.py:smoke --workdir /tmp/vicreg       # seconds
-  python -m jssl.main --config configs/vicreg.py:cifar10 --workdir runs/vicreg_c10 # paper setting
+python -m jssl.main --config configs/vicreg.py --workdir runs/vicreg             # embedded MNIST
+python -m jssl.main --config configs/vicreg.py:smoke --workdir /tmp/vicreg       # seconds
+python -m jssl.main --config configs/vicreg.py:cifar10 --workdir runs/vicreg_c10 # paper setting
 """
-from jssl import config as jc
 
+from jssl import config as jc
 
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.

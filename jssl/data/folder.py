@@ -24,6 +24,7 @@ antialiasing filter, then centre-cropped). Channels: 3 (RGB), or 1 when every im
 grayscale. Splits up to `PRELOAD_BYTES` are decoded once into memory; larger ones are
 decoded per batch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,22 +50,28 @@ def _subdirs(path: str) -> list[str]:
 
 
 def _images_in(path: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(path)
-                  if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(
+        e.name
+        for e in os.scandir(path)
+        if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
 
 
 @functools.cache
 def _layout(root: str) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, int], ...]]]:
     """(class names, {split: ((file, label), ...)}) of the folder data set at `root`."""
     if not os.path.isdir(root):
-        raise DataError(f"data.name folder:{root}: no such folder; give a folder of class "
-                     "sub-folders (or of split folders of class sub-folders)")
+        raise DataError(
+            f"data.name folder:{root}: no such folder; give a folder of class "
+            "sub-folders (or of split folders of class sub-folders)"
+        )
     top = _subdirs(root)
     if not top:
         raise DataError(f"data.name folder:{root}: no class sub-folders in it")
     # Split folders: every entry of the sub-folder is itself a folder (of a class).
-    nested = [d for d in top if not _images_in(os.path.join(root, d))
-              and _subdirs(os.path.join(root, d))]
+    nested = [
+        d for d in top if not _images_in(os.path.join(root, d)) and _subdirs(os.path.join(root, d))
+    ]
     if nested and len(nested) == len(top):
         classes = sorted({c for s in top for c in _subdirs(os.path.join(root, s))})
         index = {c: i for i, c in enumerate(classes)}
@@ -72,19 +79,26 @@ def _layout(root: str) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, int]
         for s in top:
             files = []
             for c in _subdirs(os.path.join(root, s)):
-                files += [(os.path.join(root, s, c, f), index[c])
-                          for f in _images_in(os.path.join(root, s, c))]
+                files += [
+                    (os.path.join(root, s, c, f), index[c])
+                    for f in _images_in(os.path.join(root, s, c))
+                ]
             splits[s] = tuple(files)
     else:
         classes = top
-        files = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
-                 for f in _images_in(os.path.join(root, c))]
+        files = [
+            (os.path.join(root, c, f), i)
+            for i, c in enumerate(classes)
+            for f in _images_in(os.path.join(root, c))
+        ]
         labels = np.array([label for _, label in files], np.int64)
         parts = stratified_split(labels, _SPLIT_SEED)
         splits = {k: tuple(files[i] for i in v) for k, v in parts.items()}
     if not any(splits.values()):
-        raise DataError(f"data.name folder:{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
-                     "in its class sub-folders")
+        raise DataError(
+            f"data.name folder:{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+            "in its class sub-folders"
+        )
     return tuple(classes), splits
 
 
@@ -93,18 +107,27 @@ def _select(root: str, split: str, splits: dict) -> tuple[tuple[str, int], ...]:
     for part in split.split("+"):
         m = _SLICE.match(part.strip())
         if not m or m.group("base") not in splits:
-            available = sorted(splits) + (["train+validation"] if {"train", "validation"}
-                                          <= set(splits) else [])
-            raise DataError(f"data split {split!r} of folder:{root}: unknown; available: "
-                         f"{', '.join(available)} (optionally sliced, e.g. train[:90%])")
+            available = sorted(splits) + (
+                ["train+validation"] if {"train", "validation"} <= set(splits) else []
+            )
+            raise DataError(
+                f"data split {split!r} of folder:{root}: unknown; available: "
+                f"{', '.join(available)} (optionally sliced, e.g. train[:90%])"
+            )
         chosen = splits[m.group("base")]
         if m.group("slice"):  # a percent slice over a fixed permutation of the split
             n = len(chosen)
-            bound = lambda text, default: default if not text else int(  # noqa: E731
-                np.floor(min(max(int(text), 0), 100) / 100 * n + 0.5))
+            bound = lambda text, default: (  # noqa: E731
+                default
+                if not text
+                else int(  # noqa: E731
+                    np.floor(min(max(int(text), 0), 100) / 100 * n + 0.5)
+                )
+            )
             order = np.random.default_rng(_SPLIT_SEED + 1).permutation(n)
-            chosen = tuple(chosen[i] for i in sorted(order[bound(m.group("lo"), 0):
-                                                           bound(m.group("hi"), n)]))
+            chosen = tuple(
+                chosen[i] for i in sorted(order[bound(m.group("lo"), 0) : bound(m.group("hi"), n)])
+            )
         files += list(chosen)
     return tuple(files)
 
@@ -123,8 +146,10 @@ def _storage(root: str) -> tuple[int, int, int]:
                     sizes.add(im.size)
                     gray = gray and im.mode in ("1", "L", "I;16", "I")
             except OSError as e:
-                raise DataError(f"data.name folder:{root}: cannot read image {path} ({e}); "
-                             "remove or replace the file") from None
+                raise DataError(
+                    f"data.name folder:{root}: cannot read image {path} ({e}); "
+                    "remove or replace the file"
+                ) from None
     w, h = sizes.pop() if len(sizes) == 1 else (DEFAULT_SIZE, DEFAULT_SIZE)
     return h, w, 1 if gray else 3
 
@@ -179,8 +204,11 @@ class FolderSource:
         idx = check_indices(indices, len(self), self.name + ":" + self.split)
         if self._images is not None:
             return self._images[idx], self._labels[idx]
-        images = np.stack([_decode(self._files[i][0], self._shape) for i in idx]) if idx.size \
+        images = (
+            np.stack([_decode(self._files[i][0], self._shape) for i in idx])
+            if idx.size
             else np.zeros((0,) + self._shape, np.uint8)
+        )
         return images, self._labels[idx]
 
 

@@ -8,6 +8,7 @@ devices hold (`parallel.process_rows`: rows [p*B/P, (p+1)*B/P) on the usual mesh
 `jax.make_array_from_process_local_data` assembles the global array. Images stay uint8
 until they are on the device (augmentation happens there).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -26,8 +27,15 @@ def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def batch_indices(step: int, *, batch_size: int, num_examples: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
+def batch_indices(
+    step: int,
+    *,
+    batch_size: int,
+    num_examples: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> np.ndarray:
     """Example indices of this process's slice of the global batch at `step`."""
     per_process = batch_size // process_count
     start = step * batch_size + process_index * per_process
@@ -56,16 +64,19 @@ class TrainBatches:
         return parallel.process_rows(self.mesh, self.batch_size)
 
     def host_batch(self, step: int) -> dict:
-        idx = batch_indices(step, batch_size=self.batch_size, num_examples=len(self.source),
-                            seed=self.seed)[self.rows]
+        idx = batch_indices(
+            step, batch_size=self.batch_size, num_examples=len(self.source), seed=self.seed
+        )[self.rows]
         images, labels = self.source.read(idx)
         return {"image": images, "label": labels.astype(np.int32)}
 
     def __call__(self, start_step: int, end_step: int) -> Iterator[dict]:
         """Batches for steps start_step .. end_step - 1."""
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            pending = [pool.submit(self.host_batch, s)
-                       for s in range(start_step, min(end_step, start_step + self.prefetch))]
+            pending = [
+                pool.submit(self.host_batch, s)
+                for s in range(start_step, min(end_step, start_step + self.prefetch))
+            ]
             next_step = start_step + len(pending)
             while pending:
                 host = pending.pop(0).result()
@@ -81,13 +92,22 @@ class JointBatches(TrainBatches):
     "labelled_label"} from the labelled one, of their own batch sizes, each a function of
     (seed, step) through its own seeded permutation."""
 
-    def __init__(self, unlabelled, labelled, *, batch_size: int, labelled_batch_size: int,
-                 seed: int, mesh, prefetch: int = 2):
-        super().__init__(unlabelled, batch_size=batch_size, seed=seed, mesh=mesh,
-                         prefetch=prefetch)
+    def __init__(
+        self,
+        unlabelled,
+        labelled,
+        *,
+        batch_size: int,
+        labelled_batch_size: int,
+        seed: int,
+        mesh,
+        prefetch: int = 2,
+    ):
+        super().__init__(unlabelled, batch_size=batch_size, seed=seed, mesh=mesh, prefetch=prefetch)
         # A different seed for the second stream, so the two never walk in lockstep.
-        self.labelled = TrainBatches(labelled, batch_size=labelled_batch_size,
-                                     seed=seed + 1_000_003, mesh=mesh)
+        self.labelled = TrainBatches(
+            labelled, batch_size=labelled_batch_size, seed=seed + 1_000_003, mesh=mesh
+        )
 
     def host_batch(self, step: int) -> dict:
         batch = super().host_batch(step)

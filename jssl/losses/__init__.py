@@ -7,7 +7,8 @@ the Barlow Twins cross-correlation, the Sinkhorn sums over samples) and the valu
 single-device one. Never call collectives here.
 
 Conventions follow the original papers by default; keyword arguments reproduce the peers'
-(solo-learn, lightly) and the official codes' variants where they differ (docs/methods.md, section 1).
+(solo-learn, lightly) and the official codes' variants where they differ (docs/methods.md,
+section 1).
 The implementations live in private modules, re-exported here:
 
   _contrastive     nt_xent, dcl, moco, mocov3, nnclr, nearest_neighbour
@@ -17,6 +18,7 @@ The implementations live in private modules, re-exported here:
   _classification  rotation, jigsaw, jigsaw_pp
   _common          l2_normalize
 """
+
 from jssl.losses._bootstrap import byol, simsiam
 from jssl.losses._classification import jigsaw, jigsaw_pp, rotation
 from jssl.losses._clustering import dino, dino_center, sinkhorn_knopp, swav

@@ -1,4 +1,5 @@
 """Bootstrap (non-contrastive) objectives with a stop-gradient target: BYOL, SimSiam."""
+
 from __future__ import annotations
 
 import jax

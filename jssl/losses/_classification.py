@@ -1,4 +1,5 @@
 """Pretext classification losses: rotation prediction, jigsaw and Jigsaw++ permutations."""
+
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,5 @@
 """Clustering / self-distillation objectives: Sinkhorn-Knopp and SwAV, DINO and its center."""
+
 from __future__ import annotations
 
 import math
@@ -86,14 +87,17 @@ def swav(
     """
     _check_crops("scores", scores, min_len=2)
     if not 1 <= num_large_crops <= len(scores):
-        raise ValueError(f"num_large_crops must be in [1, {len(scores)}] (the number of crops), "
-                         f"got {num_large_crops}")
+        raise ValueError(
+            f"num_large_crops must be in [1, {len(scores)}] (the number of crops), "
+            f"got {num_large_crops}"
+        )
     log_p = [jax.nn.log_softmax(_at_least_f32(s) / temperature, axis=-1) for s in scores]
     total = 0.0
     for i in range(num_large_crops):
         q = sinkhorn_knopp(scores[i], epsilon=epsilon, iters=sinkhorn_iters)
-        per_crop = sum(-jnp.mean(jnp.sum(q * log_p[v], axis=-1))
-                       for v in range(len(scores)) if v != i)
+        per_crop = sum(
+            -jnp.mean(jnp.sum(q * log_p[v], axis=-1)) for v in range(len(scores)) if v != i
+        )
         total = total + per_crop / (len(scores) - 1)
     return total / num_large_crops
 
@@ -138,23 +142,31 @@ def dino(
     _check_crops("student", student, min_len=2)
     _check_crops("teacher", teacher, min_len=1)
     if len(teacher) > len(student):
-        raise ValueError(f"teacher must hold at most len(student) = {len(student)} crops, "
-                         f"got {len(teacher)}")
+        raise ValueError(
+            f"teacher must hold at most len(student) = {len(student)} crops, got {len(teacher)}"
+        )
     if teacher[0].shape != student[0].shape:
-        raise ValueError(f"teacher crops must have the student's shape {student[0].shape}, "
-                         f"got {teacher[0].shape}")
+        raise ValueError(
+            f"teacher crops must have the student's shape {student[0].shape}, "
+            f"got {teacher[0].shape}"
+        )
     _check_center(center, student[0].shape[1])
     center = jax.lax.stop_gradient(_at_least_f32(center))
     targets = [jax.nn.softmax((_at_least_f32(t) - center) / teacher_temp, axis=-1) for t in teacher]
     targets = [jax.lax.stop_gradient(p) for p in targets]  # the teacher is a target
     log_p = [jax.nn.log_softmax(_at_least_f32(s) / student_temp, axis=-1) for s in student]
-    terms = [-jnp.mean(jnp.sum(p_t * log_p[s], axis=-1))
-             for t, p_t in enumerate(targets) for s in range(len(student)) if s != t]
+    terms = [
+        -jnp.mean(jnp.sum(p_t * log_p[s], axis=-1))
+        for t, p_t in enumerate(targets)
+        for s in range(len(student))
+        if s != t
+    ]
     return sum(terms) / len(terms)
 
 
-def dino_center(center: jax.Array, teacher: Sequence[jax.Array] | jax.Array, *,
-                momentum: float = 0.9) -> jax.Array:
+def dino_center(
+    center: jax.Array, teacher: Sequence[jax.Array] | jax.Array, *, momentum: float = 0.9
+) -> jax.Array:
     r"""DINO's center update, an EMA of the teacher's mean output (Caron et al. 2021).
 
     .. math:: c \leftarrow m\, c + (1 - m) \operatorname{mean}_{t, n} g_{t, n}

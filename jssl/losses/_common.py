@@ -1,4 +1,5 @@
 """Helpers shared by the loss modules: dtype promotion, normalisation, shape checks."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -34,23 +35,27 @@ def _check_pair(name1: str, x1: jax.Array, name2: str, x2: jax.Array) -> None:
     _check_2d(name1, x1)
     _check_2d(name2, x2)
     if jnp.shape(x1) != jnp.shape(x2):
-        raise ValueError(f"{name1} and {name2} must have the same shape, "
-                         f"got {jnp.shape(x1)} and {jnp.shape(x2)}")
+        raise ValueError(
+            f"{name1} and {name2} must have the same shape, got {jnp.shape(x1)} and {jnp.shape(x2)}"
+        )
 
 
 def _check_crops(name: str, xs: Sequence[jax.Array], min_len: int = 1) -> None:
     """A non-empty list of (N, K) arrays that all share one shape."""
     if isinstance(xs, jax.Array) or not isinstance(xs, (list, tuple)):
-        raise TypeError(f"{name} must be a list of (N, K) arrays, one per crop, "
-                        f"got {type(xs).__name__}")
+        raise TypeError(
+            f"{name} must be a list of (N, K) arrays, one per crop, got {type(xs).__name__}"
+        )
     if len(xs) < min_len:
         raise ValueError(f"{name} must hold at least {min_len} crops, got {len(xs)}")
     for i, x in enumerate(xs):
         if jnp.ndim(x) != 2:
             raise ValueError(f"{name}[{i}] must have shape (N, K), got {jnp.shape(x)}")
         if jnp.shape(x) != jnp.shape(xs[0]):
-            raise ValueError(f"all {name} must have the same shape (N, K), "
-                             f"got {jnp.shape(xs[0])} and {jnp.shape(x)} at index {i}")
+            raise ValueError(
+                f"all {name} must have the same shape (N, K), "
+                f"got {jnp.shape(xs[0])} and {jnp.shape(x)} at index {i}"
+            )
 
 
 def _check_labels(name: str, labels: jax.Array, n: int) -> None:

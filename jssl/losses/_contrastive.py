@@ -1,4 +1,5 @@
 """Contrastive objectives: NT-Xent (SimCLR, SupCon), DCL/DCLW, MoCo v2 InfoNCE, MoCo v3."""
+
 from __future__ import annotations
 
 import jax
@@ -13,8 +14,12 @@ from jssl.losses._common import (
 )
 
 
-def nt_xent(*views: jax.Array, temperature: float = 0.1,
-            labels: jax.Array | None = None, normalize: bool = True) -> jax.Array:
+def nt_xent(
+    *views: jax.Array,
+    temperature: float = 0.1,
+    labels: jax.Array | None = None,
+    normalize: bool = True,
+) -> jax.Array:
     r"""NT-Xent / InfoNCE of SimCLR (Chen et al. 2020, arXiv 2002.05709), multi-view and SupCon.
 
     All V views of shape (N, D) are L2-normalised and stacked into VN anchors. For anchor i
@@ -50,8 +55,9 @@ def nt_xent(*views: jax.Array, temperature: float = 0.1,
     for v, z in enumerate(views):
         _check_2d(f"views[{v}]", z)
         if z.shape != views[0].shape:
-            raise ValueError(f"all views must have the same shape, "
-                             f"got {views[0].shape} and {z.shape}")
+            raise ValueError(
+                f"all views must have the same shape, got {views[0].shape} and {z.shape}"
+            )
     n = views[0].shape[0]
     num_views = len(views)
     if labels is None:
@@ -71,8 +77,9 @@ def nt_xent(*views: jax.Array, temperature: float = 0.1,
     return jnp.mean(log_denominator - log_numerator)
 
 
-def dcl(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1,
-        sigma: float | None = None) -> jax.Array:
+def dcl(
+    z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1, sigma: float | None = None
+) -> jax.Array:
     r"""Decoupled contrastive loss, DCL and DCLW (Yeh et al. 2022, arXiv 2110.06848).
 
     NT-Xent with the positive pair removed from the denominator (eq. 6 of the paper). With
@@ -129,8 +136,14 @@ def dcl(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1,
     return 0.5 * (one_direction(u, v) + one_direction(v, u))
 
 
-def moco(q: jax.Array, k: jax.Array, queue: jax.Array, *, temperature: float = 0.2,
-         normalize: bool = True) -> jax.Array:
+def moco(
+    q: jax.Array,
+    k: jax.Array,
+    queue: jax.Array,
+    *,
+    temperature: float = 0.2,
+    normalize: bool = True,
+) -> jax.Array:
     r"""MoCo InfoNCE with a queue of negatives (He et al. 2020, arXiv 1911.05722; v2: 2003.04297).
 
     For query :math:`q_i`, its key :math:`k_i` (momentum encoder, same image) and the K queued

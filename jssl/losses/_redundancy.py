@@ -1,4 +1,5 @@
 """Redundancy-reduction and whitening objectives: Barlow Twins, VICReg, W-MSE."""
+
 from __future__ import annotations
 
 import jax
@@ -27,7 +28,7 @@ def barlow_twins(
       * ``unbiased=False, eps=1e-5`` (default): the paper's code standardises with a
         ``BatchNorm1d(affine=False)``: biased variance plus eps (solo-learn and lightly too).
       * ``unbiased=True, eps=0``: ``(z - mean) / z.std(0)`` with the unbiased std and no
-        eps, as MetaMask's official code (and the PyTorch step in benchmarks/torch_barlow_step.py) does.
+        eps, as MetaMask's official code (and benchmarks/torch_barlow_step.py) does.
       * ``scale`` multiplies the whole loss (solo-learn's ``scale_loss``; 0.1 in its CIFAR
         recipe, 1.0 in the paper).
 
@@ -102,8 +103,9 @@ def vicreg(
     _check_pair("z1", z1, "z2", z2)
     n, d = z1.shape
     if n < 2:
-        raise ValueError(f"z1 must have shape (N, D) with N >= 2 (unbiased variance), "
-                         f"got {z1.shape}")
+        raise ValueError(
+            f"z1 must have shape (N, D) with N >= 2 (unbiased variance), got {z1.shape}"
+        )
     z1, z2 = _at_least_f32(z1), _at_least_f32(z2)
     invariance = jnp.mean(jnp.square(z1 - z2))
 
@@ -152,8 +154,10 @@ def wmse(z1: jax.Array, z2: jax.Array, *, eps: float = 0.0) -> jax.Array:
     _check_pair("z1", z1, "z2", z2)
     n, d = z1.shape
     if n <= d and isinstance(eps, (int, float)) and eps == 0:
-        raise ValueError(f"z1 must have shape (N, D) with N > D for an invertible covariance "
-                         f"(or pass eps > 0), got {z1.shape}")
+        raise ValueError(
+            f"z1 must have shape (N, D) with N > D for an invertible covariance "
+            f"(or pass eps > 0), got {z1.shape}"
+        )
 
     def whiten(z):
         z = _at_least_f32(z)

@@ -5,6 +5,7 @@ The registry maps `config.method` to a module with `validate(config)` and
 methods, losses and configs elsewhere (the config checks, the tests, the results table) is
 derived from it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,8 +13,16 @@ from types import ModuleType
 
 from jssl.methods.common import DataInfo, Method, TrainState
 
-__all__ = ["REGISTRY", "build", "validate", "loss_names", "module", "DataInfo", "Method",
-           "TrainState"]
+__all__ = [
+    "REGISTRY",
+    "build",
+    "validate",
+    "loss_names",
+    "module",
+    "DataInfo",
+    "Method",
+    "TrainState",
+]
 
 # method name -> module path; modules are imported on use.
 REGISTRY = {

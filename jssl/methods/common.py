@@ -12,6 +12,7 @@ the step's PRNG key and augmented views, frozen features in the evaluation trans
 BatchNorm re-estimation, the metrics every step logs, one classification step, and the
 check that refuses config fields a method never reads.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,9 +29,22 @@ from jssl import augment, losses, models
 from jssl.config import get_field
 from jssl.errors import ConfigError
 
-__all__ = ["TrainState", "Method", "DataInfo", "init_state", "step_key", "make_views",
-           "variables", "embed_features", "calibrate_backbone", "classifier_update",
-           "step_metrics", "global_norm", "refuse_unread", "require_group"]
+__all__ = [
+    "TrainState",
+    "Method",
+    "DataInfo",
+    "init_state",
+    "step_key",
+    "make_views",
+    "variables",
+    "embed_features",
+    "calibrate_backbone",
+    "classifier_update",
+    "step_metrics",
+    "global_norm",
+    "refuse_unread",
+    "require_group",
+]
 
 
 @flax.struct.dataclass
@@ -94,9 +108,16 @@ class Method:
 # --- State, keys, views ------------------------------------------------------------------
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-               *inputs: Any, num_keys: int = 0, extras: Callable | None = None,
-               params: Callable | None = None, **apply_kw: Any) -> TrainState:
+def init_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    *inputs: Any,
+    num_keys: int = 0,
+    extras: Callable | None = None,
+    params: Callable | None = None,
+    **apply_kw: Any,
+) -> TrainState:
     """A fresh TrainState: `model.init` on `inputs` (evaluation mode) with the first of
     `jax.random.split(rng, 2 + num_keys)`, the state's own key the second; `params(p)`
     post-processes the parameters, `extras(params, batch_stats, keys)` returns the method
@@ -108,9 +129,14 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arra
     if params is not None:
         p = params(p)
     batch_stats = variables.get("batch_stats", {})
-    return TrainState(step=jnp.zeros((), jnp.int32), params=p, batch_stats=batch_stats,
-                      opt_state=tx.init(p), rng=state_rng,
-                      extras=extras(p, batch_stats, keys) if extras is not None else {})
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=p,
+        batch_stats=batch_stats,
+        opt_state=tx.init(p),
+        rng=state_rng,
+        extras=extras(p, batch_stats, keys) if extras is not None else {},
+    )
 
 
 def step_key(state: TrainState) -> jax.Array:
@@ -119,8 +145,9 @@ def step_key(state: TrainState) -> jax.Array:
     return jax.random.fold_in(state.rng, state.step)
 
 
-def make_views(state: TrainState, images: jax.Array,
-               views: Sequence[Mapping[str, Any]]) -> list[jax.Array]:
+def make_views(
+    state: TrainState, images: jax.Array, views: Sequence[Mapping[str, Any]]
+) -> list[jax.Array]:
     """One augmented view (`augment.augment_view`) of uint8 `images` per entry of `views`,
     each with its own key from `step_key(state)`."""
     keys = jax.random.split(step_key(state), len(views))
@@ -134,23 +161,27 @@ def variables(state: TrainState) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def embed_features(model: nn.Module, state: TrainState, images: jax.Array,
-                   transform: Mapping[str, Any]) -> jax.Array:
+def embed_features(
+    model: nn.Module, state: TrainState, images: jax.Array, transform: Mapping[str, Any]
+) -> jax.Array:
     """(B, F) float32 backbone features (`model.features`, evaluation mode) of uint8 images
     in the evaluation transform (`augment.center_view(**transform)`)."""
     x = augment.center_view(images, **transform)
-    return model.apply(variables(state), x, train=False,
-                       method=type(model).features).astype(jnp.float32)
+    return model.apply(variables(state), x, train=False, method=type(model).features).astype(
+        jnp.float32
+    )
 
 
-def calibrate_backbone(model: nn.Module, state: TrainState, images: jax.Array,
-                       transform: Mapping[str, Any]) -> TrainState:
+def calibrate_backbone(
+    model: nn.Module, state: TrainState, images: jax.Array, transform: Mapping[str, Any]
+) -> TrainState:
     """`state` with the backbone's BatchNorm statistics updated by one train-mode forward of
     `images` (evaluation transform, no gradient); the heads' statistics are kept. Features
     (`embed_features`) read the backbone's statistics alone."""
     x = augment.center_view(images, **transform)
-    _, upd = model.apply(variables(state), x, train=True, mutable=["batch_stats"],
-                         method=type(model).features)
+    _, upd = model.apply(
+        variables(state), x, train=True, mutable=["batch_stats"], method=type(model).features
+    )
     return state.replace(batch_stats={**state.batch_stats, **upd["batch_stats"]})
 
 
@@ -166,32 +197,52 @@ def step_metrics(loss, grads, params, h, lr) -> dict:
     """The metrics every train step logs: loss, lr, grad_norm, param_norm and feature_std,
     the mean per-dimension std of the L2-normalised features h (~1/sqrt(F) when healthy, 0
     when the representation has collapsed)."""
-    return {"loss": loss, "lr": lr, "grad_norm": global_norm(grads),
-            "param_norm": global_norm(params),
-            "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0))}
+    return {
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": global_norm(grads),
+        "param_norm": global_norm(params),
+        "feature_std": jnp.mean(jnp.std(losses.l2_normalize(h.astype(jnp.float32)), axis=0)),
+    }
 
 
-def classifier_update(model, tx, schedule, loss_fn, state: TrainState, x: jax.Array,
-                      labels: jax.Array, *, accuracy_name: str) -> tuple[TrainState, dict]:
+def classifier_update(
+    model,
+    tx,
+    schedule,
+    loss_fn,
+    state: TrainState,
+    x: jax.Array,
+    labels: jax.Array,
+    *,
+    accuracy_name: str,
+) -> tuple[TrainState, dict]:
     """One optimizer step of a classification method (pretext puzzles, cluster pseudo-labels).
 
     `model.apply(variables, x, train=True)` returns (features h, logits); the loss is
     `loss_fn(logits, labels)`; BatchNorm statistics are updated from this batch. Metrics:
     loss, `accuracy_name` (top-1 on these labels), lr, grad_norm, param_norm, feature_std
     (the collapse monitor on normalised h)."""
+
     def objective(params):
-        (h, logits), upd = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                       x, train=True, mutable=["batch_stats"])
+        (h, logits), upd = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
         return loss_fn(logits, labels), (upd["batch_stats"], logits, h)
 
-    (loss, (batch_stats, logits, h)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
+    (loss, (batch_stats, logits, h)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = step_metrics(loss, grads, params, h, schedule(state.step))
     metrics[accuracy_name] = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state), metrics
+    return state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    ), metrics
 
 
 # --- Config checks every method uses ---------------------------------------------------------
@@ -200,12 +251,12 @@ def classifier_update(model, tx, schedule, loss_fn, state: TrainState, x: jax.Ar
 def require_group(config: ml_collections.ConfigDict, group: str, helper: str) -> None:
     """ConfigError unless `config.<group>` exists (added by the method's `helper`)."""
     if group not in config:
-        raise ConfigError(f"config.{group}: missing; this method's configs add it with "
-                          f"{helper}()")
+        raise ConfigError(f"config.{group}: missing; this method's configs add it with {helper}()")
 
 
-def refuse_unread(config: ml_collections.ConfigDict, method: str,
-                  fields: Mapping[str, tuple[Any, str]]) -> None:
+def refuse_unread(
+    config: ml_collections.ConfigDict, method: str, fields: Mapping[str, tuple[Any, str]]
+) -> None:
     """ConfigError for a field `method` never reads that is not at its neutral value.
 
     `fields` maps a dotted field to (the only value it may hold, how to set it), e.g.
@@ -218,8 +269,9 @@ def refuse_unread(config: ml_collections.ConfigDict, method: str,
         if isinstance(neutral, ml_collections.ConfigDict):
             neutral = neutral.to_dict()
         if value != neutral:
-            raise ConfigError(f"config.{field}: the {method} method never reads it (got "
-                              f"{_short(value)}); {fix}")
+            raise ConfigError(
+                f"config.{field}: the {method} method never reads it (got {_short(value)}); {fix}"
+            )
 
 
 def _short(value: Any) -> str:

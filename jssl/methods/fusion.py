@@ -2,7 +2,8 @@
 docs/methods.md section 4). The design is jssl's choice; the paper's code is not public.
 
 K encoders restored from jssl runs (`config.fusion.encoders`: workdirs or files written by
-`python -m jssl.export`; `jssl.export.load_encoders`) are frozen: their variables live in `TrainState.extras["encoders"]`
+`python -m jssl.export`; `jssl.export.load_encoders`) are frozen: their variables live in
+`TrainState.extras["encoders"]`
 (checkpointed and replicated with the state, never in `state.params`), they run in
 evaluation mode (BatchNorm running statistics, never updated) on `stop_gradient` of their
 variables, and the train step differentiates `state.params` alone, which hold only the
@@ -27,6 +28,7 @@ widths)`): `head_init`, `update`, `outputs`, `objective`. The fusion study
 (jssl/studies/fusion.py) trains every variant and baseline on cached features of many
 subsets with them, through the train loop's `train.run_steps`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,29 +48,51 @@ from jssl.data.subsets import SubsetSource, labelled_split
 from jssl.errors import ConfigError
 from jssl.evaluate import encode_source, standardization
 from jssl.export import Encoders, load_encoders
-from jssl.methods.common import (DataInfo, Method, TrainState, global_norm, refuse_unread,
-                                 require_group)
+from jssl.methods.common import (
+    DataInfo,
+    Method,
+    TrainState,
+    global_norm,
+    refuse_unread,
+    require_group,
+)
 from jssl.models.fusion import ATTENTION_MODES, MODES, WEIGHTED_MODES, FusionHead
 from jssl.optim import build_optimizer
 
-__all__ = ["MODES", "Setup", "setup", "head_init", "objective", "update", "outputs", "build",
-           "encode", "feature_stats", "fusion_config", "validate"]
+__all__ = [
+    "MODES",
+    "Setup",
+    "setup",
+    "head_init",
+    "objective",
+    "update",
+    "outputs",
+    "build",
+    "encode",
+    "feature_stats",
+    "fusion_config",
+    "validate",
+]
 
 
 def fusion_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.fusion` group (configs/fusion.py adds it)."""
-    return config_group("fusion_config", dict(
-        encoders=(),  # K >= 1 workdirs of jssl runs, or files written by `python -m jssl.export`
-        names=(),  # one display name per encoder; (): the path's base name
-        mode="task_query",  # one of jssl.models.fusion.MODES
-        dim=64,  # common width d of the per-encoder projections
-        se_reduction=4,  # se_gate: bottleneck width K*d / se_reduction
-        single_index=0,  # mode "single": the encoder whose features the linear head reads
-        entropy_weight=0.0,  # attention modes: + weight * mean entropy of alpha (our choice: 0)
-        labelled_fraction=0.1,  # 0.01, 0.1, 1.0: seeded class-balanced subset of the train split
-        subset_seed=0,  # the labelled subset's seed
-        cache_features=True,  # encoder features of the labelled subset computed once
-    ), overrides)
+    return config_group(
+        "fusion_config",
+        dict(
+            encoders=(),  # K >= 1 workdirs of jssl runs, or files `python -m jssl.export` wrote
+            names=(),  # one display name per encoder; (): the path's base name
+            mode="task_query",  # one of jssl.models.fusion.MODES
+            dim=64,  # common width d of the per-encoder projections
+            se_reduction=4,  # se_gate: bottleneck width K*d / se_reduction
+            single_index=0,  # mode "single": the encoder whose features the linear head reads
+            entropy_weight=0.0,  # attention modes: + weight * mean entropy of alpha (our choice: 0)
+            labelled_fraction=0.1,  # 0.01, 0.1, 1.0: seeded class-balanced subset of train
+            subset_seed=0,  # the labelled subset's seed
+            cache_features=True,  # encoder features of the labelled subset computed once
+        ),
+        overrides,
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -76,18 +100,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require_group(config, "fusion", "jssl.methods.fusion.fusion_config")
     f = config.fusion
     if f.mode not in MODES:
-        raise ConfigError(f"config.fusion.mode: unknown mode {f.mode!r}; choose one of "
-                          f"{', '.join(MODES)}")
+        raise ConfigError(
+            f"config.fusion.mode: unknown mode {f.mode!r}; choose one of {', '.join(MODES)}"
+        )
     paths = tuple(f.encoders)
     if not paths or not all(isinstance(p, str) and p for p in paths):
-        raise ConfigError(f"config.fusion.encoders: {paths!r}; give the workdirs of K >= 1 "
-                          "pretrained jssl runs, e.g. ('runs/rotation', 'runs/simclr')")
+        raise ConfigError(
+            f"config.fusion.encoders: {paths!r}; give the workdirs of K >= 1 "
+            "pretrained jssl runs, e.g. ('runs/rotation', 'runs/simclr')"
+        )
     if f.names and len(f.names) != len(paths):
-        raise ConfigError(f"config.fusion.names: {len(f.names)} names for {len(paths)} "
-                          "encoders; give one per encoder or none")
+        raise ConfigError(
+            f"config.fusion.names: {len(f.names)} names for {len(paths)} "
+            "encoders; give one per encoder or none"
+        )
     if f.mode == "single" and not 0 <= f.single_index < len(paths):
-        raise ConfigError(f"config.fusion.single_index: {f.single_index!r} is not in "
-                          f"[0, {len(paths)}) (the encoders)")
+        raise ConfigError(
+            f"config.fusion.single_index: {f.single_index!r} is not in "
+            f"[0, {len(paths)}) (the encoders)"
+        )
     for field in ("dim", "se_reduction"):
         value = f[field]
         if not (isinstance(value, int) and value >= 1):
@@ -95,21 +126,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not f.entropy_weight >= 0:
         raise ConfigError(f"config.fusion.entropy_weight: must be >= 0, got {f.entropy_weight!r}")
     if f.entropy_weight and f.mode not in ATTENTION_MODES:
-        raise ConfigError(f"config.fusion.entropy_weight: {f.entropy_weight} penalises attention "
-                          f"weights, which mode {f.mode!r} has none of; use "
-                          f"{' or '.join(ATTENTION_MODES)}, or 0")
+        raise ConfigError(
+            f"config.fusion.entropy_weight: {f.entropy_weight} penalises attention "
+            f"weights, which mode {f.mode!r} has none of; use "
+            f"{' or '.join(ATTENTION_MODES)}, or 0"
+        )
     if not 0.0 < f.labelled_fraction <= 1.0:
-        raise ConfigError(f"config.fusion.labelled_fraction: must be in (0, 1], got "
-                          f"{f.labelled_fraction!r}")
+        raise ConfigError(
+            f"config.fusion.labelled_fraction: must be in (0, 1], got {f.labelled_fraction!r}"
+        )
     if config.data.train_split == config.eval.val_split:
-        raise ConfigError(f"config.data.train_split: {config.data.train_split!r} is also the "
-                          "validation split (model selection); train on a disjoint split")
+        raise ConfigError(
+            f"config.data.train_split: {config.data.train_split!r} is also the "
+            "validation split (model selection); train on a disjoint split"
+        )
     # The encoders bring their own architectures and transforms, and nothing pretrains here.
-    refuse_unread(config, "fusion", {
-        "ema.base_momentum": (0.0, "set 0 (the head has no momentum target)"),
-        "queue_size": (0, "set 0 (no queue)"),
-        "model.init_from": (None, "unset it (the encoders are config.fusion.encoders)"),
-        "augment.num_small_crops": (0, "set 0 (the encoders see whole images)")})
+    refuse_unread(
+        config,
+        "fusion",
+        {
+            "ema.base_momentum": (0.0, "set 0 (the head has no momentum target)"),
+            "queue_size": (0, "set 0 (no queue)"),
+            "model.init_from": (None, "unset it (the encoders are config.fusion.encoders)"),
+            "augment.num_small_crops": (0, "set 0 (the encoders see whole images)"),
+        },
+    )
 
 
 # --- The frozen encoders -----------------------------------------------------------------
@@ -118,8 +159,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def encode(encoders: Encoders, variables: Sequence[dict], images: jax.Array) -> list[jax.Array]:
     """The K encoders' frozen features (N, F_k) of uint8 images: evaluation mode (BatchNorm
     running statistics, nothing mutable) on `stop_gradient` of their variables."""
-    return [m.apply(jax.lax.stop_gradient(v), images, train=False)
-            for m, v in zip(encoders.modules, variables)]
+    return [
+        m.apply(jax.lax.stop_gradient(v), images, train=False)
+        for m, v in zip(encoders.modules, variables)
+    ]
 
 
 def feature_stats(features: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -154,11 +197,17 @@ class Setup:
 def setup(config: ml_collections.ConfigDict, num_classes: int, widths: Sequence[int]) -> Setup:
     """The head `config.fusion` describes for `num_classes` over K features of `widths`."""
     f = config.fusion
-    model = FusionHead(num_classes=num_classes, mode=f.mode, dim=f.dim,
-                       se_reduction=f.se_reduction, single_index=f.single_index,
-                       dtype=compute_dtype(config))
-    tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
-                                   batch_size=config.batch_size)
+    model = FusionHead(
+        num_classes=num_classes,
+        mode=f.mode,
+        dim=f.dim,
+        se_reduction=f.se_reduction,
+        single_index=f.single_index,
+        dtype=compute_dtype(config),
+    )
+    tx, schedule = build_optimizer(
+        config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
+    )
     return Setup(config=config, model=model, tx=tx, schedule=schedule, widths=tuple(widths))
 
 
@@ -169,13 +218,21 @@ def head_init(s: Setup, rng, mean, std, extras=None) -> TrainState:
     extras = dict(extras or {})
     extras["feature_mean"] = [jnp.asarray(m, jnp.float32) for m in mean]
     extras["feature_std"] = [jnp.asarray(x, jnp.float32) for x in std]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
-                      opt_state=s.tx.init(params), rng=state_rng, extras=extras)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats={},
+        opt_state=s.tx.init(params),
+        rng=state_rng,
+        extras=extras,
+    )
 
 
 def _standardize(state, features):
-    return [(x.astype(jnp.float32) - m) / sd for x, m, sd in
-            zip(features, state.extras["feature_mean"], state.extras["feature_std"])]
+    return [
+        (x.astype(jnp.float32) - m) / sd
+        for x, m, sd in zip(features, state.extras["feature_mean"], state.extras["feature_std"])
+    ]
 
 
 def _entropy(weights: jax.Array) -> jax.Array:
@@ -197,7 +254,8 @@ def update(s: Setup, state: TrainState, inputs: tuple) -> tuple[TrainState, dict
     no gradient of an encoder exists in this computation."""
     features, labels = inputs
     (loss, aux), grads = jax.value_and_grad(objective, argnums=1, has_aux=True)(
-        s, state.params, state, features, labels)
+        s, state.params, state, features, labels
+    )
     updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
@@ -224,37 +282,52 @@ def outputs(s: Setup, state: TrainState, features) -> dict:
 # --- The method the train loop runs -------------------------------------------------------
 
 
-def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None, *,
-          encoders: Encoders | None = None) -> Method:
+def build(
+    config: ml_collections.ConfigDict,
+    data: DataInfo,
+    mesh=None,
+    *,
+    encoders: Encoders | None = None,
+) -> Method:
     """The fusion method's pure functions for this config: restores the encoders and (for
     the standardisation, and the stream with `cache_features`) computes their features of
     the labelled subset on `mesh`, the run's."""
     validate(config)
     if mesh is None:
-        raise ValueError("jssl.methods.fusion.build needs the run's mesh: the encoders' "
-                         "features are extracted on it")
+        raise ValueError(
+            "jssl.methods.fusion.build needs the run's mesh: the encoders' "
+            "features are extracted on it"
+        )
     f = config.fusion
     if encoders is None:
         encoders = load_encoders(tuple(f.encoders), tuple(f.names))
     k = len(encoders)
     s = setup(config, data.num_classes, encoders.widths)
-    source = sources.get_source(config.data.name, config.data.train_split,
-                                data_dir=config.data.data_dir)
+    source = sources.get_source(
+        config.data.name, config.data.train_split, data_dir=config.data.data_dir
+    )
     labelled, _ = labelled_split(source, f.labelled_fraction, f.subset_seed)
-    cached, cached_labels = encode_source(encoders.modules, encoders.variables,
-                                          SubsetSource(source, labelled),
-                                          batch_size=config.eval.batch_size, mesh=mesh)
+    cached, cached_labels = encode_source(
+        encoders.modules,
+        encoders.variables,
+        SubsetSource(source, labelled),
+        batch_size=config.eval.batch_size,
+        mesh=mesh,
+    )
     mean, std = feature_stats(cached)
     host_variables = encoders.variables
 
     def init(rng: jax.Array) -> TrainState:
-        frozen = {f"encoder_{i}": jax.tree_util.tree_map(jnp.asarray, v)
-                  for i, v in enumerate(host_variables)}
+        frozen = {
+            f"encoder_{i}": jax.tree_util.tree_map(jnp.asarray, v)
+            for i, v in enumerate(host_variables)
+        }
         return head_init(s, rng, mean, std, {"encoders": frozen})
 
     def frozen_features(state: TrainState, images: jax.Array) -> list[jax.Array]:
-        return encode(encoders, [state.extras["encoders"][f"encoder_{i}"] for i in range(k)],
-                      images)
+        return encode(
+            encoders, [state.extras["encoders"][f"encoder_{i}"] for i in range(k)], images
+        )
 
     def make_inputs(state: TrainState, batch: dict) -> tuple:
         if f.cache_features:
@@ -263,15 +336,23 @@ def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None, *,
 
     def batches(source, mesh):
         if f.cache_features:
-            return FeatureBatches(cached, cached_labels, batch_size=config.batch_size,
-                                  seed=config.seed, mesh=mesh)
-        return pipeline.TrainBatches(SubsetSource(source, labelled),
-                                     batch_size=config.batch_size, seed=config.seed, mesh=mesh)
+            return FeatureBatches(
+                cached, cached_labels, batch_size=config.batch_size, seed=config.seed, mesh=mesh
+            )
+        return pipeline.TrainBatches(
+            SubsetSource(source, labelled),
+            batch_size=config.batch_size,
+            seed=config.seed,
+            mesh=mesh,
+        )
 
     return Method(
-        init=init, make_inputs=make_inputs, update=functools.partial(update, s),
+        init=init,
+        make_inputs=make_inputs,
+        update=functools.partial(update, s),
         embed=lambda state, images: outputs(s, state, frozen_features(state, images))["fused"],
         # No BatchNorm trains here; the encoders' statistics are frozen.
         calibrate=lambda state, images: state,
         predict=lambda state, images: outputs(s, state, frozen_features(state, images))["logits"],
-        batches=batches)
+        batches=batches,
+    )

@@ -16,6 +16,7 @@ NT-Xent at temperature 0.5, and `config.loss.normalize=False` feeds raw projecti
 official code does. Evaluation adds the classifier's validation and test accuracy
 (`predict`) to the frozen-feature k-NN and linear probe.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,25 +37,50 @@ from jssl.data import pipeline
 from jssl.data.subsets import SubsetSource, labelled_split
 from jssl.errors import ConfigError
 from jssl.methods import pretrain
-from jssl.methods.common import (DataInfo, Method, TrainState, calibrate_backbone,
-                                 embed_features, init_state, make_views, refuse_unread,
-                                 require_group, step_metrics, variables)
+from jssl.methods.common import (
+    DataInfo,
+    Method,
+    TrainState,
+    calibrate_backbone,
+    embed_features,
+    init_state,
+    make_views,
+    refuse_unread,
+    require_group,
+    step_metrics,
+    variables,
+)
 from jssl.optim import build_optimizer
 
-__all__ = ["JointModel", "PRETEXTS", "Setup", "setup", "init", "make_inputs", "loss_terms",
-           "update", "build", "joint_config", "validate"]
+__all__ = [
+    "JointModel",
+    "PRETEXTS",
+    "Setup",
+    "setup",
+    "init",
+    "make_inputs",
+    "loss_terms",
+    "update",
+    "build",
+    "joint_config",
+    "validate",
+]
 
 PRETEXTS = {name: p for name, p in pretrain.PRETEXTS.items() if not p.needs}
 
 
 def joint_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.joint` group (configs/fkt.py adds it); defaults are the paper's."""
-    return config_group("joint_config", dict(
-        ssl_weight=1.0,  # lambda
-        labelled_fraction=1.0,  # 0.01, 0.1, 1.0: seeded class-balanced subset of the train split
-        labelled_batch_size=64,  # global
-        subset_seed=0,  # the labelled subset's seed (fixed across training seeds)
-    ), overrides)
+    return config_group(
+        "joint_config",
+        dict(
+            ssl_weight=1.0,  # lambda
+            labelled_fraction=1.0,  # 0.01, 0.1, 1.0: seeded class-balanced subset of train
+            labelled_batch_size=64,  # global
+            subset_seed=0,  # the labelled subset's seed (fixed across training seeds)
+        ),
+        overrides,
+    )
 
 
 class JointModel(nn.Module):
@@ -90,12 +116,15 @@ def _with_backbone(variables: dict, params: dict, batch_stats: dict, path: str) 
         old_shapes = jax.tree_util.tree_map(jnp.shape, old)
         new_shapes = jax.tree_util.tree_map(np.shape, new)
         if old_shapes != new_shapes:
-            raise ConfigError(f"config.model.init_from: the backbone in {path} does not match "
-                              f"config.model ({collection} differ in structure or shapes); "
-                              "use the same backbone, width and stem")
-        out[collection] = {**variables[collection],
-                           "backbone": jax.tree_util.tree_map(
-                               lambda o, n: jnp.asarray(n, o.dtype), old, new)}
+            raise ConfigError(
+                f"config.model.init_from: the backbone in {path} does not match "
+                f"config.model ({collection} differ in structure or shapes); "
+                "use the same backbone, width and stem"
+            )
+        out[collection] = {
+            **variables[collection],
+            "backbone": jax.tree_util.tree_map(lambda o, n: jnp.asarray(n, o.dtype), old, new),
+        }
     return out
 
 
@@ -103,32 +132,45 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     require_group(config, "joint", "jssl.methods.joint.joint_config")
     name = config.loss.name
     if name not in pretrain.PRETEXTS:
-        raise ConfigError(f"config.loss.name: unknown loss {name!r}; choose one of "
-                          f"{', '.join(sorted(PRETEXTS))}")
+        raise ConfigError(
+            f"config.loss.name: unknown loss {name!r}; choose one of {', '.join(sorted(PRETEXTS))}"
+        )
     if name not in PRETEXTS:
-        raise ConfigError(f"config.loss.name: {name!r} needs "
-                          f"{', '.join(sorted(pretrain.PRETEXTS[name].needs))}, which the joint "
-                          "method does not keep; choose a stateless pretext (nt_xent, "
-                          "barlow_twins, vicreg, ...)")
-    refuse_unread(config, "joint", {
-        "ema.base_momentum": (0.0, "set 0 (no momentum target)"),
-        "queue_size": (0, "set 0 (no queue)"),
-        "model.predictor_dim": (0, "set 0 (no predictor)"),
-        "model.num_prototypes": (0, "set 0 (no prototypes)"),
-        "augment.num_small_crops": (0, "set 0 (two views)")})
+        raise ConfigError(
+            f"config.loss.name: {name!r} needs "
+            f"{', '.join(sorted(pretrain.PRETEXTS[name].needs))}, which the joint "
+            "method does not keep; choose a stateless pretext (nt_xent, "
+            "barlow_twins, vicreg, ...)"
+        )
+    refuse_unread(
+        config,
+        "joint",
+        {
+            "ema.base_momentum": (0.0, "set 0 (no momentum target)"),
+            "queue_size": (0, "set 0 (no queue)"),
+            "model.predictor_dim": (0, "set 0 (no predictor)"),
+            "model.num_prototypes": (0, "set 0 (no prototypes)"),
+            "augment.num_small_crops": (0, "set 0 (two views)"),
+        },
+    )
     j = config.joint
     if not 0.0 < j.labelled_fraction <= 1.0:
-        raise ConfigError(f"config.joint.labelled_fraction: must be in (0, 1], got "
-                          f"{j.labelled_fraction!r}")
+        raise ConfigError(
+            f"config.joint.labelled_fraction: must be in (0, 1], got {j.labelled_fraction!r}"
+        )
     if j.ssl_weight < 0:
         raise ConfigError(f"config.joint.ssl_weight: must be >= 0, got {j.ssl_weight!r}")
     b = j.labelled_batch_size
     if not (isinstance(b, int) and b > 0 and b % num_devices == 0):
-        raise ConfigError(f"config.joint.labelled_batch_size: {b!r} must be a positive multiple "
-                          f"of the {num_devices} devices")
+        raise ConfigError(
+            f"config.joint.labelled_batch_size: {b!r} must be a positive multiple "
+            f"of the {num_devices} devices"
+        )
     if config.data.train_split == config.eval.val_split:
-        raise ConfigError(f"config.data.train_split: {config.data.train_split!r} is also the "
-                          "validation split (model selection); train on a disjoint split")
+        raise ConfigError(
+            f"config.data.train_split: {config.data.train_split!r} is also the "
+            "validation split (model selection); train on a disjoint split"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,28 +195,41 @@ class Setup:
 def setup(config: ml_collections.ConfigDict, data: DataInfo) -> Setup:
     validate(config)
     ssl_model = pretrain.build_model(config)
-    model = JointModel(backbone=ssl_model.backbone, projector=ssl_model.projector,
-                       classifier=models.Classifier(data.num_classes,
-                                                    dtype=compute_dtype(config)))
-    tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
-                                   batch_size=config.batch_size)
+    model = JointModel(
+        backbone=ssl_model.backbone,
+        projector=ssl_model.projector,
+        classifier=models.Classifier(data.num_classes, dtype=compute_dtype(config)),
+    )
+    tx, schedule = build_optimizer(
+        config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
+    )
     init_from = config.model.get("init_from")
-    return Setup(config=config, model=model, pretext=PRETEXTS[config.loss.name],
-                 loss_kw=pretrain.loss_kwargs(config), tx=tx, schedule=schedule,
-                 views=(config.augment.view1, config.augment.view2),
-                 transform=eval_transform(config),
-                 loaded=load_backbone(init_from) if init_from else None)
+    return Setup(
+        config=config,
+        model=model,
+        pretext=PRETEXTS[config.loss.name],
+        loss_kw=pretrain.loss_kwargs(config),
+        tx=tx,
+        schedule=schedule,
+        views=(config.augment.view1, config.augment.view2),
+        transform=eval_transform(config),
+        loaded=load_backbone(init_from) if init_from else None,
+    )
 
 
 def init(s: Setup, rng: jax.Array) -> TrainState:
     size = s.config.data.image_size
-    state = init_state(s.model, s.tx, rng, jnp.zeros((2, size, size, 3), jnp.float32),
-                       method=JointModel.init_all)
+    state = init_state(
+        s.model, s.tx, rng, jnp.zeros((2, size, size, 3), jnp.float32), method=JointModel.init_all
+    )
     if s.loaded is None:
         return state
     loaded = _with_backbone(variables(state), *s.loaded, s.config.model.init_from)
-    return state.replace(params=loaded["params"], batch_stats=loaded.get("batch_stats", {}),
-                         opt_state=s.tx.init(loaded["params"]))
+    return state.replace(
+        params=loaded["params"],
+        batch_stats=loaded.get("batch_stats", {}),
+        opt_state=s.tx.init(loaded["params"]),
+    )
 
 
 def make_inputs(s: Setup, state: TrainState, batch: dict) -> dict:
@@ -189,41 +244,61 @@ def loss_terms(s: Setup, params, batch_stats, inputs: dict):
     """(CE, L_SSL, aux): the objective's two terms, separately differentiable in params."""
     online = []
     for x in inputs["views"]:
-        out, upd = s.model.apply({"params": params, "batch_stats": batch_stats}, x,
-                                 train=True, mutable=["batch_stats"])
+        out, upd = s.model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
         batch_stats = upd["batch_stats"]
         online.append(out)
     # Without views (lambda = 0) the step is supervised training exactly: no SSL forward
     # touches the BatchNorm statistics.
     ssl = s.pretext.loss(online, None, {}, None, **s.loss_kw)[0] if online else jnp.zeros(())
-    logits, upd = s.model.apply({"params": params, "batch_stats": batch_stats}, inputs["clean"],
-                                train=True, mutable=["batch_stats"], method=JointModel.classify)
+    logits, upd = s.model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        inputs["clean"],
+        train=True,
+        mutable=["batch_stats"],
+        method=JointModel.classify,
+    )
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, inputs["labels"]))
-    return ce, ssl, {"batch_stats": upd["batch_stats"], "logits": logits,
-                     "h": online[0]["h"] if online else logits}
+    return (
+        ce,
+        ssl,
+        {
+            "batch_stats": upd["batch_stats"],
+            "logits": logits,
+            "h": online[0]["h"] if online else logits,
+        },
+    )
 
 
 def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]:
     """One optimizer step on CE + lambda * L_SSL: one backward pass, nothing frozen."""
+
     def loss_fn(params):
         ce, ssl, aux = loss_terms(s, params, state.batch_stats, inputs)
         return ce + s.ssl_weight * ssl, (aux["batch_stats"], ce, ssl, aux["logits"], aux["h"])
 
-    (loss, (batch_stats, ce, ssl, logits, h)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, ce, ssl, logits, h)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
     updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = step_metrics(loss, grads, params, h, s.schedule(state.step))
-    metrics.update(ce_loss=ce, ssl_loss=ssl, train_accuracy=jnp.mean(
-        (jnp.argmax(logits, -1) == inputs["labels"]).astype(jnp.float32)))
-    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state), metrics
+    metrics.update(
+        ce_loss=ce,
+        ssl_loss=ssl,
+        train_accuracy=jnp.mean((jnp.argmax(logits, -1) == inputs["labels"]).astype(jnp.float32)),
+    )
+    return state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    ), metrics
 
 
 def predict(s: Setup, state: TrainState, images: jax.Array) -> jax.Array:
     x = augment.center_view(images, **s.transform)
-    return s.model.apply(variables(state), x, train=False,
-                         method=JointModel.classify).astype(jnp.float32)
+    return s.model.apply(variables(state), x, train=False, method=JointModel.classify).astype(
+        jnp.float32
+    )
 
 
 def batches(s: Setup, source, mesh):
@@ -232,18 +307,25 @@ def batches(s: Setup, source, mesh):
     j = s.config.joint
     validate(s.config, mesh.size)
     labelled, unlabelled = labelled_split(source, j.labelled_fraction, j.subset_seed)
-    return pipeline.JointBatches(SubsetSource(source, unlabelled), SubsetSource(source, labelled),
-                                 batch_size=s.config.batch_size,
-                                 labelled_batch_size=j.labelled_batch_size,
-                                 seed=s.config.seed, mesh=mesh)
+    return pipeline.JointBatches(
+        SubsetSource(source, unlabelled),
+        SubsetSource(source, labelled),
+        batch_size=s.config.batch_size,
+        labelled_batch_size=j.labelled_batch_size,
+        seed=s.config.seed,
+        mesh=mesh,
+    )
 
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """The joint method's pure functions for this config."""
     s = setup(config, data)
-    return Method(init=functools.partial(init, s), make_inputs=functools.partial(make_inputs, s),
-                  update=functools.partial(update, s),
-                  embed=functools.partial(embed_features, s.model, transform=s.transform),
-                  calibrate=functools.partial(calibrate_backbone, s.model,
-                                              transform=s.transform),
-                  predict=functools.partial(predict, s), batches=functools.partial(batches, s))
+    return Method(
+        init=functools.partial(init, s),
+        make_inputs=functools.partial(make_inputs, s),
+        update=functools.partial(update, s),
+        embed=functools.partial(embed_features, s.model, transform=s.transform),
+        calibrate=functools.partial(calibrate_backbone, s.model, transform=s.transform),
+        predict=functools.partial(predict, s),
+        batches=functools.partial(batches, s),
+    )

@@ -31,6 +31,7 @@ running statistics at all (the official first meta pass updates them once more);
 last BatchNorm is affine-free (`Projector(last_bn=True)`; lightly's has an affine one); the
 mask's learning rate follows the network's schedule per step, not per epoch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,13 +48,38 @@ import optax
 from jssl import augment, losses, models
 from jssl.config import compute_dtype, config_group, eval_transform
 from jssl.errors import ConfigError
-from jssl.methods.common import (DataInfo, Method, TrainState, calibrate_backbone, global_norm,
-                                 init_state, make_views, require_group, step_metrics, variables)
+from jssl.methods.common import (
+    DataInfo,
+    Method,
+    TrainState,
+    calibrate_backbone,
+    global_norm,
+    init_state,
+    make_views,
+    require_group,
+    step_metrics,
+    variables,
+)
 from jssl.optim import build_optimizer, decay_mask, learning_rate_schedule
 
-__all__ = ["MODES", "PRETEXTS", "MetaMaskModel", "mask_hypergradient", "metamask_config",
-           "Setup", "setup", "init", "make_inputs", "network_update", "meta_update", "update",
-           "build", "validate", "mask_values", "MASK_QUANTILES"]
+__all__ = [
+    "MODES",
+    "PRETEXTS",
+    "MetaMaskModel",
+    "mask_hypergradient",
+    "metamask_config",
+    "Setup",
+    "setup",
+    "init",
+    "make_inputs",
+    "network_update",
+    "meta_update",
+    "update",
+    "build",
+    "validate",
+    "mask_values",
+    "MASK_QUANTILES",
+]
 
 MODES = ("exact", "first_order", "finite_difference")
 # config.loss.name: the one objective this method trains (checked by jssl.config.validate).
@@ -63,6 +89,7 @@ MASK_QUANTILES = (0, 5, 10, 25, 50, 75, 90, 95, 100)
 
 
 # --- The hypergradient --------------------------------------------------------------------
+
 
 def _tree_scale_add(a, b, s):
     return jax.tree_util.tree_map(lambda x, y: x + s * y, a, b)
@@ -75,9 +102,18 @@ def _per_leaf(value, params):
     return jax.tree_util.tree_map(lambda _: value, params)
 
 
-def mask_hypergradient(loss_fn: Callable[[Any, Any], jax.Array], params: Any, mask: Any,
-                       velocity: Any, *, lr, momentum, weight_decay, mode: str = "exact",
-                       radius: float = 0.01) -> Any:
+def mask_hypergradient(
+    loss_fn: Callable[[Any, Any], jax.Array],
+    params: Any,
+    mask: Any,
+    velocity: Any,
+    *,
+    lr,
+    momentum,
+    weight_decay,
+    mode: str = "exact",
+    radius: float = 0.01,
+) -> Any:
     r"""Gradient with respect to `mask` of the loss after one SGD-momentum step of `params`.
 
     With :math:`g = \nabla_\theta L(\theta, m)`, the step is PyTorch's SGD (weight decay added
@@ -135,7 +171,8 @@ def mask_hypergradient(loss_fn: Callable[[Any, Any], jax.Array], params: Any, ma
     def unrolled(m):
         g = jax.grad(loss_fn)(params, m)
         return jax.tree_util.tree_map(
-            lambda p, v, gi, lam: p - lr * (momentum * v + gi + lam * p), params, velocity, g, wd)
+            lambda p, v, gi, lam: p - lr * (momentum * v + gi + lam * p), params, velocity, g, wd
+        )
 
     if mode == "exact":
         return jax.grad(lambda m: loss_fn(unrolled(m), m))(mask)
@@ -148,24 +185,28 @@ def mask_hypergradient(loss_fn: Callable[[Any, Any], jax.Array], params: Any, ma
     grad_m = jax.grad(loss_fn, argnums=1)
     plus = grad_m(_tree_scale_add(params, u, r), mask)
     minus = grad_m(_tree_scale_add(params, u, -r), mask)
-    return jax.tree_util.tree_map(lambda d, a, b: d - lr * (a - b) / (2.0 * r),
-                                  direct, plus, minus)
+    return jax.tree_util.tree_map(lambda d, a, b: d - lr * (a - b) / (2.0 * r), direct, plus, minus)
 
 
 # --- Config -------------------------------------------------------------------------------
 
+
 def metamask_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.metamask` group (configs/metamask.py adds it); defaults are the official
     code's (lr 1e-3, momentum 0.9, wd 5e-4 for the mask)."""
-    return config_group("metamask_config", dict(
-        enabled=True,  # False: no mask and no meta update (the baseline network)
-        mode="exact",  # mask_hypergradient mode
-        lr=1e-3,  # the mask's peak learning rate (not scaled with the batch)
-        momentum=0.9,
-        weight_decay=5e-4,
-        sigmoid=True,  # M = sigmoid(m), m = 0 at init; False: M = m, m = 1 (--disable-sigmoid)
-        fd_radius=0.01,  # finite_difference mode: step length along the gradient
-    ), overrides)
+    return config_group(
+        "metamask_config",
+        dict(
+            enabled=True,  # False: no mask and no meta update (the baseline network)
+            mode="exact",  # mask_hypergradient mode
+            lr=1e-3,  # the mask's peak learning rate (not scaled with the batch)
+            momentum=0.9,
+            weight_decay=5e-4,
+            sigmoid=True,  # M = sigmoid(m), m = 0 at init; False: M = m, m = 1 (--disable-sigmoid)
+            fd_radius=0.01,  # finite_difference mode: step length along the gradient
+        ),
+        overrides,
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -175,41 +216,78 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     require_group(config, "metamask", "jssl.methods.metamask.metamask_config")
     mm = config.metamask
-    require(isinstance(mm.enabled, bool), "metamask.enabled", f"must be True or False, got "
-            f"{mm.enabled!r}")
-    require(mm.mode in MODES, "metamask.mode", f"unknown mode {mm.mode!r}; choose one of "
-            f"{', '.join(MODES)}")
-    require(isinstance(mm.lr, (int, float)) and mm.lr > 0, "metamask.lr",
-            f"must be a positive number, got {mm.lr!r}")
-    require(0.0 <= mm.momentum < 1.0, "metamask.momentum", f"must be in [0, 1), got {mm.momentum!r}")
+    require(
+        isinstance(mm.enabled, bool),
+        "metamask.enabled",
+        f"must be True or False, got {mm.enabled!r}",
+    )
+    require(
+        mm.mode in MODES,
+        "metamask.mode",
+        f"unknown mode {mm.mode!r}; choose one of {', '.join(MODES)}",
+    )
+    require(
+        isinstance(mm.lr, (int, float)) and mm.lr > 0,
+        "metamask.lr",
+        f"must be a positive number, got {mm.lr!r}",
+    )
+    require(
+        0.0 <= mm.momentum < 1.0, "metamask.momentum", f"must be in [0, 1), got {mm.momentum!r}"
+    )
     require(mm.weight_decay >= 0, "metamask.weight_decay", f"must be >= 0, got {mm.weight_decay!r}")
     require(mm.fd_radius > 0, "metamask.fd_radius", f"must be > 0, got {mm.fd_radius!r}")
-    require(config.loss.name in PRETEXTS, "loss.name", f"MetaMask trains "
-            f"{PRETEXTS[0]!r}, got {config.loss.name!r}")
-    require(config.loss.temperature > 0, "loss.temperature",
-            f"must be > 0, got {config.loss.temperature!r}")
-    require(config.loss.contrastive_weight >= 0, "loss.contrastive_weight",
-            f"must be >= 0, got {config.loss.contrastive_weight!r}")
+    require(
+        config.loss.name in PRETEXTS,
+        "loss.name",
+        f"MetaMask trains {PRETEXTS[0]!r}, got {config.loss.name!r}",
+    )
+    require(
+        config.loss.temperature > 0,
+        "loss.temperature",
+        f"must be > 0, got {config.loss.temperature!r}",
+    )
+    require(
+        config.loss.contrastive_weight >= 0,
+        "loss.contrastive_weight",
+        f"must be >= 0, got {config.loss.contrastive_weight!r}",
+    )
     # The virtual step reproduces the network's optimizer: plain SGD with momentum.
-    require(config.optimizer.name == "sgd", "optimizer.name",
-            f"MetaMask's virtual step is SGD-momentum; set 'sgd', got {config.optimizer.name!r}")
-    require(not config.optimizer.clip_grad_norm, "optimizer.clip_grad_norm",
-            "MetaMask's virtual step does not clip; set 0")
-    require(int(config.augment.num_small_crops) == 0, "augment.num_small_crops",
-            "MetaMask uses two views; set 0")
+    require(
+        config.optimizer.name == "sgd",
+        "optimizer.name",
+        f"MetaMask's virtual step is SGD-momentum; set 'sgd', got {config.optimizer.name!r}",
+    )
+    require(
+        not config.optimizer.clip_grad_norm,
+        "optimizer.clip_grad_norm",
+        "MetaMask's virtual step does not clip; set 0",
+    )
+    require(
+        int(config.augment.num_small_crops) == 0,
+        "augment.num_small_crops",
+        "MetaMask uses two views; set 0",
+    )
     for field in ("predictor_dim", "num_prototypes"):
         require(config.model[field] == 0, f"model.{field}", "MetaMask has none; set 0")
-    require(config.ema.base_momentum == 0, "ema.base_momentum",
-            "MetaMask has no momentum target; set 0")
+    require(
+        config.ema.base_momentum == 0, "ema.base_momentum", "MetaMask has no momentum target; set 0"
+    )
     require(config.queue_size == 0, "queue_size", "MetaMask has no queue; set 0")
     for field in ("contrastive_hidden_dims", "contrastive_dim"):
-        require(field in config.model, f"model.{field}", "missing (the contrastive projector); "
-                "see configs/metamask.py")
-    require(int(config.model.contrastive_dim) > 0, "model.contrastive_dim",
-            f"must be a positive integer, got {config.model.contrastive_dim!r}")
+        require(
+            field in config.model,
+            f"model.{field}",
+            "missing (the contrastive projector); see configs/metamask.py",
+        )
+    require(
+        int(config.model.contrastive_dim) > 0,
+        "model.contrastive_dim",
+        f"must be a positive integer, got {config.model.contrastive_dim!r}",
+    )
 
 
 # --- Model ----------------------------------------------------------------------------------
+
 
 class MetaMaskModel(nn.Module):
     """Backbone, Barlow Twins projector and contrastive projector on masked features.
@@ -229,8 +307,11 @@ class MetaMaskModel(nn.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array | None, train: bool) -> dict:
         h, hm = self._masked(x, mask, train)
-        return {"h": h, "z": self.projector(hm, train=train),
-                "c": self.contrastive_projector(hm, train=train)}
+        return {
+            "h": h,
+            "z": self.projector(hm, train=train),
+            "c": self.contrastive_projector(hm, train=train),
+        }
 
     def contrastive(self, x: jax.Array, mask: jax.Array | None, train: bool) -> jax.Array:
         return self.contrastive_projector(self._masked(x, mask, train)[1], train=train)
@@ -244,14 +325,20 @@ def build_model(config: ml_collections.ConfigDict) -> MetaMaskModel:
     m = config.model
 
     def projector(hidden, out):
-        return models.Projector(hidden_dims=tuple(hidden), out_dim=out, use_bn=m.projector_bn,
-                                last_bn=m.projector_last_bn, activation=m.projector_activation,
-                                dtype=dtype)
+        return models.Projector(
+            hidden_dims=tuple(hidden),
+            out_dim=out,
+            use_bn=m.projector_bn,
+            last_bn=m.projector_last_bn,
+            activation=m.projector_activation,
+            dtype=dtype,
+        )
 
-    return MetaMaskModel(backbone=models.backbone_from_config(m, dtype),
-                         projector=projector(m.projector_hidden_dims, m.projector_dim),
-                         contrastive_projector=projector(m.contrastive_hidden_dims,
-                                                         m.contrastive_dim))
+    return MetaMaskModel(
+        backbone=models.backbone_from_config(m, dtype),
+        projector=projector(m.projector_hidden_dims, m.projector_dim),
+        contrastive_projector=projector(m.contrastive_hidden_dims, m.contrastive_dim),
+    )
 
 
 def _mask_fn(sigmoid: bool):
@@ -298,18 +385,27 @@ class Setup:
 def setup(config: ml_collections.ConfigDict) -> Setup:
     validate(config)
     mm = config.metamask
-    tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
-                                   batch_size=config.batch_size)
+    tx, schedule = build_optimizer(
+        config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
+    )
     mask_opt = ml_collections.ConfigDict(config.optimizer.to_dict())
     mask_opt.lr, mask_opt.scale_lr_with_batch = float(mm.lr), False
-    mask_schedule = learning_rate_schedule(mask_opt, total_steps=config.total_steps,
-                                           batch_size=config.batch_size)
-    mask_tx = optax.chain(optax.add_decayed_weights(mm.weight_decay),
-                          optax.sgd(mask_schedule, momentum=mm.momentum))
-    return Setup(config=config, model=build_model(config), tx=tx, schedule=schedule,
-                 mask_tx=mask_tx, mask_schedule=mask_schedule,
-                 views=(config.augment.view1, config.augment.view2),
-                 transform=eval_transform(config))
+    mask_schedule = learning_rate_schedule(
+        mask_opt, total_steps=config.total_steps, batch_size=config.batch_size
+    )
+    mask_tx = optax.chain(
+        optax.add_decayed_weights(mm.weight_decay), optax.sgd(mask_schedule, momentum=mm.momentum)
+    )
+    return Setup(
+        config=config,
+        model=build_model(config),
+        tx=tx,
+        schedule=schedule,
+        mask_tx=mask_tx,
+        mask_schedule=mask_schedule,
+        views=(config.augment.view1, config.augment.view2),
+        transform=eval_transform(config),
+    )
 
 
 def init(s: Setup, rng: jax.Array) -> TrainState:
@@ -322,8 +418,9 @@ def init(s: Setup, rng: jax.Array) -> TrainState:
         logits = jnp.full((feature_dim,), 0.0 if s.config.metamask.sigmoid else 1.0, jnp.float32)
         return {"mask_logits": logits, "mask_opt_state": s.mask_tx.init(logits)}
 
-    return init_state(s.model, s.tx, rng, jnp.zeros((2, size, size, 3), jnp.float32), None,
-                      extras=extras)
+    return init_state(
+        s.model, s.tx, rng, jnp.zeros((2, size, size, 3), jnp.float32), None, extras=extras
+    )
 
 
 def make_inputs(s: Setup, state: TrainState, batch: dict) -> list[jax.Array]:
@@ -341,17 +438,29 @@ def network_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array]):
     def loss_fn(params):
         batch_stats, outs = state.batch_stats, []
         for x in inputs:  # one pass per view, each with its own batch statistics
-            out, upd = s.model.apply({"params": params, "batch_stats": batch_stats}, x, mask,
-                                     train=True, mutable=["batch_stats"])
+            out, upd = s.model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                x,
+                mask,
+                train=True,
+                mutable=["batch_stats"],
+            )
             batch_stats = upd["batch_stats"]
             outs.append(out)
-        bt = losses.barlow_twins(outs[0]["z"], outs[1]["z"], lambd=lo.lambd, scale=lo.scale,
-                                 unbiased=lo.unbiased, eps=lo.eps)
+        bt = losses.barlow_twins(
+            outs[0]["z"],
+            outs[1]["z"],
+            lambd=lo.lambd,
+            scale=lo.scale,
+            unbiased=lo.unbiased,
+            eps=lo.eps,
+        )
         ntx = losses.nt_xent(outs[0]["c"], outs[1]["c"], temperature=lo.temperature)
         return bt + lo.contrastive_weight * ntx, (batch_stats, bt, ntx, outs[0]["h"])
 
-    (loss, (batch_stats, bt, ntx, h)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, bt, ntx, h)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
     updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = step_metrics(loss, grads, params, h, s.schedule(state.step))
@@ -370,9 +479,17 @@ def meta_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array], lr):
 
     def meta_loss(params, logits):
         mask = s.mask_fn(logits)
-        zs = [s.model.apply({"params": params, "batch_stats": batch_stats}, x, mask,
-                            train=True, mutable=["batch_stats"],
-                            method=MetaMaskModel.contrastive)[0] for x in inputs]
+        zs = [
+            s.model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                x,
+                mask,
+                train=True,
+                mutable=["batch_stats"],
+                method=MetaMaskModel.contrastive,
+            )[0]
+            for x in inputs
+        ]
         return losses.nt_xent(*zs, temperature=temperature)
 
     # The network's momentum buffer after its update, and its per-parameter weight decay.
@@ -381,16 +498,29 @@ def meta_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array], lr):
     if opt.exclude_bias_and_norm:
         wd = jax.tree_util.tree_map(lambda keep: wd if keep else 0.0, decay_mask(state.params))
     logits = extras["mask_logits"]
-    hyper = mask_hypergradient(meta_loss, state.params, logits, velocity, lr=lr,
-                               momentum=opt.momentum, weight_decay=wd, mode=mm.mode,
-                               radius=mm.fd_radius)
+    hyper = mask_hypergradient(
+        meta_loss,
+        state.params,
+        logits,
+        velocity,
+        lr=lr,
+        momentum=opt.momentum,
+        weight_decay=wd,
+        mode=mm.mode,
+        radius=mm.fd_radius,
+    )
     updates, mask_opt_state = s.mask_tx.update(hyper, extras["mask_opt_state"], logits)
     logits = optax.apply_updates(logits, updates)
     mask = s.mask_fn(logits)
     qs = jnp.percentile(mask, jnp.asarray(MASK_QUANTILES, jnp.float32))
-    metrics = {"hypergrad_norm": global_norm(hyper), "mask_lr": s.mask_schedule(state.step),
-               "mask_mean": jnp.mean(mask), "mask_min": jnp.min(mask),
-               "mask_max": jnp.max(mask), "mask_std": jnp.std(mask)}
+    metrics = {
+        "hypergrad_norm": global_norm(hyper),
+        "mask_lr": s.mask_schedule(state.step),
+        "mask_mean": jnp.mean(mask),
+        "mask_min": jnp.min(mask),
+        "mask_max": jnp.max(mask),
+        "mask_std": jnp.std(mask),
+    }
     metrics.update({f"mask_q{q:02d}": qs[i] for i, q in enumerate(MASK_QUANTILES)})
     extras = {**extras, "mask_logits": logits, "mask_opt_state": mask_opt_state}
     return state.replace(extras=extras), metrics
@@ -408,8 +538,9 @@ def update(s: Setup, state: TrainState, inputs: Sequence[jax.Array]):
 def embed(s: Setup, state: TrainState, images: jax.Array) -> jax.Array:
     """The masked backbone features (what the official k-NN monitor reads)."""
     x = augment.center_view(images, **s.transform)
-    h = s.model.apply(variables(state), x, train=False,
-                      method=MetaMaskModel.features).astype(jnp.float32)
+    h = s.model.apply(variables(state), x, train=False, method=MetaMaskModel.features).astype(
+        jnp.float32
+    )
     mask = s.current_mask(state)
     return h if mask is None else h * mask
 
@@ -417,7 +548,10 @@ def embed(s: Setup, state: TrainState, images: jax.Array) -> jax.Array:
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """MetaMask's pure functions for this config."""
     s = setup(config)
-    return Method(init=functools.partial(init, s), make_inputs=functools.partial(make_inputs, s),
-                  update=functools.partial(update, s), embed=functools.partial(embed, s),
-                  calibrate=functools.partial(calibrate_backbone, s.model,
-                                              transform=s.transform))
+    return Method(
+        init=functools.partial(init, s),
+        make_inputs=functools.partial(make_inputs, s),
+        update=functools.partial(update, s),
+        embed=functools.partial(embed, s),
+        calibrate=functools.partial(calibrate_backbone, s.model, transform=s.transform),
+    )

@@ -19,6 +19,7 @@ The step's pieces are top-level pure functions of a `Setup` (the static parts bu
 the config by `setup`): `init`, `make_inputs` (the augmented crops) and `update` (one
 optimizer step on them), which tests and benchmarks call directly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,12 +36,33 @@ import optax
 from jssl import losses, models
 from jssl.config import compute_dtype, eval_transform
 from jssl.errors import ConfigError
-from jssl.methods.common import (DataInfo, Method, TrainState, calibrate_backbone,
-                                 embed_features, init_state, make_views, step_metrics)
+from jssl.methods.common import (
+    DataInfo,
+    Method,
+    TrainState,
+    calibrate_backbone,
+    embed_features,
+    init_state,
+    make_views,
+    step_metrics,
+)
 from jssl.optim import build_optimizer
 
-__all__ = ["SSLModel", "Pretext", "PRETEXTS", "Setup", "setup", "init", "make_inputs",
-           "update", "build", "build_model", "ema_momentum", "validate", "loss_kwargs"]
+__all__ = [
+    "SSLModel",
+    "Pretext",
+    "PRETEXTS",
+    "Setup",
+    "setup",
+    "init",
+    "make_inputs",
+    "update",
+    "build",
+    "build_model",
+    "ema_momentum",
+    "validate",
+    "loss_kwargs",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +92,11 @@ def _views_2(online):
 
 def _symmetric(fn):
     """A loss of the two large views' projections (extras unchanged)."""
+
     def loss(online, target, extras, labels, **kw):
         a, b = _views_2(online)
         return fn(a["z"], b["z"], **kw), {}
+
     return loss
 
 
@@ -87,20 +111,26 @@ def _supcon(online, target, extras, labels, **kw):
 def _byol(online, target, extras, labels, **kw):
     # Each view's prediction regresses the target projection of the other view; the two
     # directions are summed (BYOL's symmetrised loss, as solo-learn).
-    return (losses.byol(online[0]["p"], target[1]["z"], **kw)
-            + losses.byol(online[1]["p"], target[0]["z"], **kw)), {}
+    return (
+        losses.byol(online[0]["p"], target[1]["z"], **kw)
+        + losses.byol(online[1]["p"], target[0]["z"], **kw)
+    ), {}
 
 
 def _simsiam(online, target, extras, labels, **kw):
     # L = D(p1, z2) / 2 + D(p2, z1) / 2 (Chen & He 2021, eq. 2); stop-gradient inside.
-    return 0.5 * (losses.simsiam(online[0]["p"], online[1]["z"], **kw)
-                  + losses.simsiam(online[1]["p"], online[0]["z"], **kw)), {}
+    return 0.5 * (
+        losses.simsiam(online[0]["p"], online[1]["z"], **kw)
+        + losses.simsiam(online[1]["p"], online[0]["z"], **kw)
+    ), {}
 
 
 def _mocov3(online, target, extras, labels, **kw):
     # ctr(q1, k2) + ctr(q2, k1) (Chen et al. 2021, Algorithm 1).
-    return (losses.mocov3(online[0]["p"], target[1]["z"], **kw)
-            + losses.mocov3(online[1]["p"], target[0]["z"], **kw)), {}
+    return (
+        losses.mocov3(online[0]["p"], target[1]["z"], **kw)
+        + losses.mocov3(online[1]["p"], target[0]["z"], **kw)
+    ), {}
 
 
 # --- Queues (MoCo's negatives, NNCLR's support set) ---------------------------------------
@@ -116,18 +146,24 @@ def _enqueue(extras: dict, keys: jax.Array) -> dict:
     """The queue with `keys` (L2-normalised, no gradient) written over its oldest rows."""
     queue, ptr = extras["queue"], extras["queue_ptr"]
     keys = jax.lax.stop_gradient(losses.l2_normalize(keys)).astype(queue.dtype)
-    return {"queue": jax.lax.dynamic_update_slice_in_dim(queue, keys, ptr, axis=0),
-            "queue_ptr": (ptr + keys.shape[0]) % queue.shape[0]}
+    return {
+        "queue": jax.lax.dynamic_update_slice_in_dim(queue, keys, ptr, axis=0),
+        "queue_ptr": (ptr + keys.shape[0]) % queue.shape[0],
+    }
 
 
 def _queue_rule(per_step: int, what: str):
     """validate hook: the queue holds a whole number of steps' keys (each step writes
     `per_step` x batch_size rows at the pointer, which must never wrap mid-write)."""
+
     def check(config):
         rows = per_step * config.batch_size
         if config.queue_size % rows:
-            raise ConfigError(f"config.queue_size: {config.queue_size} is not a multiple of "
-                              f"{rows} ({what}); use {rows * max(1, config.queue_size // rows)}")
+            raise ConfigError(
+                f"config.queue_size: {config.queue_size} is not a multiple of "
+                f"{rows} ({what}); use {rows * max(1, config.queue_size // rows)}"
+            )
+
     return check
 
 
@@ -135,8 +171,10 @@ def _mocov2(online, target, extras, labels, **kw):
     # Symmetrised InfoNCE against one queue of past keys (solo-learn's mocov2plus is
     # symmetric too); the keys of both views are enqueued afterwards, oldest overwritten.
     queue = extras["queue"]
-    loss = 0.5 * (losses.moco(online[0]["z"], target[1]["z"], queue, **kw)
-                  + losses.moco(online[1]["z"], target[0]["z"], queue, **kw))
+    loss = 0.5 * (
+        losses.moco(online[0]["z"], target[1]["z"], queue, **kw)
+        + losses.moco(online[1]["z"], target[0]["z"], queue, **kw)
+    )
     keys = jnp.concatenate([target[0]["z"], target[1]["z"]], axis=0)
     return loss, _enqueue(extras, keys)
 
@@ -178,10 +216,18 @@ PRETEXTS: dict[str, Pretext] = {
     "byol": Pretext(_byol, frozenset({"predictor", "target"})),
     "simsiam": Pretext(_simsiam, frozenset({"predictor"})),
     "mocov3": Pretext(_mocov3, frozenset({"predictor", "target"})),
-    "moco": Pretext(_mocov2, frozenset({"target", "queue"}), _queue_extras,
-                    _queue_rule(2, "each step enqueues the keys of both views")),
-    "nnclr": Pretext(_nnclr, frozenset({"predictor", "queue"}), _queue_extras,
-                     _queue_rule(1, "each step enqueues the first view's projections")),
+    "moco": Pretext(
+        _mocov2,
+        frozenset({"target", "queue"}),
+        _queue_extras,
+        _queue_rule(2, "each step enqueues the keys of both views"),
+    ),
+    "nnclr": Pretext(
+        _nnclr,
+        frozenset({"predictor", "queue"}),
+        _queue_extras,
+        _queue_rule(1, "each step enqueues the first view's projections"),
+    ),
     "swav": Pretext(_swav, frozenset({"prototypes"})),
     "dino": Pretext(_dino, frozenset({"prototypes", "target"}), _dino_extras),
 }
@@ -216,19 +262,31 @@ class SSLModel(nn.Module):
 def build_model(config: ml_collections.ConfigDict) -> SSLModel:
     dtype = compute_dtype(config)
     m = config.model
-    projector = models.Projector(hidden_dims=tuple(m.projector_hidden_dims),
-                                 out_dim=m.projector_dim, use_bn=m.projector_bn,
-                                 last_bn=m.projector_last_bn, activation=m.projector_activation,
-                                 dtype=dtype)
+    projector = models.Projector(
+        hidden_dims=tuple(m.projector_hidden_dims),
+        out_dim=m.projector_dim,
+        use_bn=m.projector_bn,
+        last_bn=m.projector_last_bn,
+        activation=m.projector_activation,
+        dtype=dtype,
+    )
     predictor = None
     if m.predictor_dim:
-        predictor = models.Projector(hidden_dims=tuple(m.predictor_hidden_dims),
-                                     out_dim=m.predictor_dim, use_bn=True, dtype=dtype)
+        predictor = models.Projector(
+            hidden_dims=tuple(m.predictor_hidden_dims),
+            out_dim=m.predictor_dim,
+            use_bn=True,
+            dtype=dtype,
+        )
     prototypes = None
     if m.num_prototypes:
         prototypes = models.Prototypes(m.num_prototypes, normalize_weights=m.normalize_prototypes)
-    return SSLModel(backbone=models.backbone_from_config(m, dtype), projector=projector,
-                    predictor=predictor, prototypes=prototypes)
+    return SSLModel(
+        backbone=models.backbone_from_config(m, dtype),
+        projector=projector,
+        predictor=predictor,
+        prototypes=prototypes,
+    )
 
 
 def ema_momentum(step: jax.Array, total_steps: int, base: float, final: float) -> jax.Array:
@@ -241,18 +299,21 @@ def loss_kwargs(config: ml_collections.ConfigDict) -> dict:
     return {k: v for k, v in config.loss.to_dict().items() if k != "name"}
 
 
-_HAS = {"predictor": ("model.predictor_dim", lambda c: c.model.predictor_dim > 0),
-        "prototypes": ("model.num_prototypes", lambda c: c.model.num_prototypes > 0),
-        "target": ("ema.base_momentum", lambda c: c.ema.base_momentum > 0),
-        "queue": ("queue_size", lambda c: c.queue_size > 0)}
+_HAS = {
+    "predictor": ("model.predictor_dim", lambda c: c.model.predictor_dim > 0),
+    "prototypes": ("model.num_prototypes", lambda c: c.model.num_prototypes > 0),
+    "target": ("ema.base_momentum", lambda c: c.ema.base_momentum > 0),
+    "queue": ("queue_size", lambda c: c.queue_size > 0),
+}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """The pretext exists, the model has what it needs, and the pretext's own rules hold."""
     name = config.loss.name
     if name not in PRETEXTS:
-        raise ConfigError(f"config.loss.name: unknown loss {name!r}; choose one of "
-                          f"{', '.join(sorted(PRETEXTS))}")
+        raise ConfigError(
+            f"config.loss.name: unknown loss {name!r}; choose one of {', '.join(sorted(PRETEXTS))}"
+        )
     pretext = PRETEXTS[name]
     for need in sorted(pretext.needs):
         field, has = _HAS[need]
@@ -300,13 +361,21 @@ class Setup:
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
     validate(config)
-    tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
-                                   batch_size=config.batch_size)
+    tx, schedule = build_optimizer(
+        config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
+    )
     a = config.augment
     views = (a.view1, a.view2) + (a.small_view,) * a.num_small_crops
-    return Setup(config=config, model=build_model(config), pretext=PRETEXTS[config.loss.name],
-                 loss_kw=loss_kwargs(config), tx=tx, schedule=schedule, views=views,
-                 transform=eval_transform(config))
+    return Setup(
+        config=config,
+        model=build_model(config),
+        pretext=PRETEXTS[config.loss.name],
+        loss_kw=loss_kwargs(config),
+        tx=tx,
+        schedule=schedule,
+        views=views,
+        transform=eval_transform(config),
+    )
 
 
 def init(s: Setup, rng: jax.Array) -> TrainState:
@@ -320,9 +389,15 @@ def init(s: Setup, rng: jax.Array) -> TrainState:
             out.update(s.pretext.extras(s.config, keys[0]))
         return out
 
-    return init_state(s.model, s.tx, rng, jnp.zeros((2, size, size, 3), jnp.float32),
-                      num_keys=1, extras=extras,
-                      params=_normalize_prototypes if s.renormalize else None)
+    return init_state(
+        s.model,
+        s.tx,
+        rng,
+        jnp.zeros((2, size, size, 3), jnp.float32),
+        num_keys=1,
+        extras=extras,
+        params=_normalize_prototypes if s.renormalize else None,
+    )
 
 
 def make_inputs(s: Setup, state: TrainState, batch: dict) -> dict:
@@ -343,8 +418,13 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
         t_vars = extras["target"]
         target, target_stats = [], t_vars["batch_stats"]
         for x in crops[:2]:
-            out, upd = s.model.apply({"params": t_vars["params"], "batch_stats": target_stats},
-                                     x, train=True, predict=False, mutable=["batch_stats"])
+            out, upd = s.model.apply(
+                {"params": t_vars["params"], "batch_stats": target_stats},
+                x,
+                train=True,
+                predict=False,
+                mutable=["batch_stats"],
+            )
             target_stats = upd["batch_stats"]
             target.append(jax.tree_util.tree_map(jax.lax.stop_gradient, out))
 
@@ -354,21 +434,28 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
         # One forward pass per crop, each with its own BatchNorm batch statistics
         # (as the peers do; a single pass over both views measured slower on CPU too).
         for x in crops:
-            out, upd = s.model.apply({"params": params, "batch_stats": batch_stats}, x,
-                                     train=True, mutable=["batch_stats"])
+            out, upd = s.model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
             batch_stats = upd["batch_stats"]
             online.append(out)
         loss, new_extras = s.pretext.loss(online, target, extras, labels, **s.loss_kw)
         return loss, (batch_stats, new_extras, online[0]["h"])
 
-    (loss, (batch_stats, new_extras, h)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, new_extras, h)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
     freeze_steps = c.model.freeze_prototypes_steps
     if freeze_steps and "prototypes" in grads:
         # SwAV freezes the prototypes for the first epochs (freeze_prototypes_epochs).
         keep = (state.step >= freeze_steps).astype(jnp.float32)
-        grads = {**grads, "prototypes": jax.tree_util.tree_map(lambda g: g * keep,
-                                                               grads["prototypes"])}
+        grads = {
+            **grads,
+            "prototypes": jax.tree_util.tree_map(lambda g: g * keep, grads["prototypes"]),
+        }
     updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if s.renormalize:
@@ -377,20 +464,28 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
     metrics = step_metrics(loss, grads, params, h, s.schedule(state.step))
     if s.has_target:
         tau = ema_momentum(state.step, c.total_steps, c.ema.base_momentum, c.ema.final_momentum)
-        t_params = jax.tree_util.tree_map(lambda t, o: tau * t + (1.0 - tau) * o,
-                                          extras["target"]["params"], params)
+        t_params = jax.tree_util.tree_map(
+            lambda t, o: tau * t + (1.0 - tau) * o, extras["target"]["params"], params
+        )
         extras = {**extras, "target": {"params": t_params, "batch_stats": target_stats}}
         metrics["ema_momentum"] = tau
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, extras=extras)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        extras=extras,
+    )
     return new_state, metrics
 
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """The pretrain method's pure functions for this config."""
     s = setup(config)
-    return Method(init=functools.partial(init, s), make_inputs=functools.partial(make_inputs, s),
-                  update=functools.partial(update, s),
-                  embed=functools.partial(embed_features, s.model, transform=s.transform),
-                  calibrate=functools.partial(calibrate_backbone, s.model,
-                                              transform=s.transform))
+    return Method(
+        init=functools.partial(init, s),
+        make_inputs=functools.partial(make_inputs, s),
+        update=functools.partial(update, s),
+        embed=functools.partial(embed_features, s.model, transform=s.transform),
+        calibrate=functools.partial(calibrate_backbone, s.model, transform=s.transform),
+    )

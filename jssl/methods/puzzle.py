@@ -15,6 +15,7 @@ The head's hidden widths are `config.model.projector_hidden_dims` (the "projecto
 classification pretext is its head); puzzle fields live in `config.puzzle`. Evaluation
 embeds whole images with the backbone alone, as for every other method.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,13 +32,33 @@ from jssl import losses, models, puzzles
 from jssl.augment import augment_view
 from jssl.config import compute_dtype, config_group, eval_transform
 from jssl.errors import ConfigError
-from jssl.methods.common import (DataInfo, Method, TrainState, calibrate_backbone,
-                                 classifier_update, embed_features, init_state, refuse_unread,
-                                 require_group, step_key)
+from jssl.methods.common import (
+    DataInfo,
+    Method,
+    TrainState,
+    calibrate_backbone,
+    classifier_update,
+    embed_features,
+    init_state,
+    refuse_unread,
+    require_group,
+    step_key,
+)
 from jssl.optim import build_optimizer
 
-__all__ = ["PRETEXTS", "Setup", "setup", "init", "make_inputs", "update", "build",
-           "puzzle_config", "tile_size", "validate", "single_view_unread"]
+__all__ = [
+    "PRETEXTS",
+    "Setup",
+    "setup",
+    "init",
+    "make_inputs",
+    "update",
+    "build",
+    "puzzle_config",
+    "tile_size",
+    "validate",
+    "single_view_unread",
+]
 
 # loss name -> the loss of `jssl.losses` on (logits, labels)
 PRETEXTS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
@@ -49,18 +70,22 @@ PRETEXTS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 
 def puzzle_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.puzzle` group (the puzzle configs add it; the defaults are the papers')."""
-    return config_group("puzzle_config", dict(
-        num_permutations=1000,  # Noroozi & Favaro's best setting (100 also common)
-        permutation_seed=0,
-        grid=3,
-        tile_size=0,  # 0: round(cell * 64 / 85), the official 64-px tile in an 85-px cell
-        input_size=0,  # side of the augmented crop cut into tiles; 0: data.image_size
-        jitter=True,  # random tile position inside its cell
-        normalize_tiles=True,  # per-tile zero mean, unit std
-        color_shift=0,  # per-channel random shift in pixels (chromatic aberration)
-        grayscale_prob=0.0,  # fraction of puzzles in grayscale (paper 0.7, code 0.5)
-        max_intruders=2,  # Jigsaw++: 0..max_intruders tiles from other images
-    ), overrides)
+    return config_group(
+        "puzzle_config",
+        dict(
+            num_permutations=1000,  # Noroozi & Favaro's best setting (100 also common)
+            permutation_seed=0,
+            grid=3,
+            tile_size=0,  # 0: round(cell * 64 / 85), the official 64-px tile in an 85-px cell
+            input_size=0,  # side of the augmented crop cut into tiles; 0: data.image_size
+            jitter=True,  # random tile position inside its cell
+            normalize_tiles=True,  # per-tile zero mean, unit std
+            color_shift=0,  # per-channel random shift in pixels (chromatic aberration)
+            grayscale_prob=0.0,  # fraction of puzzles in grayscale (paper 0.7, code 0.5)
+            max_intruders=2,  # Jigsaw++: 0..max_intruders tiles from other images
+        ),
+        overrides,
+    )
 
 
 def tile_size(config: ml_collections.ConfigDict) -> int:
@@ -74,8 +99,10 @@ def single_view_unread(config: ml_collections.ConfigDict) -> dict:
     `refuse_unread`): the second view, multi-crop, the momentum target, queues, predictors
     and prototypes."""
     return {
-        "augment.view2": (config.augment.view1, "set it equal to augment.view1 "
-                          "(jssl.config.one_view); this method trains on one view"),
+        "augment.view2": (
+            config.augment.view1,
+            "set it equal to augment.view1 (jssl.config.one_view); this method trains on one view",
+        ),
         "augment.num_small_crops": (0, "set 0 (one view)"),
         "ema.base_momentum": (0.0, "set 0 (no momentum target)"),
         "queue_size": (0, "set 0 (no queue)"),
@@ -88,8 +115,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require_group(config, "puzzle", "jssl.methods.puzzle.puzzle_config")
     p = config.puzzle
     if config.loss.name not in PRETEXTS:
-        raise ConfigError(f"config.loss.name: unknown puzzle loss {config.loss.name!r}; choose "
-                          f"one of {', '.join(sorted(PRETEXTS))}")
+        raise ConfigError(
+            f"config.loss.name: unknown puzzle loss {config.loss.name!r}; choose "
+            f"one of {', '.join(sorted(PRETEXTS))}"
+        )
     refuse_unread(config, "puzzle", single_view_unread(config))
     if config.loss.name == "rotation":
         return
@@ -97,21 +126,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.puzzle.grid: must be an integer >= 2, got {p.grid!r}")
     tiles = p.grid * p.grid
     if not 1 <= p.num_permutations <= (limit := int(np.prod(np.arange(1, tiles + 1)))):
-        raise ConfigError(f"config.puzzle.num_permutations: must be in [1, {limit}], got "
-                          f"{p.num_permutations!r}")
+        raise ConfigError(
+            f"config.puzzle.num_permutations: must be in [1, {limit}], got {p.num_permutations!r}"
+        )
     size = p.input_size or config.data.image_size
     t = tile_size(config)
     minimum = 8 if config.model.backbone.startswith("resnet") else 4
     cell = size // p.grid
     largest = cell - 2 * p.color_shift  # the shifted channel windows stay inside the cell
     if not minimum <= t <= largest:
-        raise ConfigError(f"config.puzzle.tile_size: tiles of {t} px from {cell}-px cells "
-                          f"(input_size {size}, grid {p.grid}, color_shift {p.color_shift}) "
-                          f"must be in [{minimum}, {largest}] for {config.model.backbone}; "
-                          "raise puzzle.input_size or set puzzle.tile_size")
+        raise ConfigError(
+            f"config.puzzle.tile_size: tiles of {t} px from {cell}-px cells "
+            f"(input_size {size}, grid {p.grid}, color_shift {p.color_shift}) "
+            f"must be in [{minimum}, {largest}] for {config.model.backbone}; "
+            "raise puzzle.input_size or set puzzle.tile_size"
+        )
     if config.loss.name == "jigsaw_pp" and not 0 <= p.max_intruders < tiles:
-        raise ConfigError(f"config.puzzle.max_intruders: must be in [0, {tiles - 1}], got "
-                          f"{p.max_intruders!r}")
+        raise ConfigError(
+            f"config.puzzle.max_intruders: must be in [0, {tiles - 1}], got {p.max_intruders!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,19 +168,33 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     if name == "rotation":
         num_classes, perms = 4, None
     else:
-        perms = jnp.asarray(puzzles.permutation_set(p.num_permutations, p.grid * p.grid,
-                                                    seed=p.permutation_seed))
+        perms = jnp.asarray(
+            puzzles.permutation_set(p.num_permutations, p.grid * p.grid, seed=p.permutation_seed)
+        )
         num_classes = p.num_permutations
-    head = models.Projector(hidden_dims=tuple(m.projector_hidden_dims), out_dim=num_classes,
-                            use_bn=m.projector_bn, dtype=dtype)
+    head = models.Projector(
+        hidden_dims=tuple(m.projector_hidden_dims),
+        out_dim=num_classes,
+        use_bn=m.projector_bn,
+        dtype=dtype,
+    )
     model = models.BackboneHead(backbone=models.backbone_from_config(m, dtype), head=head)
-    tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
-                                   batch_size=config.batch_size)
+    tx, schedule = build_optimizer(
+        config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
+    )
     view = config.augment.view1.to_dict()
     if name != "rotation":
         view["crop_size"] = p.input_size or config.data.image_size
-    return Setup(config=config, model=model, loss_fn=PRETEXTS[name], tx=tx, schedule=schedule,
-                 view=view, permutations=perms, transform=eval_transform(config))
+    return Setup(
+        config=config,
+        model=model,
+        loss_fn=PRETEXTS[name],
+        tx=tx,
+        schedule=schedule,
+        view=view,
+        permutations=perms,
+        transform=eval_transform(config),
+    )
 
 
 def init(s: Setup, rng: jax.Array) -> TrainState:
@@ -156,7 +203,7 @@ def init(s: Setup, rng: jax.Array) -> TrainState:
         dummy = jnp.zeros((2, c.data.image_size, c.data.image_size, 3), jnp.float32)
     else:
         t = tile_size(c)
-        dummy = jnp.zeros((2, c.puzzle.grid ** 2, t, t, 3), jnp.float32)
+        dummy = jnp.zeros((2, c.puzzle.grid**2, t, t, 3), jnp.float32)
     return init_state(s.model, s.tx, rng, dummy)
 
 
@@ -167,26 +214,35 @@ def make_inputs(s: Setup, state: TrainState, batch: dict) -> tuple[jax.Array, ja
     x = augment_view(view_key, batch["image"], s.view)
     if name == "rotation":
         return puzzles.rotation_batch(x)
-    kw = dict(grid=p.grid, tile_size=tile_size(s.config), jitter=p.jitter,
-              normalize_tiles=p.normalize_tiles, color_shift=p.color_shift,
-              grayscale_prob=p.grayscale_prob)
+    kw = dict(
+        grid=p.grid,
+        tile_size=tile_size(s.config),
+        jitter=p.jitter,
+        normalize_tiles=p.normalize_tiles,
+        color_shift=p.color_shift,
+        grayscale_prob=p.grayscale_prob,
+    )
     if name == "jigsaw":
         return puzzles.jigsaw_tiles(puzzle_key, x, s.permutations, **kw)
-    return puzzles.jigsaw_pp_tiles(puzzle_key, x, s.permutations, max_intruders=p.max_intruders,
-                                   **kw)
+    return puzzles.jigsaw_pp_tiles(
+        puzzle_key, x, s.permutations, max_intruders=p.max_intruders, **kw
+    )
 
 
 def update(s: Setup, state: TrainState, inputs: tuple) -> tuple[TrainState, dict]:
     x, labels = inputs
-    return classifier_update(s.model, s.tx, s.schedule, s.loss_fn, state, x, labels,
-                             accuracy_name="pretext_accuracy")
+    return classifier_update(
+        s.model, s.tx, s.schedule, s.loss_fn, state, x, labels, accuracy_name="pretext_accuracy"
+    )
 
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """The puzzle method's pure functions for this config."""
     s = setup(config)
-    return Method(init=functools.partial(init, s), make_inputs=functools.partial(make_inputs, s),
-                  update=functools.partial(update, s),
-                  embed=functools.partial(embed_features, s.model, transform=s.transform),
-                  calibrate=functools.partial(calibrate_backbone, s.model,
-                                              transform=s.transform))
+    return Method(
+        init=functools.partial(init, s),
+        make_inputs=functools.partial(make_inputs, s),
+        update=functools.partial(update, s),
+        embed=functools.partial(embed_features, s.model, transform=s.transform),
+        calibrate=functools.partial(calibrate_backbone, s.model, transform=s.transform),
+    )

@@ -11,9 +11,10 @@ The student is its own architecture (`config.model`: e.g. the AlexNet-style back
 initialised at random; the teacher is not part of this method at all: the pseudo-labels,
 read from `config.transfer.pseudo_labels` (an (N,) integer .npy aligned with the
 `config.data.train_split` source), reach the step as `batch["label"]` through
-`jssl.data.subsets.PseudoLabelSource`. Evaluation embeds whole images with the student's backbone alone,
-as for every other method (k-NN and linear probe on the real labels).
+`jssl.data.subsets.PseudoLabelSource`. Evaluation embeds whole images with the student's
+backbone alone, as for every other method (k-NN and linear probe on the real labels).
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,19 +34,39 @@ from jssl.data import pipeline
 from jssl.data.subsets import PseudoLabelSource
 from jssl.errors import ConfigError
 from jssl.methods import puzzle
-from jssl.methods.common import (DataInfo, Method, TrainState, calibrate_backbone,
-                                 classifier_update, embed_features, init_state, refuse_unread,
-                                 require_group, step_key)
+from jssl.methods.common import (
+    DataInfo,
+    Method,
+    TrainState,
+    calibrate_backbone,
+    classifier_update,
+    embed_features,
+    init_state,
+    refuse_unread,
+    require_group,
+    step_key,
+)
 from jssl.optim import build_optimizer
 
-__all__ = ["PRETEXTS", "Setup", "setup", "init", "make_inputs", "update", "transfer_config",
-           "build", "load_pseudo_labels", "validate"]
+__all__ = [
+    "PRETEXTS",
+    "Setup",
+    "setup",
+    "init",
+    "make_inputs",
+    "update",
+    "transfer_config",
+    "build",
+    "load_pseudo_labels",
+    "validate",
+]
 
 
 def _cluster_classification(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean K-way cross-entropy of the cluster logits against the pseudo-labels."""
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), labels))
+    return jnp.mean(
+        optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    )
 
 
 # loss name -> loss on (logits, pseudo-labels)
@@ -54,30 +75,42 @@ PRETEXTS = {"cluster_classification": _cluster_classification}
 
 def transfer_config(**overrides) -> ml_collections.ConfigDict:
     """The `config.transfer` group of the student (configs/transfer.py adds it)."""
-    return config_group("transfer_config", dict(
-        num_clusters=2000,  # k of k-means: the paper's ImageNet setting
-        # (N,) int .npy of cluster labels of config.data.train_split, in source order; the
-        # study writes it and sets this field for each student run.
-        pseudo_labels=config_dict.placeholder(str),
-    ), overrides)
+    return config_group(
+        "transfer_config",
+        dict(
+            num_clusters=2000,  # k of k-means: the paper's ImageNet setting
+            # (N,) int .npy of cluster labels of config.data.train_split, in source order; the
+            # study writes it and sets this field for each student run.
+            pseudo_labels=config_dict.placeholder(str),
+        ),
+        overrides,
+    )
 
 
 def load_pseudo_labels(path: str | None, num_examples: int, num_clusters: int) -> np.ndarray:
     """The (N,) int32 pseudo-labels at `path`, checked (ConfigError naming the field)."""
     if not path:
-        raise ConfigError("config.transfer.pseudo_labels: no file given; the transfer study "
-                          "(configs/transfer.py) writes the cluster labels and sets it")
+        raise ConfigError(
+            "config.transfer.pseudo_labels: no file given; the transfer study "
+            "(configs/transfer.py) writes the cluster labels and sets it"
+        )
     if not os.path.isfile(path):
-        raise ConfigError(f"config.transfer.pseudo_labels: {path} does not exist; run the "
-                          "study's clustering stage first")
+        raise ConfigError(
+            f"config.transfer.pseudo_labels: {path} does not exist; run the "
+            "study's clustering stage first"
+        )
     labels = np.load(path, allow_pickle=False)
     if labels.shape != (num_examples,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ConfigError(f"config.transfer.pseudo_labels: {path} holds {labels.dtype} "
-                          f"{labels.shape}, need ({num_examples},) integers (one per training "
-                          "example)")
+        raise ConfigError(
+            f"config.transfer.pseudo_labels: {path} holds {labels.dtype} "
+            f"{labels.shape}, need ({num_examples},) integers (one per training "
+            "example)"
+        )
     if labels.min() < 0 or labels.max() >= num_clusters:
-        raise ConfigError(f"config.transfer.pseudo_labels: labels in [{labels.min()}, "
-                          f"{labels.max()}] do not fit transfer.num_clusters={num_clusters}")
+        raise ConfigError(
+            f"config.transfer.pseudo_labels: labels in [{labels.min()}, "
+            f"{labels.max()}] do not fit transfer.num_clusters={num_clusters}"
+        )
     return labels.astype(np.int32)
 
 
@@ -87,16 +120,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not (isinstance(k, int) and not isinstance(k, bool) and k >= 2):
         raise ConfigError(f"config.transfer.num_clusters: must be an integer >= 2, got {k!r}")
     if config.loss.name not in PRETEXTS:
-        raise ConfigError(f"config.loss.name: the transfer student's loss is one of "
-                          f"{', '.join(PRETEXTS)}, got {config.loss.name!r}")
+        raise ConfigError(
+            f"config.loss.name: the transfer student's loss is one of "
+            f"{', '.join(PRETEXTS)}, got {config.loss.name!r}"
+        )
     if config.model.get("init_from"):
-        raise ConfigError("config.model.init_from: the student is trained from scratch "
-                          "(Noroozi et al. 2018); unset it")
+        raise ConfigError(
+            "config.model.init_from: the student is trained from scratch "
+            "(Noroozi et al. 2018); unset it"
+        )
     refuse_unread(config, "transfer", puzzle.single_view_unread(config))
     if config.model.backbone == "alexnet" and config.data.image_size < 63:
-        raise ConfigError(f"config.data.image_size: {config.data.image_size} is too small for "
-                          "alexnet (ImageNet stem, 11x11/4 and three 3x3/2 pools); use at "
-                          "least 63, or model.backbone='alexnet_cifar'")
+        raise ConfigError(
+            f"config.data.image_size: {config.data.image_size} is too small for "
+            "alexnet (ImageNet stem, 11x11/4 and three 3x3/2 pools); use at "
+            "least 63, or model.backbone='alexnet_cifar'"
+        )
 
 
 # The student is a classification method like the puzzle pretexts: the same static record.
@@ -107,17 +146,25 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     validate(config)
     m = config.model
     dtype = compute_dtype(config)
-    head = models.Projector(hidden_dims=tuple(m.projector_hidden_dims),
-                            out_dim=config.transfer.num_clusters, use_bn=m.projector_bn,
-                            dtype=dtype)
-    tx, schedule = build_optimizer(config.optimizer, total_steps=config.total_steps,
-                                   batch_size=config.batch_size)
-    return Setup(config=config,
-                 model=models.BackboneHead(backbone=models.backbone_from_config(m, dtype),
-                                           head=head),
-                 loss_fn=PRETEXTS[config.loss.name], tx=tx, schedule=schedule,
-                 view=config.augment.view1.to_dict(), permutations=None,
-                 transform=eval_transform(config))
+    head = models.Projector(
+        hidden_dims=tuple(m.projector_hidden_dims),
+        out_dim=config.transfer.num_clusters,
+        use_bn=m.projector_bn,
+        dtype=dtype,
+    )
+    tx, schedule = build_optimizer(
+        config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
+    )
+    return Setup(
+        config=config,
+        model=models.BackboneHead(backbone=models.backbone_from_config(m, dtype), head=head),
+        loss_fn=PRETEXTS[config.loss.name],
+        tx=tx,
+        schedule=schedule,
+        view=config.augment.view1.to_dict(),
+        permutations=None,
+        transform=eval_transform(config),
+    )
 
 
 def init(s: Setup, rng: jax.Array) -> TrainState:
@@ -132,24 +179,31 @@ def make_inputs(s: Setup, state: TrainState, batch: dict) -> tuple[jax.Array, ja
 
 def update(s: Setup, state: TrainState, inputs: tuple) -> tuple[TrainState, dict]:
     x, labels = inputs
-    return classifier_update(s.model, s.tx, s.schedule, s.loss_fn, state, x, labels,
-                             accuracy_name="cluster_accuracy")
+    return classifier_update(
+        s.model, s.tx, s.schedule, s.loss_fn, state, x, labels, accuracy_name="cluster_accuracy"
+    )
 
 
 def batches(s: Setup, source, mesh):
     """The training stream with each image's pseudo-label as its label."""
     k = s.config.transfer.num_clusters
     labels = load_pseudo_labels(s.config.transfer.pseudo_labels, len(source), k)
-    return pipeline.TrainBatches(PseudoLabelSource(source, labels, k),
-                                 batch_size=s.config.batch_size, seed=s.config.seed, mesh=mesh)
+    return pipeline.TrainBatches(
+        PseudoLabelSource(source, labels, k),
+        batch_size=s.config.batch_size,
+        seed=s.config.seed,
+        mesh=mesh,
+    )
 
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """The student's pure functions for this config."""
     s = setup(config)
-    return Method(init=functools.partial(init, s), make_inputs=functools.partial(make_inputs, s),
-                  update=functools.partial(update, s),
-                  embed=functools.partial(embed_features, s.model, transform=s.transform),
-                  calibrate=functools.partial(calibrate_backbone, s.model,
-                                              transform=s.transform),
-                  batches=functools.partial(batches, s))
+    return Method(
+        init=functools.partial(init, s),
+        make_inputs=functools.partial(make_inputs, s),
+        update=functools.partial(update, s),
+        embed=functools.partial(embed_features, s.model, transform=s.transform),
+        calibrate=functools.partial(calibrate_backbone, s.model, transform=s.transform),
+        batches=functools.partial(batches, s),
+    )

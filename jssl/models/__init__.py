@@ -5,6 +5,7 @@ features; `dtype=jnp.bfloat16` computes in bfloat16 with float32 parameters. Bat
 has PyTorch's defaults and no axis name: under the sharded jit train step its statistics
 span the global batch without collectives.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +20,25 @@ from jssl.models.convnet import ConvNet
 from jssl.models.heads import BackboneHead, Classifier, Projector, Prototypes
 from jssl.models.resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ["BACKBONES", "CONV_IMPLS", "build_backbone", "num_features", "conv_module", "ResNet",
-           "BasicBlock", "Bottleneck", "ConvNet", "Projector", "Classifier", "Prototypes", "Conv", "conv2d",
-           "init_variables", "backbone_from_config", "BackboneHead"]
+__all__ = [
+    "BACKBONES",
+    "CONV_IMPLS",
+    "build_backbone",
+    "num_features",
+    "conv_module",
+    "ResNet",
+    "BasicBlock",
+    "Bottleneck",
+    "ConvNet",
+    "Projector",
+    "Classifier",
+    "Prototypes",
+    "Conv",
+    "conv2d",
+    "init_variables",
+    "backbone_from_config",
+    "BackboneHead",
+]
 
 # name -> (module class, fields it fixes). Overrides may change the other fields
 # (e.g. stem=, num_filters=, zero_init_residual=). The *_tiny variants are for tests.
@@ -52,8 +69,9 @@ def conv_module(conv_impl: str = "auto") -> type[nn.Module]:
     return Conv if conv_impl == "tapped" else nn.Conv
 
 
-def build_backbone(name: str, *, dtype=jnp.float32, conv_impl: str = "auto",
-                   **overrides) -> nn.Module:
+def build_backbone(
+    name: str, *, dtype=jnp.float32, conv_impl: str = "auto", **overrides
+) -> nn.Module:
     """The backbone called `name` (a key of BACKBONES), e.g.
     `build_backbone("resnet18", stem="cifar")` or `build_backbone("resnet18_tiny")`.
 
@@ -74,8 +92,9 @@ def build_backbone(name: str, *, dtype=jnp.float32, conv_impl: str = "auto",
     allowed = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "dtype", "conv"}
     for key in overrides:
         if key not in allowed:
-            raise ValueError(f"backbone {name!r} has no field {key!r}; it takes "
-                             f"{', '.join(sorted(allowed))}")
+            raise ValueError(
+                f"backbone {name!r} has no field {key!r}; it takes {', '.join(sorted(allowed))}"
+            )
     fields = {**fixed, **overrides}
     return cls(dtype=dtype, conv=conv_module(conv_impl), **fields)
 
@@ -87,8 +106,9 @@ def backbone_from_config(model, dtype=jnp.float32) -> nn.Module:
     overrides = {"num_filters": model.num_filters}
     if model.backbone.startswith("resnet"):
         overrides["stem"] = model.stem
-    return build_backbone(model.backbone, dtype=dtype, conv_impl=model.get("conv_impl", "auto"),
-                          **overrides)
+    return build_backbone(
+        model.backbone, dtype=dtype, conv_impl=model.get("conv_impl", "auto"), **overrides
+    )
 
 
 def num_features(name: str, **overrides) -> int:

@@ -11,6 +11,7 @@ Widths are `num_filters` x (1, 3, 6, 4, 4): 64 gives torchvision's AlexNet width
 small images (28-32 px): conv1 5x5 stride 1 (padding 2), 2x2 stride-2 max-pools after
 conv1 and conv2 only (32-16-8, then conv3-5 at 8x8).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,11 +47,23 @@ class AlexNet(nn.Module):
         x = x.astype(self.dtype)
 
         def block(x, i, kernel, stride, padding):
-            x = self.conv(self.num_filters * WIDTHS[i], (kernel, kernel), stride,
-                          padding=padding, use_bias=False, dtype=self.dtype,
-                          param_dtype=jnp.float32, kernel_init=conv_init)(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, param_dtype=jnp.float32)(x)
+            x = self.conv(
+                self.num_filters * WIDTHS[i],
+                (kernel, kernel),
+                stride,
+                padding=padding,
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=conv_init,
+            )(x)
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+            )(x)
             return nn.relu(x)
 
         def pool(x):

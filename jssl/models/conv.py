@@ -23,6 +23,7 @@ the larger GEMMs save.
 On GPUs and TPUs XLA's own convolutions are the fast ones:
 `jssl.models.build_backbone(conv_impl="auto")` uses this module only on CPU.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,9 @@ PaddingLike = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
 
 
 def _xla_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Pads) -> jax.Array:
-    return lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=_DN,
-                                    preferred_element_type=jnp.float32).astype(x.dtype)
+    return lax.conv_general_dilated(
+        x, w, stride, padding, dimension_numbers=_DN, preferred_element_type=jnp.float32
+    ).astype(x.dtype)
 
 
 def _canonical(x_shape, w_shape, stride, padding) -> tuple[tuple[int, int], Pads]:
@@ -60,13 +62,15 @@ def _canonical(x_shape, w_shape, stride, padding) -> tuple[tuple[int, int], Pads
         pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     if len(pads) != 2 or min(min(p) for p in pads) < 0:
-        raise ValueError(f"padding must be 'SAME', 'VALID', an int >= 0 or two (lo, hi) pairs, "
-                         f"got {padding!r}")
+        raise ValueError(
+            f"padding must be 'SAME', 'VALID', an int >= 0 or two (lo, hi) pairs, got {padding!r}"
+        )
     return stride, pads
 
 
-def conv2d(x: jax.Array, w: jax.Array, *, stride: int | Sequence[int] = 1,
-           padding: PaddingLike = 0) -> jax.Array:
+def conv2d(
+    x: jax.Array, w: jax.Array, *, stride: int | Sequence[int] = 1, padding: PaddingLike = 0
+) -> jax.Array:
     """NHWC x HWIO -> NHWC cross-correlation (what `nn.Conv` and PyTorch compute).
 
     Same value as `lax.conv_general_dilated(x, w, stride, padding)`; the weight gradient is
@@ -83,8 +87,9 @@ def conv2d(x: jax.Array, w: jax.Array, *, stride: int | Sequence[int] = 1,
       (N, Ho, Wo, D) output in `x.dtype`.
     """
     if x.ndim != 4 or w.ndim != 4 or x.shape[-1] != w.shape[2]:
-        raise ValueError(f"conv2d needs x (N, H, W, C) and w (kh, kw, C, D); got x {x.shape}, "
-                         f"w {w.shape}")
+        raise ValueError(
+            f"conv2d needs x (N, H, W, C) and w (kh, kw, C, D); got x {x.shape}, w {w.shape}"
+        )
     stride, pads = _canonical(x.shape, w.shape, stride, padding)
     return _conv2d(x, w, stride, pads)
 
@@ -108,10 +113,15 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape, stride, pads) -> jax.
     taps = []
     for i in range(kh):
         for j in range(kw):
-            window = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                               (1, sh, sw, 1))
-            taps.append(jnp.dot(gt, window.reshape(n * ho * wo, c),
-                                preferred_element_type=jnp.float32))
+            window = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                (1, sh, sw, 1),
+            )
+            taps.append(
+                jnp.dot(gt, window.reshape(n * ho * wo, c), preferred_element_type=jnp.float32)
+            )
     return jnp.stack(taps).reshape(kh, kw, d, c).transpose(0, 1, 3, 2)
 
 
@@ -120,8 +130,9 @@ def _conv2d_bwd(stride, pads, residuals, g):
     g = g.astype(x.dtype)
     # The input gradient is XLA's own (a transposed convolution), traced without the
     # forward recomputation a jax.vjp would add.
-    input_transpose = jax.linear_transpose(lambda x_: _xla_conv(x_, w, stride, pads),
-                                           jax.ShapeDtypeStruct(x.shape, x.dtype))
+    input_transpose = jax.linear_transpose(
+        lambda x_: _xla_conv(x_, w, stride, pads), jax.ShapeDtypeStruct(x.shape, x.dtype)
+    )
     (dx,) = input_transpose(g)
     dw = _weight_grad(x, g, w.shape, stride, pads)
     return dx.astype(x.dtype), dw.astype(w.dtype)
@@ -155,10 +166,14 @@ class Conv(nn.Module):
         kernel_size = tuple(self.kernel_size)
         if len(kernel_size) != 2:
             raise ValueError(f"Conv.kernel_size must have 2 entries (kh, kw), got {kernel_size}")
-        kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features),
-                            self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-                if self.use_bias else None)
+        kernel = self.param(
+            "kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = conv2d(x, kernel, stride=self.strides, padding=self.padding)
         if bias is not None:

@@ -1,4 +1,5 @@
 """A small ConvNet for tests and quick runs on MNIST-sized images."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,10 +29,22 @@ class ConvNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x.astype(self.dtype)
         for i in range(3):
-            x = self.conv(self.num_filters * 2 ** i, (3, 3), padding=1, use_bias=False,
-                          dtype=self.dtype, param_dtype=jnp.float32, kernel_init=conv_init)(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, param_dtype=jnp.float32)(x)
+            x = self.conv(
+                self.num_filters * 2**i,
+                (3, 3),
+                padding=1,
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=conv_init,
+            )(x)
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+            )(x)
             x = nn.relu(x)
             if i < 2:
                 x = nn.max_pool(x, (2, 2), (2, 2))

@@ -22,6 +22,7 @@ Every mode ends with a linear classifier on z. With K = 1, alpha = 1 exactly and
 attention, average, concat and single modes are affine maps of r_1: a linear probe on that
 encoder (se_gate's gates stay input-dependent, so it is not).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -58,28 +59,34 @@ class FusionHead(nn.Module):
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]) -> dict:
         if self.mode not in MODES:
-            raise ValueError(f"FusionHead.mode must be one of {', '.join(MODES)}, got "
-                             f"{self.mode!r}")
+            raise ValueError(
+                f"FusionHead.mode must be one of {', '.join(MODES)}, got {self.mode!r}"
+            )
         k = len(features)
         if k == 0:
             raise ValueError("FusionHead needs at least one feature array")
         weights = None
         if self.mode == "single":
             if not 0 <= self.single_index < k:
-                raise ValueError(f"FusionHead.single_index {self.single_index} is not in "
-                                 f"[0, {k})")
+                raise ValueError(f"FusionHead.single_index {self.single_index} is not in [0, {k})")
             z = features[self.single_index].astype(self.dtype)
         elif self.mode == "concat":
             z = jnp.concatenate([f.astype(self.dtype) for f in features], axis=-1)
         else:
             # Per-encoder projections to the common width: (N, K, d).
-            h = jnp.stack([self._dense(self.dim, f"project_{i}")(f.astype(self.dtype))
-                           for i, f in enumerate(features)], axis=1)
+            h = jnp.stack(
+                [
+                    self._dense(self.dim, f"project_{i}")(f.astype(self.dtype))
+                    for i, f in enumerate(features)
+                ],
+                axis=1,
+            )
             if self.mode == "se_gate":
                 c = h.reshape(h.shape[0], k * self.dim)
                 squeeze = self._dense(max(1, (k * self.dim) // self.se_reduction), "squeeze")
-                gates = nn.sigmoid(self._dense(k * self.dim, "excite")(nn.relu(squeeze(c)))
-                                   .astype(jnp.float32))
+                gates = nn.sigmoid(
+                    self._dense(k * self.dim, "excite")(nn.relu(squeeze(c))).astype(jnp.float32)
+                )
                 z = c * gates.astype(self.dtype)
                 weights = gates.reshape(-1, k, self.dim).mean(axis=-1)
             else:
@@ -94,12 +101,17 @@ class FusionHead(nn.Module):
                         q = jnp.broadcast_to(q.astype(self.dtype), (h.shape[0], self.dim))
                     else:  # input_query
                         q = self._dense(self.dim, "query", kernel_init=nn.initializers.zeros)(
-                            jnp.mean(h, axis=1))
+                            jnp.mean(h, axis=1)
+                        )
                     keys = self._dense(self.dim, "key")(h)
-                    scores = jnp.einsum("nkd,nd->nk", keys.astype(jnp.float32),
-                                        q.astype(jnp.float32)) / jnp.sqrt(float(self.dim))
+                    scores = jnp.einsum(
+                        "nkd,nd->nk", keys.astype(jnp.float32), q.astype(jnp.float32)
+                    ) / jnp.sqrt(float(self.dim))
                     weights = jax.nn.softmax(scores, axis=-1)  # over the pretexts
                 z = jnp.einsum("nk,nkd->nd", weights.astype(self.dtype), values)
         logits = self._dense(self.num_classes, "classifier")(z)
-        return {"logits": logits.astype(jnp.float32), "fused": z.astype(jnp.float32),
-                "weights": weights}
+        return {
+            "logits": logits.astype(jnp.float32),
+            "fused": z.astype(jnp.float32),
+            "weights": weights,
+        }

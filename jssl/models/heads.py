@@ -1,4 +1,5 @@
 """Heads on top of backbone features: projector MLP and linear classifier."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -37,22 +38,41 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if any(int(d) < 1 for d in (*self.hidden_dims, self.out_dim)):
-            raise ValueError(f"Projector widths must be positive, got hidden_dims="
-                             f"{tuple(self.hidden_dims)}, out_dim={self.out_dim}")
+            raise ValueError(
+                f"Projector widths must be positive, got hidden_dims="
+                f"{tuple(self.hidden_dims)}, out_dim={self.out_dim}"
+            )
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"Projector.activation must be one of {', '.join(ACTIVATIONS)}, "
-                             f"got {self.activation!r}")
+            raise ValueError(
+                f"Projector.activation must be one of {', '.join(ACTIVATIONS)}, "
+                f"got {self.activation!r}"
+            )
         act = ACTIVATIONS[self.activation]
         for width in self.hidden_dims:
-            x = nn.Dense(width, use_bias=not self.use_bn, dtype=self.dtype, param_dtype=jnp.float32)(x)
+            x = nn.Dense(
+                width, use_bias=not self.use_bn, dtype=self.dtype, param_dtype=jnp.float32
+            )(x)
             if self.use_bn:
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 dtype=self.dtype, param_dtype=jnp.float32)(x)
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=0.9,
+                    epsilon=1e-5,
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
+                )(x)
             x = act(x)
-        x = nn.Dense(self.out_dim, use_bias=self.last_bias, dtype=self.dtype, param_dtype=jnp.float32)(x)
+        x = nn.Dense(
+            self.out_dim, use_bias=self.last_bias, dtype=self.dtype, param_dtype=jnp.float32
+        )(x)
         if self.last_bn:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             use_scale=False, use_bias=False, dtype=self.dtype)(x)
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                use_scale=False,
+                use_bias=False,
+                dtype=self.dtype,
+            )(x)
         return x.astype(jnp.float32)
 
 
@@ -64,7 +84,9 @@ class Classifier(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(x).astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(x).astype(
+            jnp.float32
+        )
 
 
 class Prototypes(nn.Module):
@@ -87,8 +109,12 @@ class Prototypes(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         z = l2_normalize(z.astype(jnp.float32))
-        w = self.param("kernel", nn.initializers.lecun_normal(), (z.shape[-1], self.num_prototypes),
-                       jnp.float32)
+        w = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (z.shape[-1], self.num_prototypes),
+            jnp.float32,
+        )
         if self.normalize_weights:
             w = l2_normalize(w, axis=0)
         return z @ w

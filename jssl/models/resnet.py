@@ -6,6 +6,7 @@ max-pool. BatchNorm has PyTorch's defaults (momentum 0.1 in PyTorch = 0.9 here, 
 convolutions use torchvision's Kaiming-normal fan-out initialisation. No collectives: in
 the sharded train step the batch statistics are computed over the global batch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,9 +22,14 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _norm(train: bool, dtype, zero_init: bool = False):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                        param_dtype=jnp.float32,
-                        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones)
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+    )
 
 
 class BasicBlock(nn.Module):
@@ -37,8 +43,13 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype,
-                                 param_dtype=jnp.float32, kernel_init=conv_init)
+        conv = functools.partial(
+            self.conv,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=conv_init,
+        )
         y = conv(self.filters, (3, 3), self.strides, padding=1)(x)
         y = nn.relu(_norm(train, self.dtype)(y))
         y = conv(self.filters, (3, 3), 1, padding=1)(y)
@@ -59,11 +70,20 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype,
-                                 param_dtype=jnp.float32, kernel_init=conv_init)
+        conv = functools.partial(
+            self.conv,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=conv_init,
+        )
         y = nn.relu(_norm(train, self.dtype)(conv(self.filters, (1, 1), 1, padding=0)(x)))
-        y = nn.relu(_norm(train, self.dtype)(conv(self.filters, (3, 3), self.strides, padding=1)(y)))
-        y = _norm(train, self.dtype, self.zero_init_residual)(conv(self.filters * 4, (1, 1), 1, padding=0)(y))
+        y = nn.relu(
+            _norm(train, self.dtype)(conv(self.filters, (3, 3), self.strides, padding=1)(y))
+        )
+        y = _norm(train, self.dtype, self.zero_init_residual)(
+            conv(self.filters * 4, (1, 1), 1, padding=0)(y)
+        )
         if x.shape[-1] != self.filters * 4 or self.strides != 1:
             x = _norm(train, self.dtype)(conv(self.filters * 4, (1, 1), self.strides, padding=0)(x))
         return nn.relu(x + y)
@@ -103,8 +123,13 @@ class ResNet(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"ResNet takes NHWC images (N, H, W, C), got shape {x.shape}")
         x = x.astype(self.dtype)
-        conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype,
-                                 param_dtype=jnp.float32, kernel_init=conv_init)
+        conv = functools.partial(
+            self.conv,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=conv_init,
+        )
         if self.stem == "cifar":
             x = nn.relu(_norm(train, self.dtype)(conv(self.num_filters, (3, 3), 1, padding=1)(x)))
         else:
@@ -113,7 +138,11 @@ class ResNet(nn.Module):
         block = Bottleneck if self.block == "bottleneck" else BasicBlock
         for i, blocks in enumerate(self.stage_sizes):
             for j in range(blocks):
-                x = block(self.num_filters * 2 ** i, strides=2 if i > 0 and j == 0 else 1,
-                          zero_init_residual=self.zero_init_residual, dtype=self.dtype,
-                          conv=self.conv)(x, train)
+                x = block(
+                    self.num_filters * 2**i,
+                    strides=2 if i > 0 and j == 0 else 1,
+                    zero_init_residual=self.zero_init_residual,
+                    dtype=self.dtype,
+                    conv=self.conv,
+                )(x, train)
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

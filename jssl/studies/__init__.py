@@ -7,6 +7,7 @@ Markdown table and its plots into DIR, and reuses the finished runs in its sub-w
 an interrupted study resumes where it stopped. Studies sit above `jssl.train` (they call
 it); nothing below imports them.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,7 +27,8 @@ REGISTRY = {
 
 def run(config, workdir: str) -> dict:
     if config.study not in REGISTRY:
-        raise ConfigError(f"config.study: unknown study {config.study!r}; "
-                          f"known: {', '.join(sorted(REGISTRY))}")
+        raise ConfigError(
+            f"config.study: unknown study {config.study!r}; known: {', '.join(sorted(REGISTRY))}"
+        )
     module = importlib.import_module(REGISTRY[config.study])
     return module.run(config, workdir)

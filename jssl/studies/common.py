@@ -1,5 +1,6 @@
 """Helpers shared by the studies: running their sub-runs (a finished run is reused), and
 mean / spread / paired differences over seeds."""
+
 from __future__ import annotations
 
 import statistics
@@ -14,15 +15,20 @@ __all__ = ["run_all", "stats", "paired"]
 def stats(values: list[float]) -> dict:
     """{"mean", "std" (sample standard deviation; 0.0 for one value), "values"}."""
     values = [float(v) for v in values]
-    return {"mean": statistics.mean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
 
 
 def paired(a: list[float], b: list[float]) -> dict:
     """`stats` of the differences a_i - b_i (paired by seed), and "higher": how many are > 0."""
     if len(a) != len(b) or not a:
-        raise ValueError(f"paired differences need two equally long non-empty lists, got "
-                         f"{len(a)} and {len(b)} values")
+        raise ValueError(
+            f"paired differences need two equally long non-empty lists, got "
+            f"{len(a)} and {len(b)} values"
+        )
     d = stats([x - y for x, y in zip(a, b)])
     return {**d, "higher": sum(x > 0 for x in d["values"])}
 

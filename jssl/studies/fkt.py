@@ -21,6 +21,7 @@ accuracies. Every run is a sub-workdir of DIR, reused when its results.json exis
 interrupted study resumes. Writes DIR/results.json, DIR/results.md and
 DIR/accuracy_vs_fraction.png.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,8 @@ import ml_collections
 
 from jssl import io, plots
 from jssl.errors import ConfigError
-from jssl.train import RESULTS_FILE
 from jssl.studies.common import run_all, stats
+from jssl.train import RESULTS_FILE
 
 __all__ = ["ARMS", "run", "sub_configs"]
 
@@ -62,13 +63,16 @@ def sub_configs(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     and `needs` (the workdir whose checkpoint must exist first, or None)."""
     cmp = config.compare
     if config.model.get("init_from") and "representational" in cmp.arms:
-        raise ConfigError("config.model.init_from: the comparison starts every arm from scratch "
-                          "(the pretraining run is the representational arm's init); unset it "
-                          "or drop 'representational' from config.compare.arms")
+        raise ConfigError(
+            "config.model.init_from: the comparison starts every arm from scratch "
+            "(the pretraining run is the representational arm's init); unset it "
+            "or drop 'representational' from config.compare.arms"
+        )
     unknown = set(cmp.arms) - set(ARMS)
     if unknown:
-        raise ConfigError(f"config.compare.arms: unknown {sorted(unknown)}; choose from "
-                          f"{', '.join(ARMS)}")
+        raise ConfigError(
+            f"config.compare.arms: unknown {sorted(unknown)}; choose from {', '.join(ARMS)}"
+        )
     for f in cmp.fractions:
         if not 0 < f <= 1:
             raise ConfigError(f"config.compare.fractions: {f} is not in (0, 1]")
@@ -78,8 +82,16 @@ def sub_configs(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     for seed in cmp.seeds:
         pre_dir = os.path.join(workdir, f"pretrain_s{seed}")
         if "representational" in cmp.arms:
-            runs.append({"arm": "pretrain", "fraction": None, "seed": seed, "workdir": pre_dir,
-                         "config": _pretrain_config(base, seed, steps), "needs": None})
+            runs.append(
+                {
+                    "arm": "pretrain",
+                    "fraction": None,
+                    "seed": seed,
+                    "workdir": pre_dir,
+                    "config": _pretrain_config(base, seed, steps),
+                    "needs": None,
+                }
+            )
         for fraction in cmp.fractions:
             for arm in cmp.arms:
                 c = ml_collections.ConfigDict(base.to_dict())
@@ -90,9 +102,16 @@ def sub_configs(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                     c.joint.ssl_weight = 0.0
                 if arm == "representational":
                     c.model.init_from = needs = pre_dir
-                runs.append({"arm": arm, "fraction": float(fraction), "seed": seed,
-                             "workdir": os.path.join(workdir, f"{arm}_f{fraction:g}_s{seed}"),
-                             "config": c, "needs": needs})
+                runs.append(
+                    {
+                        "arm": arm,
+                        "fraction": float(fraction),
+                        "seed": seed,
+                        "workdir": os.path.join(workdir, f"{arm}_f{fraction:g}_s{seed}"),
+                        "config": c,
+                        "needs": needs,
+                    }
+                )
     return runs
 
 
@@ -111,9 +130,11 @@ def _verdict(summary: dict, fractions) -> list[str]:
         diffs = [a - b for a, b in zip(fu["values"], re["values"])]
         d = stats(diffs)
         better = sum(x > 0 for x in diffs)
-        lines.append(f"labelled fraction {f:g}: functional - representational = "
-                     f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f} points "
-                     f"(functional higher in {better} of {len(diffs)} seeds)")
+        lines.append(
+            f"labelled fraction {f:g}: functional - representational = "
+            f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f} points "
+            f"(functional higher in {better} of {len(diffs)} seeds)"
+        )
     return lines
 
 
@@ -144,8 +165,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     runs = sub_configs(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    results = run_all(runs, lambda r: r["arm"] + (
-        "" if r["fraction"] is None else f" fraction {r['fraction']:g}") + f" seed {r['seed']}")
+    results = run_all(
+        runs,
+        lambda r: (
+            r["arm"]
+            + ("" if r["fraction"] is None else f" fraction {r['fraction']:g}")
+            + f" seed {r['seed']}"
+        ),
+    )
 
     cmp = config.compare
     summary: dict = {}
@@ -155,43 +182,81 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             rs = [results[r["workdir"]] for r in runs if r["arm"] == arm and r["fraction"] == f]
             summary[arm][f"{f:g}"] = {
                 key: stats([x["eval"][key] for x in rs])
-                for key in ("classifier_accuracy", "classifier_val_accuracy", "knn_accuracy",
-                            "linear_accuracy")}
+                for key in (
+                    "classifier_accuracy",
+                    "classifier_val_accuracy",
+                    "knn_accuracy",
+                    "linear_accuracy",
+                )
+            }
     verdict = _verdict(summary, cmp.fractions)
     pretrain = [results[r["workdir"]] for r in runs if r["arm"] == "pretrain"]
 
-    lines = ["| labelled fraction | " + " | ".join(f"{a} test acc. %" for a in cmp.arms) + " |",
-             "|---|" + "---|" * len(cmp.arms)]
+    lines = [
+        "| labelled fraction | " + " | ".join(f"{a} test acc. %" for a in cmp.arms) + " |",
+        "|---|" + "---|" * len(cmp.arms),
+    ]
     for f in cmp.fractions:
-        lines.append(f"| {f:g} | " + " | ".join(
-            _cell(summary[a][f"{f:g}"]["classifier_accuracy"]) for a in cmp.arms) + " |")
-    lines += ["", "Backbone k-NN / linear-probe test accuracy % (frozen features):", "",
-              "| labelled fraction | " + " | ".join(cmp.arms) + " |",
-              "|---|" + "---|" * len(cmp.arms)]
+        lines.append(
+            f"| {f:g} | "
+            + " | ".join(_cell(summary[a][f"{f:g}"]["classifier_accuracy"]) for a in cmp.arms)
+            + " |"
+        )
+    lines += [
+        "",
+        "Backbone k-NN / linear-probe test accuracy % (frozen features):",
+        "",
+        "| labelled fraction | " + " | ".join(cmp.arms) + " |",
+        "|---|" + "---|" * len(cmp.arms),
+    ]
     for f in cmp.fractions:
-        lines.append(f"| {f:g} | " + " | ".join(
-            f"{_cell(summary[a][f'{f:g}']['knn_accuracy'])} / "
-            f"{_cell(summary[a][f'{f:g}']['linear_accuracy'])}" for a in cmp.arms) + " |")
+        lines.append(
+            f"| {f:g} | "
+            + " | ".join(
+                f"{_cell(summary[a][f'{f:g}']['knn_accuracy'])} / "
+                f"{_cell(summary[a][f'{f:g}']['linear_accuracy'])}"
+                for a in cmp.arms
+            )
+            + " |"
+        )
     if pretrain:
         knn = stats([p["eval"]["knn_accuracy"] for p in pretrain])
         lin = stats([p["eval"]["linear_accuracy"] for p in pretrain])
-        lines += ["", f"SSL pretraining alone (representational stage 1): k-NN {_cell(knn)}, "
-                      f"linear probe {_cell(lin)} (on all training labels)."]
+        lines += [
+            "",
+            f"SSL pretraining alone (representational stage 1): k-NN {_cell(knn)}, "
+            f"linear probe {_cell(lin)} (on all training labels).",
+        ]
     steps = int(config.total_steps)
-    lines += ["", f"{len(cmp.seeds)} seeds ({', '.join(map(str, cmp.seeds))}), mean ± sample "
-              f"std; {steps} steps per run (pretraining: {int(cmp.pretrain_steps or steps)}); "
-              f"data {config.data.name}, backbone {config.model.backbone} (width "
-              f"{config.model.num_filters}), lambda = {config.joint.ssl_weight:g}.", ""]
+    lines += [
+        "",
+        f"{len(cmp.seeds)} seeds ({', '.join(map(str, cmp.seeds))}), mean ± sample "
+        f"std; {steps} steps per run (pretraining: {int(cmp.pretrain_steps or steps)}); "
+        f"data {config.data.name}, backbone {config.model.backbone} (width "
+        f"{config.model.num_filters}), lambda = {config.joint.ssl_weight:g}.",
+        "",
+    ]
     lines += [f"- {v}" for v in verdict]
     table = "\n".join(lines) + "\n"
     io.write_text(os.path.join(workdir, "results.md"), table)
     plot = _plot(summary, list(cmp.fractions), os.path.join(workdir, "accuracy_vs_fraction.png"))
-    out = {"study": "fkt", "summary": summary, "verdict": verdict, "plot": plot,
-           "runs": {r["workdir"]: {"arm": r["arm"], "fraction": r["fraction"], "seed": r["seed"],
-                                   "eval": results[r["workdir"]]["eval"],
-                                   "train_time_s": results[r["workdir"]].get("train_time_s")}
-                    for r in runs},
-           "wall_s_this_invocation": time.perf_counter() - start}
+    out = {
+        "study": "fkt",
+        "summary": summary,
+        "verdict": verdict,
+        "plot": plot,
+        "runs": {
+            r["workdir"]: {
+                "arm": r["arm"],
+                "fraction": r["fraction"],
+                "seed": r["seed"],
+                "eval": results[r["workdir"]]["eval"],
+                "train_time_s": results[r["workdir"]].get("train_time_s"),
+            }
+            for r in runs
+        },
+        "wall_s_this_invocation": time.perf_counter() - start,
+    }
     io.write_json(os.path.join(workdir, RESULTS_FILE), out)
     print(table)
     return out

@@ -23,6 +23,7 @@ attention weight per pretext; "verdict": one line per fraction, which the CLI pr
 Negative transfer is the mean paired (same seed) difference fused - pretext matching in
 test accuracy; "worse beyond noise" means it is more than two standard errors below zero.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,29 +59,39 @@ FEATURES_DIR, HEADS_DIR, ENCODERS_DIR = "features", "heads", "encoders"
 
 def _validate(config: ml_collections.ConfigDict) -> None:
     if "compare" not in config:
-        raise ConfigError("config.compare: missing; the fusion study needs it "
-                          "(configs/fusion.py:compare)")
+        raise ConfigError(
+            "config.compare: missing; the fusion study needs it (configs/fusion.py:compare)"
+        )
     cmp = config.compare
     if not len(cmp.pretexts):
         raise ConfigError("config.compare.pretexts: empty; name at least one pretext config")
     for name, variant in cmp.variants.items():
         if name.startswith("single_") or name == "pretext_matching":
-            raise ConfigError(f"config.compare.variants.{name}: reserved name (the baselines "
-                              "are added by the study); rename it")
+            raise ConfigError(
+                f"config.compare.variants.{name}: reserved name (the baselines "
+                "are added by the study); rename it"
+            )
         if variant.mode not in MODES or variant.mode == "single":
-            raise ConfigError(f"config.compare.variants.{name}.mode: {variant.mode!r}; choose "
-                              f"one of {', '.join(m for m in MODES if m != 'single')}")
+            raise ConfigError(
+                f"config.compare.variants.{name}.mode: {variant.mode!r}; choose "
+                f"one of {', '.join(m for m in MODES if m != 'single')}"
+            )
     if cmp.reference not in cmp.variants:
-        raise ConfigError(f"config.compare.reference: {cmp.reference!r} is not a variant; "
-                          f"choose one of {', '.join(cmp.variants)}")
+        raise ConfigError(
+            f"config.compare.reference: {cmp.reference!r} is not a variant; "
+            f"choose one of {', '.join(cmp.variants)}"
+        )
     if not cmp.seeds or not all(isinstance(s, int) for s in cmp.seeds):
         raise ConfigError(f"config.compare.seeds: {tuple(cmp.seeds)!r}; give integer seeds")
     if not cmp.lrs or not all(lr > 0 for lr in cmp.lrs):
-        raise ConfigError(f"config.compare.lrs: {tuple(cmp.lrs)!r}; give positive learning "
-                          "rates (each variant keeps the best on validation)")
+        raise ConfigError(
+            f"config.compare.lrs: {tuple(cmp.lrs)!r}; give positive learning "
+            "rates (each variant keeps the best on validation)"
+        )
     if not cmp.fractions or not all(0.0 < f <= 1.0 for f in cmp.fractions):
-        raise ConfigError(f"config.compare.fractions: {tuple(cmp.fractions)!r}; give "
-                          "fractions in (0, 1]")
+        raise ConfigError(
+            f"config.compare.fractions: {tuple(cmp.fractions)!r}; give fractions in (0, 1]"
+        )
 
 
 # --- Stage 1: the pretext encoders ------------------------------------------------------
@@ -97,25 +108,36 @@ def pretrain_encoders(config: ml_collections.ConfigDict, workdir: str) -> dict:
         reused = results is not None
         if not reused:
             results = train.train_and_evaluate(pc, wd)
-        out[name] = {"workdir": wd, "final_step": results["final_step"],
-                     "eval": results.get("eval", {}),
-                     "train_time_s": results.get("train_time_s"), "reused": reused}
+        out[name] = {
+            "workdir": wd,
+            "final_step": results["final_step"],
+            "eval": results.get("eval", {}),
+            "train_time_s": results.get("train_time_s"),
+            "reused": reused,
+        }
     return out
 
 
 def _cache_key(encoder_dir: str, final_step: int, config) -> str:
     with open(os.path.join(encoder_dir, checkpoint.EXPERIMENT_FILE), "rb") as f:
         text = f.read()
-    splits = (config.data.name, config.data.train_split, config.eval.val_split,
-              config.eval.test_split)
+    splits = (
+        config.data.name,
+        config.data.train_split,
+        config.eval.val_split,
+        config.eval.test_split,
+    )
     return hashlib.sha256(text + repr((final_step, splits)).encode()).hexdigest()
 
 
 def cached_features(config, encoders, info: dict, workdir: str, mesh) -> dict:
     """{"train" | "val" | "test": (K feature arrays, labels)}: each encoder's frozen features,
     from DIR/features/<name>.npz when its key matches, computed and saved otherwise."""
-    splits = {"train": config.data.train_split, "val": config.eval.val_split,
-              "test": config.eval.test_split}
+    splits = {
+        "train": config.data.train_split,
+        "val": config.eval.val_split,
+        "test": config.eval.test_split,
+    }
     os.makedirs(os.path.join(workdir, FEATURES_DIR), exist_ok=True)
     per_split = {s: [] for s in splits}
     labels = {}
@@ -131,8 +153,13 @@ def cached_features(config, encoders, info: dict, workdir: str, mesh) -> dict:
             stored = {"key": np.asarray(key)}
             for s, split in splits.items():
                 src = sources.get_source(config.data.name, split, data_dir=config.data.data_dir)
-                (x,), y = encode_source(encoders.modules[i:i + 1], encoders.variables[i:i + 1],
-                                        src, batch_size=config.eval.batch_size, mesh=mesh)
+                (x,), y = encode_source(
+                    encoders.modules[i : i + 1],
+                    encoders.variables[i : i + 1],
+                    src,
+                    batch_size=config.eval.batch_size,
+                    mesh=mesh,
+                )
                 stored[s], stored[f"{s}_labels"] = x, y
             if jax.process_index() == 0:
                 io.save_npz(path, **stored)
@@ -157,33 +184,44 @@ class HeadTrainer:
     at that grain; per-head checkpoints and evaluation passes would cost more than the heads.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, num_classes: int,
-                 widths: Sequence[int], mesh):
+    def __init__(
+        self, config: ml_collections.ConfigDict, num_classes: int, widths: Sequence[int], mesh
+    ):
         self.config, self.mesh, self.k = config, mesh, len(widths)
         self.setup = fusion.setup(config, num_classes, widths)
         repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-        self._init = jax.jit(functools.partial(fusion.head_init, self.setup),
-                             out_shardings=repl)
+        self._init = jax.jit(functools.partial(fusion.head_init, self.setup), out_shardings=repl)
         keys = feature_keys(self.k)
         self._step = parallel.jit(
             lambda s, b: fusion.update(self.setup, s, ([b[key] for key in keys], b["label"])),
-            in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+            in_shardings=(repl, data),
+            out_shardings=(repl, repl),
+            donate_argnums=0,
+        )
         self._packed = None  # the jitted outputs, built on first use
 
-    def fit(self, features: Sequence[np.ndarray], labels: np.ndarray, *,
-            seed: int) -> tuple[TrainState, list[dict]]:
+    def fit(
+        self, features: Sequence[np.ndarray], labels: np.ndarray, *, seed: int
+    ) -> tuple[TrainState, list[dict]]:
         """Train on (features, labels) for config.total_steps batches of config.batch_size;
         the head's initialisation and batch order follow `seed`. Returns the state and the
         metrics of every config.log_every-th step."""
         c = self.config
         mean, std = fusion.feature_stats(features)
         state = self._init(jax.random.PRNGKey(seed), mean, std)
-        stream = FeatureBatches(features, labels, batch_size=c.batch_size, seed=seed,
-                                mesh=self.mesh)
+        stream = FeatureBatches(
+            features, labels, batch_size=c.batch_size, seed=seed, mesh=self.mesh
+        )
         history: list[dict] = []
-        state = train.run_steps(self._step, state, stream, start_step=0,
-                                end_step=c.total_steps, log_every=c.log_every,
-                                on_log=lambda step, m: history.append({"step": step, **m}))
+        state = train.run_steps(
+            self._step,
+            state,
+            stream,
+            start_step=0,
+            end_step=c.total_steps,
+            log_every=c.log_every,
+            on_log=lambda step, m: history.append({"step": step, **m}),
+        )
         return state, history
 
     def outputs(self, state: TrainState, features: Sequence[np.ndarray]) -> dict:
@@ -197,15 +235,14 @@ class HeadTrainer:
             def packed(state, x):  # logits and weights in one (B, C [+ K]) array
                 out = fusion.outputs(self.setup, state, split_columns(widths, x))
                 return jnp.concatenate(
-                    [out["logits"]] + ([out["weights"]] if weighted else []), axis=1)
+                    [out["logits"]] + ([out["weights"]] if weighted else []), axis=1
+                )
 
             repl, data = parallel.replicated(self.mesh), parallel.batch_sharding(self.mesh)
             self._packed = jax.jit(packed, in_shardings=(repl, data), out_shardings=data)
-        out, _ = extract_features(self._packed, state, rows, batch_size=len(rows),
-                                  mesh=self.mesh)
+        out, _ = extract_features(self._packed, state, rows, batch_size=len(rows), mesh=self.mesh)
         c = out.shape[1] - (self.k if weighted else 0)
         return {"logits": out[:, :c], "weights": out[:, c:] if weighted else None}
-
 
 
 def _variants(config, names) -> dict:
@@ -227,8 +264,12 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _class_weights(weights: np.ndarray, labels: np.ndarray, num_classes: int) -> list:
-    return [np.mean(weights[labels == c], axis=0).tolist() if np.any(labels == c)
-            else [float("nan")] * weights.shape[1] for c in range(num_classes)]
+    return [
+        np.mean(weights[labels == c], axis=0).tolist()
+        if np.any(labels == c)
+        else [float("nan")] * weights.shape[1]
+        for c in range(num_classes)
+    ]
 
 
 def _run_seed(trainers, feats, fraction, seed, num_classes) -> tuple[dict, dict]:
@@ -246,16 +287,19 @@ def _run_seed(trainers, feats, fraction, seed, num_classes) -> tuple[dict, dict]
         fits = {}
         for lr, trainer in by_lr.items():
             state, history = trainer.fit(x, y, seed=seed)
-            fits[lr] = (_accuracy(trainer.outputs(state, val_x)["logits"], val_y), state,
-                        history)
+            fits[lr] = (_accuracy(trainer.outputs(state, val_x)["logits"], val_y), state, history)
         lr = max(fits, key=lambda k: fits[k][0])  # chosen on validation, never on test
         val_accuracy, state, history = fits[lr]
         out = by_lr[lr].outputs(state, test_x)
-        r = {"lr": lr, "val_accuracy": val_accuracy,
-             "val_accuracy_per_lr": {str(k): v[0] for k, v in fits.items()},
-             "test_accuracy": _accuracy(out["logits"], test_y),
-             "train_time_s": time.perf_counter() - t, "final_loss": history[-1]["loss"],
-             "final_train_accuracy": history[-1]["train_accuracy"]}
+        r = {
+            "lr": lr,
+            "val_accuracy": val_accuracy,
+            "val_accuracy_per_lr": {str(k): v[0] for k, v in fits.items()},
+            "test_accuracy": _accuracy(out["logits"], test_y),
+            "train_time_s": time.perf_counter() - t,
+            "final_loss": history[-1]["loss"],
+            "final_train_accuracy": history[-1]["train_accuracy"],
+        }
         if out["weights"] is not None:
             r["mean_weights"] = np.mean(out["weights"], axis=0).tolist()
             r["class_weights"] = _class_weights(out["weights"], test_y, num_classes)
@@ -268,10 +312,12 @@ def _run_seed(trainers, feats, fraction, seed, num_classes) -> tuple[dict, dict]
 
 
 def _heads_key(config, names) -> str:
-    fields = {k: v for k, v in experiment_fields(config).items()
-              if not k.startswith("compare.pretexts")}
-    return hashlib.sha256(json.dumps([fields, list(names)], sort_keys=True,
-                                     default=str).encode()).hexdigest()
+    fields = {
+        k: v for k, v in experiment_fields(config).items() if not k.startswith("compare.pretexts")
+    }
+    return hashlib.sha256(
+        json.dumps([fields, list(names)], sort_keys=True, default=str).encode()
+    ).hexdigest()
 
 
 # --- Summary and report ------------------------------------------------------------------
@@ -286,19 +332,26 @@ def summarize(runs: dict, names, fused: list[str], reference: str) -> tuple[dict
     for fraction, by_seed in runs.items():
         seeds = sorted(by_seed)
         variants = list(by_seed[seeds[0]]["variants"])
-        acc = {v: {"test": stats([by_seed[s]["variants"][v]["test_accuracy"] for s in seeds]),
-                   "val": stats([by_seed[s]["variants"][v]["val_accuracy"] for s in seeds])}
-               for v in variants}
+        acc = {
+            v: {
+                "test": stats([by_seed[s]["variants"][v]["test_accuracy"] for s in seeds]),
+                "val": stats([by_seed[s]["variants"][v]["val_accuracy"] for s in seeds]),
+            }
+            for v in variants
+        }
         matching = [by_seed[s]["variants"]["pretext_matching"]["test_accuracy"] for s in seeds]
         transfer = {}
         for v in fused:
             d = np.asarray([by_seed[s]["variants"][v]["test_accuracy"] for s in seeds]) - matching
             # One seed: no spread to judge the difference by (diff_se None, neither flag).
             se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
-            transfer[v] = {"diff_mean": float(d.mean()), "diff_se": se,
-                           "diff_per_seed": d.tolist(),
-                           "worse_beyond_noise": se is not None and bool(d.mean() + 2 * se < 0),
-                           "better_beyond_noise": se is not None and bool(d.mean() - 2 * se > 0)}
+            transfer[v] = {
+                "diff_mean": float(d.mean()),
+                "diff_se": se,
+                "diff_per_seed": d.tolist(),
+                "worse_beyond_noise": se is not None and bool(d.mean() + 2 * se < 0),
+                "better_beyond_noise": se is not None and bool(d.mean() - 2 * se > 0),
+            }
         weights, per_class = {}, {}
         for v in variants:
             recs = [by_seed[s]["variants"][v] for s in seeds]
@@ -310,8 +363,9 @@ def summarize(runs: dict, names, fused: list[str], reference: str) -> tuple[dict
         best_fused = max(fused, key=lambda v: acc[v]["val"]["mean"])
         summary["fractions"][str(fraction)] = {
             "accuracy": acc,
-            "pretext_matching_chosen": [by_seed[s]["variants"]["pretext_matching"]["chosen"]
-                                        for s in seeds],
+            "pretext_matching_chosen": [
+                by_seed[s]["variants"]["pretext_matching"]["chosen"] for s in seeds
+            ],
             "negative_transfer": transfer,
             "reference_minus_best_single": transfer[reference]["diff_mean"],
             "best_fused_on_val": best_fused,
@@ -330,23 +384,33 @@ def verdict(summary: dict) -> list[str]:
     lines = []
     for f, s in summary["fractions"].items():
         parts = []
-        for label, v in (("reference", summary["reference"]),
-                         ("best on validation", s["best_fused_on_val"])):
+        for label, v in (
+            ("reference", summary["reference"]),
+            ("best on validation", s["best_fused_on_val"]),
+        ):
             t = s["negative_transfer"][v]
-            judged = _judged(t).replace("worse beyond noise", "worse beyond noise: negative "
-                                        "transfer")
+            judged = _judged(t).replace(
+                "worse beyond noise", "worse beyond noise: negative transfer"
+            )
             parts.append(f"{label} {v} {_diff(t)} points ({judged})")
         chosen = sorted(set(s["pretext_matching_chosen"]))
-        lines.append(f"{100 * float(f):g}% labels, fused - pretext matching "
-                     f"({'/'.join(chosen)}): " + "; ".join(parts))
+        lines.append(
+            f"{100 * float(f):g}% labels, fused - pretext matching "
+            f"({'/'.join(chosen)}): " + "; ".join(parts)
+        )
     return lines
 
 
 def _judged(t: dict) -> str:
     if t["diff_se"] is None:
         return "noise unknown: 1 seed"
-    return ("worse beyond noise" if t["worse_beyond_noise"] else
-            "better beyond noise" if t["better_beyond_noise"] else "within noise")
+    return (
+        "worse beyond noise"
+        if t["worse_beyond_noise"]
+        else "better beyond noise"
+        if t["better_beyond_noise"]
+        else "within noise"
+    )
 
 
 def _diff(t: dict) -> str:
@@ -363,34 +427,61 @@ def write_markdown(path: str, results: dict) -> None:
     s = results["summary"]
     names = s["pretexts"]
     fractions = list(s["fractions"])
-    lines = ["# Attention gating over frozen pretext encoders (jssl fusion study)", "",
-             (f"Data: {results['data']}; seeds {results['seeds']}; head budget: "
-             f"{results['budget']}. Accuracy in %, mean ± std over seeds; the labelled subset, "
-             "the head's initialisation and the batch order vary with the seed."), "",
-             "## Stage 1: pretext encoders", "",
-             ("| pretext | steps | train time (s) | feature width | k-NN (all labels) | "
-             "linear probe (all labels) |"), "|---|---|---|---|---|---|"]
+    lines = [
+        "# Attention gating over frozen pretext encoders (jssl fusion study)",
+        "",
+        (
+            f"Data: {results['data']}; seeds {results['seeds']}; head budget: "
+            f"{results['budget']}. Accuracy in %, mean ± std over seeds; the labelled subset, "
+            "the head's initialisation and the batch order vary with the seed."
+        ),
+        "",
+        "## Stage 1: pretext encoders",
+        "",
+        (
+            "| pretext | steps | train time (s) | feature width | k-NN (all labels) | "
+            "linear probe (all labels) |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
     for n in names:
         e = results["encoders"][n]
         ev = e.get("eval", {})
         t = e.get("train_time_s")
-        lines.append(f"| {n} | {e['final_step']} | {'-' if t is None else f'{t:.0f}'} | "
-                     f"{e['width']} | {100 * ev.get('knn_accuracy', float('nan')):.1f} | "
-                     f"{100 * ev.get('linear_accuracy', float('nan')):.1f} |")
-    lines += ["", "## Test accuracy (validation in brackets)", "",
-              "| variant | " + " | ".join(f"{100 * float(f):g}% labels" for f in fractions) + " |",
-              "|---|" + "---|" * len(fractions)]
+        lines.append(
+            f"| {n} | {e['final_step']} | {'-' if t is None else f'{t:.0f}'} | "
+            f"{e['width']} | {100 * ev.get('knn_accuracy', float('nan')):.1f} | "
+            f"{100 * ev.get('linear_accuracy', float('nan')):.1f} |"
+        )
+    lines += [
+        "",
+        "## Test accuracy (validation in brackets)",
+        "",
+        "| variant | " + " | ".join(f"{100 * float(f):g}% labels" for f in fractions) + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
     variants = list(s["fractions"][fractions[0]]["accuracy"])
     for v in variants:
-        cells = [f"{_pct(s['fractions'][f]['accuracy'][v]['test'])} "
-                 f"({_pct(s['fractions'][f]['accuracy'][v]['val'])})" for f in fractions]
+        cells = [
+            f"{_pct(s['fractions'][f]['accuracy'][v]['test'])} "
+            f"({_pct(s['fractions'][f]['accuracy'][v]['val'])})"
+            for f in fractions
+        ]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    lines += ["", "Pretext matching chose, per seed: " + "; ".join(
-        f"{100 * float(f):g}%: {', '.join(s['fractions'][f]['pretext_matching_chosen'])}"
-        for f in fractions) + ".", "",
-        "## Negative transfer: fused - pretext matching (test, paired by seed)", "",
-        "| fused variant | " + " | ".join(f"{100 * float(f):g}% labels" for f in fractions)
-        + " |", "|---|" + "---|" * len(fractions)]
+    lines += [
+        "",
+        "Pretext matching chose, per seed: "
+        + "; ".join(
+            f"{100 * float(f):g}%: {', '.join(s['fractions'][f]['pretext_matching_chosen'])}"
+            for f in fractions
+        )
+        + ".",
+        "",
+        "## Negative transfer: fused - pretext matching (test, paired by seed)",
+        "",
+        "| fused variant | " + " | ".join(f"{100 * float(f):g}% labels" for f in fractions) + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
     for v in s["fractions"][fractions[0]]["negative_transfer"]:
         cells = []
         for f in fractions:
@@ -400,30 +491,45 @@ def write_markdown(path: str, results: dict) -> None:
         lines.append(f"| {v}{mark} | " + " | ".join(cells) + " |")
     lines += ["", "± is the standard error of the mean paired difference over seeds.", ""]
     lines += [f"- {line}" for line in results["verdict"]]
-    lines += ["",
-              "## Mean weight per pretext (test split, all classes)", "",
-              "| variant | labels | " + " | ".join(names) + " |",
-              "|---|---|" + "---|" * len(names)]
+    lines += [
+        "",
+        "## Mean weight per pretext (test split, all classes)",
+        "",
+        "| variant | labels | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
     for f in fractions:
         for v, w in s["fractions"][f]["attention"].items():
-            lines.append(f"| {v} | {100 * float(f):g}% | "
-                         + " | ".join(f"{w[n]:.3f}" for n in names) + " |")
+            lines.append(
+                f"| {v} | {100 * float(f):g}% | " + " | ".join(f"{w[n]:.3f}" for n in names) + " |"
+            )
     lines.append("")
     for f in fractions:
         att = s["fractions"][f]["attention"]
         for v in att:
             if v != s["reference"] and not v.startswith("input"):
                 continue
-            lines += [(f"## Mean attention weight per pretext and class: {v}, "
-                      f"{100 * float(f):g}% labels (test split)"), "",
-                      "| class | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+            lines += [
+                (
+                    f"## Mean attention weight per pretext and class: {v}, "
+                    f"{100 * float(f):g}% labels (test split)"
+                ),
+                "",
+                "| class | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names),
+            ]
             for c, row in enumerate(results["attention_per_class"][f][v]):
                 lines.append(f"| {c} | " + " | ".join(f"{row[n]:.3f}" for n in names) + " |")
             lines.append("| all | " + " | ".join(f"{att[v][n]:.3f}" for n in names) + " |")
             lines.append("")
     t = results["timing"]
-    lines += [(f"Wall time: stage 1 {t['stage1_s']:.0f} s, features {t['features_s']:.0f} s, "
-              f"stage 2 {t['stage2_s']:.0f} s, total {t['total_s']:.0f} s."), ""]
+    lines += [
+        (
+            f"Wall time: stage 1 {t['stage1_s']:.0f} s, features {t['features_s']:.0f} s, "
+            f"stage 2 {t['stage2_s']:.0f} s, total {t['total_s']:.0f} s."
+        ),
+        "",
+    ]
     io.write_text(path, "\n".join(lines))
 
 
@@ -446,8 +552,9 @@ def plot_attention(path: str, summary: dict, per_class: dict) -> None:
             x = np.arange(len(rows))
             ax = axes[r][col]
             for i, n in enumerate(names):
-                ax.bar(x + (i - (len(names) - 1) / 2) * width, [row[n] for row in rows], width,
-                       label=n)
+                ax.bar(
+                    x + (i - (len(names) - 1) / 2) * width, [row[n] for row in rows], width, label=n
+                )
             ax.set_xticks(x, [str(c) for c in range(len(rows) - 1)] + ["all"])
             ax.set_title(f"{v}, {100 * float(f):g}% labels", fontsize=9)
             ax.set_ylabel("mean gate" if v.startswith("se_") else "mean weight", fontsize=8)
@@ -506,8 +613,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 record, samples = _run_seed(trainers, feats, fraction, seed, num_classes)
                 if jax.process_index() == 0:
                     # Per-sample test weights (N_test, K) of every weighted variant.
-                    io.save_npz(path[:-len(".json")] + "_weights.npz",
-                                labels=feats["test"][1], **samples)
+                    io.save_npz(
+                        path[: -len(".json")] + "_weights.npz", labels=feats["test"][1], **samples
+                    )
                     io.write_json(path, {"key": key, "record": record}, indent=None)
             runs[fraction][seed] = record
     stage2 = time.perf_counter()
@@ -517,19 +625,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results = {
         "workdir": workdir,
         "data": f"{config.data.name} (train {len(feats['train'][1])}, val "
-                f"{len(feats['val'][1])}, test {len(feats['test'][1])})",
+        f"{len(feats['val'][1])}, test {len(feats['test'][1])})",
         "seeds": list(cmp.seeds),
         "budget": f"{config.total_steps} steps of batch {config.batch_size}, "
-                  f"{config.optimizer.name} (weight decay {config.optimizer.weight_decay}), "
-                  f"learning rate chosen on validation from {list(cmp.lrs)} per variant",
+        f"{config.optimizer.name} (weight decay {config.optimizer.weight_decay}), "
+        f"learning rate chosen on validation from {list(cmp.lrs)} per variant",
         "encoders": {n: {**info[n], "width": w} for n, w in zip(names, encoders.widths)},
         "runs": {str(f): {str(s): r for s, r in by_seed.items()} for f, by_seed in runs.items()},
         "summary": summary,
         "verdict": verdict(summary),
         "attention_per_class": per_class,
     }
-    results["timing"] = {"stage1_s": stage1 - start, "features_s": features_done - stage1,
-                         "stage2_s": stage2 - features_done}
+    results["timing"] = {
+        "stage1_s": stage1 - start,
+        "features_s": features_done - stage1,
+        "stage2_s": stage2 - features_done,
+    }
     results["timing"]["total_s"] = time.perf_counter() - start
     if jax.process_index() == 0:
         plot_attention(os.path.join(workdir, "attention.png"), summary, per_class)

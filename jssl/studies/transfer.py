@@ -28,6 +28,7 @@ of the largest clusters of each teacher).
 The student's config holds no teacher field: it sees the teacher only through the
 pseudo-label file (`config.transfer.pseudo_labels`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,8 +61,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 def student_config(config: ml_collections.ConfigDict, pseudo_labels: str | None = None):
     """The student's run config: the study config without its study fields, with
     `transfer.pseudo_labels` set."""
-    c = ml_collections.ConfigDict({k: copy.deepcopy(v) for k, v in config.items()
-                                   if k not in _STUDY_FIELDS})
+    c = ml_collections.ConfigDict(
+        {k: copy.deepcopy(v) for k, v in config.items() if k not in _STUDY_FIELDS}
+    )
     c.transfer.pseudo_labels = pseudo_labels
     return c
 
@@ -91,70 +93,97 @@ def pretext_config(config, spec) -> ml_collections.ConfigDict:
 def _validate(config: ml_collections.ConfigDict, num_train: int, num_devices: int) -> None:
     for group in _STUDY_FIELDS[1:]:
         if group not in config:
-            raise ConfigError(f"config.{group}: missing; the transfer study needs it "
-                              "(configs/transfer.py)")
+            raise ConfigError(
+                f"config.{group}: missing; the transfer study needs it (configs/transfer.py)"
+            )
     if not len(config.teachers):
         raise ConfigError("config.teachers: empty; name at least one teacher")
     for name, spec in config.teachers.items():
         where = f"config.teachers.{name}"
         if not _NAME.match(name):
-            raise ConfigError(f"{where}: the name is a directory name; use letters, digits, "
-                              "'_', '-' and '.'")
+            raise ConfigError(
+                f"{where}: the name is a directory name; use letters, digits, '_', '-' and '.'"
+            )
         if spec.kind not in teachers.TEACHER_KINDS:
-            raise ConfigError(f"{where}.kind: {spec.kind!r}; choose one of "
-                              f"{', '.join(teachers.TEACHER_KINDS)}")
+            raise ConfigError(
+                f"{where}.kind: {spec.kind!r}; choose one of {', '.join(teachers.TEACHER_KINDS)}"
+            )
         if spec.kind == "config":
             if not isinstance(spec.run, ml_collections.ConfigDict):
-                raise ConfigError(f"{where}.run: a teacher of kind 'config' needs the "
-                                  "teacher's config (e.g. configs/jigsaw_pp.py's)")
+                raise ConfigError(
+                    f"{where}.run: a teacher of kind 'config' needs the "
+                    "teacher's config (e.g. configs/jigsaw_pp.py's)"
+                )
             run = teacher_run_config(config, spec)
             validate(run, num_devices, known=train.known_names(run))
         elif spec.kind == "checkpoint" and not (spec.path and os.path.exists(spec.path)):
-            raise ConfigError(f"{where}.path: {spec.path!r} is not a jssl workdir or encoder "
-                              "file")
+            raise ConfigError(f"{where}.path: {spec.path!r} is not a jssl workdir or encoder file")
         elif spec.kind == "hog":
             try:
-                hog.hog_num_features((64, 64), orientations=spec.hog.orientations,
-                                     pixels_per_cell=tuple(spec.hog.pixels_per_cell),
-                                     cells_per_block=tuple(spec.hog.cells_per_block))
+                hog.hog_num_features(
+                    (64, 64),
+                    orientations=spec.hog.orientations,
+                    pixels_per_cell=tuple(spec.hog.pixels_per_cell),
+                    cells_per_block=tuple(spec.hog.cells_per_block),
+                )
                 if spec.hog.block_norm not in hog.BLOCK_NORMS:
                     raise ValueError(f"block_norm must be one of {', '.join(hog.BLOCK_NORMS)}")
             except ValueError as e:
                 raise ConfigError(f"{where}.hog: {e}") from None
     cl = config.clustering
-    checks = ((isinstance(cl.max_iter, int) and cl.max_iter >= 1, "max_iter", "an integer >= 1"),
-              (cl.tol >= 0, "tol", ">= 0"),
-              (isinstance(cl.normalize, bool), "normalize", "True or False"),
-              (isinstance(cl.seed, int), "seed", "an integer"),
-              (isinstance(cl.init_sample_size, int) and cl.init_sample_size >= 0,
-               "init_sample_size", "an integer >= 0 (0: all points)"),
-              (isinstance(cl.feature_batch_size, int) and cl.feature_batch_size >= 1,
-               "feature_batch_size", "a positive integer"))
+    checks = (
+        (isinstance(cl.max_iter, int) and cl.max_iter >= 1, "max_iter", "an integer >= 1"),
+        (cl.tol >= 0, "tol", ">= 0"),
+        (isinstance(cl.normalize, bool), "normalize", "True or False"),
+        (isinstance(cl.seed, int), "seed", "an integer"),
+        (
+            isinstance(cl.init_sample_size, int) and cl.init_sample_size >= 0,
+            "init_sample_size",
+            "an integer >= 0 (0: all points)",
+        ),
+        (
+            isinstance(cl.feature_batch_size, int) and cl.feature_batch_size >= 1,
+            "feature_batch_size",
+            "a positive integer",
+        ),
+    )
     for ok, field, need in checks:
         if not ok:
             raise ConfigError(f"config.clustering.{field}: must be {need}, got {cl[field]!r}")
     k = config.transfer.num_clusters
     if isinstance(k, int) and k > num_train:
-        raise ConfigError(f"config.transfer.num_clusters: {k} clusters for {num_train} training "
-                          "images; lower it")
+        raise ConfigError(
+            f"config.transfer.num_clusters: {k} clusters for {num_train} training images; lower it"
+        )
     if cl.init_sample_size and cl.init_sample_size < k:
-        raise ConfigError(f"config.clustering.init_sample_size: {cl.init_sample_size} is fewer "
-                          f"than the {k} clusters")
+        raise ConfigError(
+            f"config.clustering.init_sample_size: {cl.init_sample_size} is fewer "
+            f"than the {k} clusters"
+        )
     for name in config.baselines.pretext:
         if name not in config.teachers or config.teachers[name].kind != "config":
-            raise ConfigError(f"config.baselines.pretext: {name!r} is not a teacher of kind "
-                              "'config'")
-        validate(pretext_config(config, config.teachers[name]), num_devices,
-                 known=train.known_names(config.teachers[name].run))
+            raise ConfigError(
+                f"config.baselines.pretext: {name!r} is not a teacher of kind 'config'"
+            )
+        validate(
+            pretext_config(config, config.teachers[name]),
+            num_devices,
+            known=train.known_names(config.teachers[name].run),
+        )
     for field in ("clusters_shown", "images_per_cluster"):
         if not (isinstance(config.report[field], int) and config.report[field] >= 1):
             raise ConfigError(f"config.report.{field}: must be a positive integer")
     seeds = config.compare.get("seeds")
-    if (not isinstance(seeds, (tuple, list)) or not seeds
-            or not all(isinstance(x, int) and x >= 0 for x in seeds)
-            or len(set(seeds)) != len(seeds)):
-        raise ConfigError(f"config.compare.seeds: must be distinct non-negative integers, "
-                          f"e.g. (0, 1, 2), got {seeds!r}")
+    if (
+        not isinstance(seeds, (tuple, list))
+        or not seeds
+        or not all(isinstance(x, int) and x >= 0 for x in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(
+            f"config.compare.seeds: must be distinct non-negative integers, "
+            f"e.g. (0, 1, 2), got {seeds!r}"
+        )
     student = student_config(config)
     validate(student, num_devices, known=train.known_names(student))
     transfer.validate(student)
@@ -175,8 +204,10 @@ def _record(path: str, inputs: dict) -> dict | None:
         return None
     record = io.read_json(path)
     if record.get("inputs") != json.loads(json.dumps(inputs)):
-        raise ConfigError(f"{path} was made from other inputs than this config's (a changed "
-                          "teacher, data or clustering field); use a new --workdir")
+        raise ConfigError(
+            f"{path} was made from other inputs than this config's (a changed "
+            "teacher, data or clustering field); use a new --workdir"
+        )
     return record
 
 
@@ -193,53 +224,79 @@ def _teacher(config, name: str, spec, workdir: str, mesh) -> dict:
     """Stage 1: the teacher's description: its own evaluation, the identity of its
     features, and "load", which builds the `Teacher` (only called when features are due)."""
     if spec.kind == "hog":
-        kw = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-              for k, v in spec.hog.to_dict().items()}
+        kw = {
+            k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+            for k, v in spec.hog.to_dict().items()
+        }
 
         def load():
             return teachers.hog_teacher(name=name, **kw)
 
         path = os.path.join(workdir, "teachers", name, "eval.json")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        inputs = {"hog": kw, "normalize": config.clustering.normalize,
-                  "data": config.data.name, "eval": config.eval.to_dict()}
+        inputs = {
+            "hog": kw,
+            "normalize": config.clustering.normalize,
+            "data": config.data.name,
+            "eval": config.eval.to_dict(),
+        }
         record = None
         if os.path.exists(path):  # only an evaluation: redone when its inputs changed
             record = io.read_json(path)
             if record.get("inputs") != json.loads(json.dumps(inputs)):
                 record = None
         if record is None:  # HOG trains nothing: evaluate its features as a run would be
-            embed = teachers.sharded_features(load(), mesh,
-                                              normalize=config.clustering.normalize)
-            record = {"inputs": inputs,
-                      "eval": evaluate.evaluate_encoder(None, embed, 0.0, config, mesh)}
+            embed = teachers.sharded_features(load(), mesh, normalize=config.clustering.normalize)
+            record = {
+                "inputs": inputs,
+                "eval": evaluate.evaluate_encoder(None, embed, 0.0, config, mesh),
+            }
             if _is_main():
                 io.write_json(path, record)
-        return {"kind": "hog", "architecture": "HOG", "pretext": "none", "eval": record["eval"],
-                "identity": {"kind": "hog", "hog": kw}, "load": load}
+        return {
+            "kind": "hog",
+            "architecture": "HOG",
+            "pretext": "none",
+            "eval": record["eval"],
+            "identity": {"kind": "hog", "hog": kw},
+            "load": load,
+        }
     if spec.kind == "config":
         run_config = teacher_run_config(config, spec)
         source = os.path.join(workdir, "teachers", name)
         results = _finished_run(run_config, source)
-        info = {"kind": "config", "workdir": source, "eval": results.get("eval", {}),
-                "final_step": results.get("final_step"),
-                "architecture": f"{run_config.model.backbone} (w{run_config.model.num_filters})",
-                "pretext": run_config.loss.name}
+        info = {
+            "kind": "config",
+            "workdir": source,
+            "eval": results.get("eval", {}),
+            "final_step": results.get("final_step"),
+            "architecture": f"{run_config.model.backbone} (w{run_config.model.num_filters})",
+            "pretext": run_config.loss.name,
+        }
     else:
         source = spec.path
-        info = {"kind": "checkpoint", "path": spec.path, "eval": {}, "architecture": "?",
-                "pretext": "?", "final_step": _checkpoint_version(source)}
+        info = {
+            "kind": "checkpoint",
+            "path": spec.path,
+            "eval": {},
+            "architecture": "?",
+            "pretext": "?",
+            "final_step": _checkpoint_version(source),
+        }
         if os.path.isdir(source):
             run_config = checkpoint.saved_config(source)
-            info["architecture"] = (f"{run_config.model.backbone} "
-                                    f"(w{run_config.model.num_filters})")
+            info["architecture"] = f"{run_config.model.backbone} (w{run_config.model.num_filters})"
             info["pretext"] = run_config.get("loss", {}).get("name", "?")
 
     def load():
         return teachers.checkpoint_teacher(source, layer=spec.layer, name=name)
 
-    info["identity"] = {"kind": spec.kind, "source": os.path.abspath(source),
-                        "layer": spec.layer, "step": info.get("final_step")}
+    info["identity"] = {
+        "kind": spec.kind,
+        "source": os.path.abspath(source),
+        "layer": spec.layer,
+        "step": info.get("final_step"),
+    }
     info["load"] = load
     return info
 
@@ -249,8 +306,9 @@ def _checkpoint_version(path: str):
     exported file's size and modification time."""
     if os.path.isdir(path):
         ckpt_dir = os.path.join(path, checkpoint.CHECKPOINT_DIR)
-        steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] \
-            if os.path.isdir(ckpt_dir) else []
+        steps = (
+            [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if os.path.isdir(ckpt_dir) else []
+        )
         return max(steps, default=None)
     stat = os.stat(path)
     return f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -261,44 +319,73 @@ def _features(config, name: str, info: dict, source, workdir: str, mesh):
     inputs that identify them. The teacher is loaded only when they are not saved yet."""
     os.makedirs(os.path.join(workdir, "features"), exist_ok=True)
     path = os.path.join(workdir, "features", f"{name}.npy")
-    inputs = {"teacher": info["identity"], "data": config.data.name,
-              "split": config.data.train_split, "normalize": config.clustering.normalize}
+    inputs = {
+        "teacher": info["identity"],
+        "data": config.data.name,
+        "split": config.data.train_split,
+        "normalize": config.clustering.normalize,
+    }
     record = _record(path[:-4] + ".json", inputs)
     if record is not None and os.path.exists(path):
         return np.load(path), inputs
-    feats = teachers.extract_features(info["load"](), source, mesh=mesh,
-                                      batch_size=config.clustering.feature_batch_size,
-                                      normalize=config.clustering.normalize)
+    feats = teachers.extract_features(
+        info["load"](),
+        source,
+        mesh=mesh,
+        batch_size=config.clustering.feature_batch_size,
+        normalize=config.clustering.normalize,
+    )
     if _is_main():
         io.save_npy(path, feats)
         io.write_json(path[:-4] + ".json", {"inputs": inputs, "shape": feats.shape})
     return feats, inputs
 
 
-def _clusters(config, name: str, feats: np.ndarray, feature_inputs: dict, true_labels,
-              workdir: str, mesh) -> dict:
+def _clusters(
+    config, name: str, feats: np.ndarray, feature_inputs: dict, true_labels, workdir: str, mesh
+) -> dict:
     """Stage 3: k-means of the features; the pseudo-labels file and cluster statistics."""
     cl, k = config.clustering, config.transfer.num_clusters
     out_dir = os.path.join(workdir, "clusters", f"{name}-k{k}")
     os.makedirs(out_dir, exist_ok=True)
     labels_path = os.path.join(out_dir, "labels.npy")
-    inputs = {"features": feature_inputs, "k": k, "max_iter": cl.max_iter, "tol": cl.tol,
-              "seed": cl.seed, "init_sample_size": cl.init_sample_size}
+    inputs = {
+        "features": feature_inputs,
+        "k": k,
+        "max_iter": cl.max_iter,
+        "tol": cl.tol,
+        "seed": cl.seed,
+        "init_sample_size": cl.init_sample_size,
+    }
     record = _record(os.path.join(out_dir, "clusters.json"), inputs)
     if record is None or not os.path.exists(labels_path):
-        result = cluster.kmeans(feats, k, seed=cl.seed, max_iter=cl.max_iter, tol=cl.tol,
-                                mesh=mesh, init_sample_size=cl.init_sample_size or None)
+        result = cluster.kmeans(
+            feats,
+            k,
+            seed=cl.seed,
+            max_iter=cl.max_iter,
+            tol=cl.tol,
+            mesh=mesh,
+            init_sample_size=cl.init_sample_size or None,
+        )
         if _is_main():
             io.save_npy(os.path.join(out_dir, "centers.npy"), result.centers)
             io.save_npy(labels_path, result.labels.astype(np.int32))
         sizes = np.bincount(result.labels, minlength=k)
-        record = {"inputs": inputs, "inertia": result.inertia, "n_iter": result.n_iter,
-                  "size_min": int(sizes.min()), "size_max": int(sizes.max()),
-                  "nmi": nmi(true_labels, result.labels),
-                  "purity": purity(true_labels, result.labels)}
+        record = {
+            "inputs": inputs,
+            "inertia": result.inertia,
+            "n_iter": result.n_iter,
+            "size_min": int(sizes.min()),
+            "size_max": int(sizes.max()),
+            "nmi": nmi(true_labels, result.labels),
+            "purity": purity(true_labels, result.labels),
+        }
         if _is_main():
             io.write_json(os.path.join(out_dir, "clusters.json"), record)
-        parallel.sync_processes("transfer-clusters")  # the students read labels.npy on every process
+        parallel.sync_processes(
+            "transfer-clusters"
+        )  # the students read labels.npy on every process
     record["labels_path"] = labels_path
     record["dir"] = out_dir
     return record
@@ -333,8 +420,9 @@ def purity(true: np.ndarray, clusters: np.ndarray) -> float:
 # --- Report -------------------------------------------------------------------------------
 
 
-def _row(name: str, role: str, architecture: str, trained_on: str, evals,
-         extra: dict | None = None) -> dict:
+def _row(
+    name: str, role: str, architecture: str, trained_on: str, evals, extra: dict | None = None
+) -> dict:
     """One table row from the evaluations of its runs (one dict, or one per seed): for
     each metric the mean, the sample std (None for one run) and the per-run values."""
     evals = [e or {} for e in (evals if isinstance(evals, list) else [evals])]
@@ -356,31 +444,46 @@ def _pct(v, std=None) -> str:
 
 
 def write_markdown(path: str, results: dict) -> None:
-    intro = (f"Data: {results['data']}; k = {results['num_clusters']} clusters; student "
-             f"{results['student_architecture']}. Accuracies (%) on the test split: k-NN "
-             f"(k = {results['knn_k']}) and linear probe on frozen features (weight decay "
-             "chosen on validation). NMI / purity: the clusters against the real labels.")
+    intro = (
+        f"Data: {results['data']}; k = {results['num_clusters']} clusters; student "
+        f"{results['student_architecture']}. Accuracies (%) on the test split: k-NN "
+        f"(k = {results['knn_k']}) and linear probe on frozen features (weight decay "
+        "chosen on validation). NMI / purity: the clusters against the real labels."
+    )
     seeds = results.get("seeds", [0])
-    intro += (f" Student-side runs: {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
-              f"({', '.join(map(str, seeds))})" + (", mean ± sample std; the teachers and "
-              "their clusters are made once." if len(seeds) > 1 else "; the teachers and "
-              "their clusters are made once."))
-    lines = ["# Knowledge transfer by clustering (Noroozi et al. 2018)", "", intro, "",
-             "| run | role | architecture | trained on | k-NN | linear | NMI | purity |",
-             "|---|---|---|---|---|---|---|---|"]
+    intro += (
+        f" Student-side runs: {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+        f"({', '.join(map(str, seeds))})"
+        + (
+            ", mean ± sample std; the teachers and their clusters are made once."
+            if len(seeds) > 1
+            else "; the teachers and their clusters are made once."
+        )
+    )
+    lines = [
+        "# Knowledge transfer by clustering (Noroozi et al. 2018)",
+        "",
+        intro,
+        "",
+        "| run | role | architecture | trained on | k-NN | linear | NMI | purity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["rows"]:
         nmi_s = "-" if r.get("nmi") is None else f"{r['nmi']:.3f}"
         pur_s = "-" if r.get("purity") is None else f"{r['purity']:.3f}"
-        lines.append(f"| {r['run']} | {r['role']} | {r['architecture']} | {r['trained_on']} | "
-                     f"{_pct(r['knn_accuracy'], r.get('knn_accuracy_std'))} | "
-                     f"{_pct(r['linear_accuracy'], r.get('linear_accuracy_std'))} | {nmi_s} | "
-                     f"{pur_s} |")
+        lines.append(
+            f"| {r['run']} | {r['role']} | {r['architecture']} | {r['trained_on']} | "
+            f"{_pct(r['knn_accuracy'], r.get('knn_accuracy_std'))} | "
+            f"{_pct(r['linear_accuracy'], r.get('linear_accuracy_std'))} | {nmi_s} | "
+            f"{pur_s} |"
+        )
     lines += ["", f"Verdict: {results['verdict']}"] if results.get("verdict") else []
     io.write_text(path, "\n".join(lines) + "\n")
 
 
-def plot_clusters(path: str, panels: list, source, *, clusters_shown: int,
-                  images_per_cluster: int) -> None:
+def plot_clusters(
+    path: str, panels: list, source, *, clusters_shown: int, images_per_cluster: int
+) -> None:
     """For each (teacher name, features, labels, centres): the images nearest to the centres
     of its `clusters_shown` largest clusters, one row per cluster."""
     h, w, ch = source.image_shape
@@ -396,14 +499,13 @@ def plot_clusters(path: str, panels: list, source, *, clusters_shown: int,
             nearest = members[np.argsort(dist, kind="stable")[:images_per_cluster]]
             images, _ = source.read(nearest)  # nearest first
             for j, img in enumerate(images):
-                mosaic[r * (h + 1):r * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = img
+                mosaic[r * (h + 1) : r * (h + 1) + h, j * (w + 1) : j * (w + 1) + w] = img
         ax.imshow(mosaic[..., 0] if ch == 1 else mosaic, cmap="gray" if ch == 1 else None)
         ax.set_title(name, fontsize=9)
         ax.set_yticks([(r + 0.5) * (h + 1) for r in range(len(shown))])
         ax.set_yticklabels([f"{c} ({sizes[c]})" for c in shown], fontsize=6)
         ax.set_xticks([])
-    fig.suptitle("images nearest to the centres of the largest clusters (id (size))",
-                 fontsize=9)
+    fig.suptitle("images nearest to the centres of the largest clusters (id (size))", fontsize=9)
     fig.savefig(path, dpi=110)
 
 
@@ -445,8 +547,9 @@ def verdict(rows: list) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume) every stage for every teacher, the baselines, and the report."""
-    source = sources.get_source(config.data.name, config.data.train_split,
-                                data_dir=config.data.data_dir)
+    source = sources.get_source(
+        config.data.name, config.data.train_split, data_dir=config.data.data_dir
+    )
     _validate(config, len(source), jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh()
@@ -467,20 +570,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             student.seed = seed
             if i > 0:  # one random-init evaluation of the student per seed is enough
                 student.eval.random_init_baseline = False
-            results = _finished_run(student, os.path.join(workdir, "students",
-                                                          f"{name}-k{k}-s{seed}"))
+            results = _finished_run(
+                student, os.path.join(workdir, "students", f"{name}-k{k}-s{seed}")
+            )
             if seed not in random_init and results.get("random_init_eval"):
                 random_init[seed] = results["random_init_eval"]
             evals.append(results.get("eval"))
-        stats = {key: clusters[key] for key in ("inertia", "n_iter", "size_min", "size_max",
-                                                "nmi", "purity")}
-        rows.append(_row(f"teacher {name}", "teacher", info["architecture"],
-                         "HOG (no training)" if spec.kind == "hog" else
-                         f"{info.get('pretext', '?')} pretext", info["eval"], stats))
-        rows.append(_row(f"student <- {name}", "student", student_arch,
-                         f"{name}'s {k} clusters", evals))
-        teachers_out[name] = {**{key: v for key, v in info.items() if key != "load"},
-                              "clusters": stats}
+        stats = {
+            key: clusters[key]
+            for key in ("inertia", "n_iter", "size_min", "size_max", "nmi", "purity")
+        }
+        rows.append(
+            _row(
+                f"teacher {name}",
+                "teacher",
+                info["architecture"],
+                "HOG (no training)"
+                if spec.kind == "hog"
+                else f"{info.get('pretext', '?')} pretext",
+                info["eval"],
+                stats,
+            )
+        )
+        rows.append(
+            _row(f"student <- {name}", "student", student_arch, f"{name}'s {k} clusters", evals)
+        )
+        teachers_out[name] = {
+            **{key: v for key, v in info.items() if key != "load"},
+            "clusters": stats,
+        }
         centers = np.load(os.path.join(clusters["dir"], "centers.npy"))
         panels.append((name, feats, np.load(clusters["labels_path"]), centers))
 
@@ -490,31 +608,60 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for seed in seeds:
             pc = pretext_config(config, spec)
             pc.seed = seed
-            evals.append(_finished_run(pc, os.path.join(workdir, "pretext",
-                                                         f"{name}-s{seed}")).get("eval"))
-        rows.append(_row(f"student on {name} pretext", "baseline", student_arch,
-                         f"{pc.loss.name} pretext directly", evals))
+            evals.append(
+                _finished_run(pc, os.path.join(workdir, "pretext", f"{name}-s{seed}")).get("eval")
+            )
+        rows.append(
+            _row(
+                f"student on {name} pretext",
+                "baseline",
+                student_arch,
+                f"{pc.loss.name} pretext directly",
+                evals,
+            )
+        )
     if random_init:
-        rows.append(_row("student random init", "baseline", student_arch, "nothing (random)",
-                         [random_init.get(seed) for seed in seeds]))
+        rows.append(
+            _row(
+                "student random init",
+                "baseline",
+                student_arch,
+                "nothing (random)",
+                [random_init.get(seed) for seed in seeds],
+            )
+        )
 
     for r in rows:
         for metric in ("knn_accuracy", "linear_accuracy"):
             if r[metric] is not None:
                 summary[f"{r['run']}/{metric}"] = r[metric]
-    results = {"summary": summary, "rows": rows, "teachers": teachers_out,
-               "data": f"{config.data.name}:{config.data.train_split}", "num_clusters": k,
-               "student_architecture": student_arch, "knn_k": config.eval.knn_k,
-               "seeds": seeds, "workdir": workdir}
+    results = {
+        "summary": summary,
+        "rows": rows,
+        "teachers": teachers_out,
+        "data": f"{config.data.name}:{config.data.train_split}",
+        "num_clusters": k,
+        "student_architecture": student_arch,
+        "knn_k": config.eval.knn_k,
+        "seeds": seeds,
+        "workdir": workdir,
+    }
     results["verdict"] = verdict(rows)
     if _is_main():
         io.write_json(os.path.join(workdir, train.RESULTS_FILE), results)
         write_markdown(os.path.join(workdir, "results.md"), results)
         try:
-            plot_clusters(os.path.join(workdir, "clusters.png"), panels, source,
-                          clusters_shown=min(config.report.clusters_shown, k),
-                          images_per_cluster=config.report.images_per_cluster)
+            plot_clusters(
+                os.path.join(workdir, "clusters.png"),
+                panels,
+                source,
+                clusters_shown=min(config.report.clusters_shown, k),
+                images_per_cluster=config.report.images_per_cluster,
+            )
         except ImportError:
-            print("jssl: warning: matplotlib is not installed: no clusters.png "
-                  "(pip install 'jssl[plots]')", file=sys.stderr)
+            print(
+                "jssl: warning: matplotlib is not installed: no clusters.png "
+                "(pip install 'jssl[plots]')",
+                file=sys.stderr,
+            )
     return results
