@@ -22,6 +22,11 @@ def reference(x, w, stride, padding):
     )
 
 
+def _normal(seed, shape):
+    """Gaussian test data from NumPy (an eager jax.random draw compiles a program per shape)."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
 def value_and_grads(fn, x, w, r):
     """f(x, w) and the gradients of sum(f(x, w) * r): a linear loss, so dx and dW are the
     transposed convolutions of r themselves."""
@@ -49,15 +54,15 @@ CASES = [
 
 @pytest.mark.parametrize("n,h,w,cin,cout,k,stride,padding", CASES)
 def test_forward_and_gradients_equal_xla(n, h, w, cin, cout, k, stride, padding):
-    kx, kw_, kr = jax.random.split(jax.random.PRNGKey(k * 10 + cin), 3)
-    x = jax.random.normal(kx, (n, h, w, cin))
-    wt = jax.random.normal(kw_, (k, k, cin, cout))
+    seed = k * 10 + cin
+    x = _normal(seed, (n, h, w, cin))
+    wt = _normal(seed + 1, (k, k, cin, cout))
     pads = (
         padding
         if not isinstance(padding, str)
         else lax.padtype_to_pads((h, w), (k, k), (stride, stride), padding)
     )
-    r = jax.random.normal(kr, reference(x, wt, stride, pads).shape)
+    r = _normal(seed + 2, reference(x, wt, stride, pads).shape)
     got = value_and_grads(lambda x, w: conv2d(x, w, stride=stride, padding=padding), x, wt, r)
     want = value_and_grads(lambda x, w: reference(x, w, stride, pads), x, wt, r)
     for name, a, b in zip(("y", "dx", "dw"), got, want):
@@ -68,9 +73,9 @@ def test_forward_and_gradients_equal_xla(n, h, w, cin, cout, k, stride, padding)
 def test_gradients_with_batch_sharded_over_devices():
     assert jax.device_count() == 8
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    x = jax.random.normal(jax.random.PRNGKey(0), (16, 8, 8, 4))
-    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 6))
-    r = jax.random.normal(jax.random.PRNGKey(2), (16, 4, 4, 6))
+    x = _normal(0, (16, 8, 8, 4))
+    w = _normal(1, (3, 3, 4, 6))
+    r = _normal(2, (16, 4, 4, 6))
     xs, rs = (jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, r))
     got = value_and_grads(lambda x, w: conv2d(x, w, stride=2, padding=1), xs, w, rs)
     want = value_and_grads(lambda x, w: reference(x, w, 2, 1), x, w, r)
@@ -88,9 +93,9 @@ def test_weight_gradient_uses_the_custom_rule():
 
 
 def test_bfloat16_forward_and_backward():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 8))
-    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 8)) * 0.2
-    r = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8, 8))
+    x = _normal(0, (2, 8, 8, 8))
+    w = _normal(1, (3, 3, 8, 8)) * 0.2
+    r = _normal(2, (2, 8, 8, 8))
     bf = jnp.bfloat16
     got = value_and_grads(
         lambda x, w: conv2d(x, w, padding=1).astype(jnp.float32), x.astype(bf), w.astype(bf), r
@@ -103,7 +108,7 @@ def test_bfloat16_forward_and_backward():
 
 
 def test_module_is_a_drop_in_for_nn_conv():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3))
+    x = _normal(0, (2, 9, 9, 3))
     for kw in (dict(), dict(strides=2, padding=1, use_bias=False), dict(padding="VALID")):
         ours, flax_conv = Conv(5, (3, 3), **kw), nn.Conv(5, (3, 3), **kw)
         p_ours = ours.init(jax.random.PRNGKey(3), x)

@@ -89,11 +89,11 @@ def test_attention_weights_sum_to_one_and_respond_to_the_input(mode):
     # A query that has learned something (random here) weighs every input differently.
     params = dict(variables["params"])
     if mode == "task_query":
-        params["query"] = jax.random.normal(jax.random.PRNGKey(1), params["query"].shape)
+        params["query"] = np.random.default_rng(1).standard_normal(params["query"].shape)
     else:
         params["query"] = {
             **params["query"],
-            "kernel": jax.random.normal(jax.random.PRNGKey(1), params["query"]["kernel"].shape),
+            "kernel": np.random.default_rng(1).standard_normal(params["query"]["kernel"].shape),
         }
     variables = {"params": params}
     w = np.asarray(head.apply(variables, feats)["weights"])

@@ -201,10 +201,13 @@ def test_puzzle_tile_too_small_is_a_config_error():
 def test_supcon_uses_labels():
     """SupCon's loss depends on the labels of the batch (positives are same-label samples)."""
     c = load("supcon", "smoke")
-    method = methods.build(c, methods.DataInfo(10, (16, 16, 1)))
-    state = method.init(jax.random.PRNGKey(0))
+    mesh = parallel.make_mesh()
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    method = methods.build(c, methods.DataInfo(10, (16, 16, 1)), mesh)
+    state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(0))
+    # The step of test_every_config_trains (same jit, same shardings): compiled once.
+    step = jax.jit(method.train_step, in_shardings=(repl, data), out_shardings=(repl, repl))
     batch = _batch(c)
-    _, m1 = jax.jit(method.train_step)(state, batch)
-    batch2 = dict(batch, label=np.zeros_like(batch["label"]))
-    _, m2 = jax.jit(method.train_step)(state, batch2)
+    _, m1 = step(state, jax.device_put(batch, data))
+    _, m2 = step(state, jax.device_put(dict(batch, label=np.zeros_like(batch["label"])), data))
     assert not np.isclose(float(m1["loss"]), float(m2["loss"]))

@@ -1,5 +1,7 @@
 """The train loop end to end on the smoke preset: outputs, 1 vs 8 devices, exact resume."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -44,7 +46,6 @@ def test_eval_every_writes_evaluations_during_training(tmp_path):
     """eval_every > 0: an evaluation every eval_every steps (not at the last, which the end of
     the run evaluates), each a row of eval.jsonl with the accuracies."""
     c = smoke(total_steps=4, eval_every=2, checkpoint_every=4, log_every=2)
-    c.eval.max_examples, c.eval.linear_max_steps = 64, 5
     workdir = str(tmp_path / "evals")
     results = train.train_and_evaluate(c, workdir)
     rows = read_metrics(workdir, "eval.jsonl")
@@ -75,23 +76,26 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path)
 
 
 def test_keep_checkpoints_prunes_the_oldest(tmp_path):
-    c = smoke(total_steps=5, checkpoint_every=1, keep_checkpoints=2, log_every=5)
-    c.eval.max_examples, c.eval.linear_max_steps = 64, 5
+    c = smoke(total_steps=4, checkpoint_every=1, keep_checkpoints=2, log_every=4)
     workdir = str(tmp_path / "keep")
     train.train_and_evaluate(c, workdir)
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "5"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "4"]
 
 
 def test_loss_decreases_and_parameters_change(tmp_path):
-    """A real (small) run learns: the loss goes down and the parameters move."""
-    c = smoke(total_steps=40, log_every=1, checkpoint_every=40)
-    c.optimizer.name, c.optimizer.lr = "sgd", 0.05
-    c.eval.max_examples, c.eval.linear_max_steps = 64, 5
-    workdir = str(tmp_path / "learn")
-    train.train_and_evaluate(c, workdir)
-    losses = [r["loss"] for r in read_metrics(workdir)]
-    # Per-step losses are noisy (new views every step): the last 10 against the first 10.
-    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+    """A real (small) run learns: the loss goes down, every parameter moves, and the linear
+    probe beats the same network at its random initialisation. The run is the quickstart
+    notebook's (Barlow Twins smoke, 100 steps), which asserts the same; here over 2 seeds."""
+    for seed in (0, 1):
+        c = jc.load_file("barlow_twins", "smoke")
+        c.total_steps, c.checkpoint_every, c.log_every, c.seed = 100, 100, 5, seed
+        workdir = str(tmp_path / f"learn{seed}")
+        results = train.train_and_evaluate(c, workdir)
+        losses = [r["loss"] for r in read_metrics(workdir)]
+        # Per-step losses are noisy (new views every step): the last 5 logged against the
+        # first 5.
+        assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+        assert results["eval"]["linear_accuracy"] > results["random_init_eval"]["linear_accuracy"]
 
     from jssl import checkpoint
 
@@ -237,33 +241,30 @@ print(float(metrics["loss"]), float(metrics["grad_norm"]),
 """
 
 
-def test_the_test_xla_flags_keep_the_numbers(tmp_path):
+def test_the_test_xla_flags_keep_the_numbers():
     """The suite compiles with less LLVM optimisation (tests/conftest.py); a sharded train
     step (augmentation included) under XLA's default flags, in a subprocess, gives the same
-    loss, gradient norm and parameters."""
-
-    def run(flags):
-        env = dict(
-            os.environ,
-            XLA_FLAGS=flags,
-            PYTHONUNBUFFERED="1",
-            JAX_COMPILATION_CACHE_DIR=str(tmp_path / flags.replace(" ", "_")),
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", _ONE_STEP],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return [float(x) for x in done.stdout.split()]
-
-    default = run("--xla_force_host_platform_device_count=8")
-    tests = run(os.environ["XLA_FLAGS"])
+    loss, gradient norm and parameters as here, to float32 rounding."""
     assert "xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
-    np.testing.assert_allclose(tests, default, rtol=1e-6)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONUNBUFFERED="1"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _ONE_STEP],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    default = [float(x) for x in done.stdout.split()]
+    namespace = {}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(_ONE_STEP, namespace)
+    here = [float(x) for x in out.getvalue().split()]
+    np.testing.assert_allclose(here, default, rtol=1e-6)
 
 
 def test_bfloat16_run(tmp_path):

@@ -16,6 +16,7 @@ check that refuses config fields a method never reads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import flax
@@ -44,6 +45,7 @@ __all__ = [
     "global_norm",
     "refuse_unread",
     "require_group",
+    "method_of",
 ]
 
 
@@ -103,6 +105,35 @@ class Method:
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         return self.update(state, self.make_inputs(state, batch))
+
+
+def method_of(
+    s: Any,
+    *,
+    init: Callable,
+    make_inputs: Callable,
+    update: Callable,
+    embed: Callable | None = None,
+    calibrate: Callable | None = None,
+    **optional: Callable,
+) -> Method:
+    """The Method of a static record `s` whose model has a backbone: each function here is a
+    top-level pure function taking `s` first (`init(s, rng)`, `update(s, state, inputs)`,
+    `predict(s, state, images)`, `batches(s, source, mesh)` ...); `embed` and `calibrate`
+    default to the backbone's features and BatchNorm statistics in `s.transform`."""
+    bound = {name: functools.partial(fn, s) for name, fn in optional.items()}
+    return Method(
+        init=functools.partial(init, s),
+        make_inputs=functools.partial(make_inputs, s),
+        update=functools.partial(update, s),
+        embed=functools.partial(embed, s)
+        if embed is not None
+        else functools.partial(embed_features, s.model, transform=s.transform),
+        calibrate=functools.partial(calibrate, s)
+        if calibrate is not None
+        else functools.partial(calibrate_backbone, s.model, transform=s.transform),
+        **bound,
+    )
 
 
 # --- State, keys, views ------------------------------------------------------------------

@@ -20,7 +20,6 @@ official code does. Evaluation adds the classifier's validation and test accurac
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -41,10 +40,9 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
-    calibrate_backbone,
-    embed_features,
     init_state,
     make_views,
+    method_of,
     refuse_unread,
     require_group,
     step_metrics,
@@ -319,13 +317,11 @@ def batches(s: Setup, source, mesh):
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """The joint method's pure functions for this config."""
-    s = setup(config, data)
-    return Method(
-        init=functools.partial(init, s),
-        make_inputs=functools.partial(make_inputs, s),
-        update=functools.partial(update, s),
-        embed=functools.partial(embed_features, s.model, transform=s.transform),
-        calibrate=functools.partial(calibrate_backbone, s.model, transform=s.transform),
-        predict=functools.partial(predict, s),
-        batches=functools.partial(batches, s),
+    return method_of(
+        setup(config, data),
+        init=init,
+        make_inputs=make_inputs,
+        update=update,
+        predict=predict,
+        batches=batches,
     )

@@ -35,7 +35,6 @@ mask's learning rate follows the network's schedule per step, not per epoch.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -52,10 +51,10 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
-    calibrate_backbone,
     global_norm,
     init_state,
     make_views,
+    method_of,
     require_group,
     step_metrics,
     variables,
@@ -547,11 +546,4 @@ def embed(s: Setup, state: TrainState, images: jax.Array) -> jax.Array:
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """MetaMask's pure functions for this config."""
-    s = setup(config)
-    return Method(
-        init=functools.partial(init, s),
-        make_inputs=functools.partial(make_inputs, s),
-        update=functools.partial(update, s),
-        embed=functools.partial(embed, s),
-        calibrate=functools.partial(calibrate_backbone, s.model, transform=s.transform),
-    )
+    return method_of(setup(config), init=init, make_inputs=make_inputs, update=update, embed=embed)

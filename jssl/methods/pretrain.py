@@ -23,7 +23,6 @@ optimizer step on them), which tests and benchmarks call directly.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, Mapping
 
@@ -40,10 +39,9 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
-    calibrate_backbone,
-    embed_features,
     init_state,
     make_views,
+    method_of,
     step_metrics,
 )
 from jssl.optim import build_optimizer
@@ -481,11 +479,4 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """The pretrain method's pure functions for this config."""
-    s = setup(config)
-    return Method(
-        init=functools.partial(init, s),
-        make_inputs=functools.partial(make_inputs, s),
-        update=functools.partial(update, s),
-        embed=functools.partial(embed_features, s.model, transform=s.transform),
-        calibrate=functools.partial(calibrate_backbone, s.model, transform=s.transform),
-    )
+    return method_of(setup(config), init=init, make_inputs=make_inputs, update=update)

@@ -19,7 +19,6 @@ embeds whole images with the backbone alone, as for every other method.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -36,10 +35,9 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
-    calibrate_backbone,
     classifier_update,
-    embed_features,
     init_state,
+    method_of,
     refuse_unread,
     require_group,
     step_key,
@@ -238,11 +236,4 @@ def update(s: Setup, state: TrainState, inputs: tuple) -> tuple[TrainState, dict
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """The puzzle method's pure functions for this config."""
-    s = setup(config)
-    return Method(
-        init=functools.partial(init, s),
-        make_inputs=functools.partial(make_inputs, s),
-        update=functools.partial(update, s),
-        embed=functools.partial(embed_features, s.model, transform=s.transform),
-        calibrate=functools.partial(calibrate_backbone, s.model, transform=s.transform),
-    )
+    return method_of(setup(config), init=init, make_inputs=make_inputs, update=update)

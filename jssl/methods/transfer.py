@@ -17,7 +17,6 @@ backbone alone, as for every other method (k-NN and linear probe on the real lab
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -38,10 +37,9 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
-    calibrate_backbone,
     classifier_update,
-    embed_features,
     init_state,
+    method_of,
     refuse_unread,
     require_group,
     step_key,
@@ -198,12 +196,6 @@ def batches(s: Setup, source, mesh):
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """The student's pure functions for this config."""
-    s = setup(config)
-    return Method(
-        init=functools.partial(init, s),
-        make_inputs=functools.partial(make_inputs, s),
-        update=functools.partial(update, s),
-        embed=functools.partial(embed_features, s.model, transform=s.transform),
-        calibrate=functools.partial(calibrate_backbone, s.model, transform=s.transform),
-        batches=functools.partial(batches, s),
+    return method_of(
+        setup(config), init=init, make_inputs=make_inputs, update=update, batches=batches
     )
