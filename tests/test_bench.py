@@ -45,29 +45,8 @@ def test_count_flops_conv_forward_and_backward(stride):
 
 @pytest.mark.slow
 def test_bench_json_line(capsys):
-    assert (
-        bench.main(
-            [
-                "--backbone",
-                "resnet18_tiny",
-                "--width",
-                "4",
-                "--batch",
-                "8",
-                "--image-size",
-                "16",
-                "--proj",
-                "16",
-                "--steps",
-                "1",
-                "--warmup",
-                "0",
-                "--peak-tflops",
-                "1.0",
-            ]
-        )
-        == 0
-    )
+    args = "--backbone convnet --width 4 --batch 8 --image-size 16 --proj 16 --steps 1"
+    assert bench.main([*args.split(), "--warmup", "0", "--peak-tflops", "1.0"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in (
         "img_per_s",
@@ -86,30 +65,9 @@ def test_bench_json_line(capsys):
 def test_metamask_bench_times_every_mode_against_the_base_step(capsys):
     """`python -m jssl.bench --method metamask`: the base step and each mode timed in one
     run, ratios of their medians."""
+    args = "--method metamask --modes first_order --backbone convnet --width 4 --batch 8"
     assert (
-        bench.main(
-            [
-                "--method",
-                "metamask",
-                "--modes",
-                "first_order",
-                "--backbone",
-                "convnet",
-                "--width",
-                "4",
-                "--batch",
-                "8",
-                "--image-size",
-                "16",
-                "--proj",
-                "16",
-                "--steps",
-                "1",
-                "--warmup",
-                "0",
-            ]
-        )
-        == 0
+        bench.main([*args.split(), *"--image-size 16 --proj 16 --steps 1 --warmup 0".split()]) == 0
     )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["method"] == "metamask" and out["modes"] == ["first_order"]
