@@ -18,8 +18,10 @@ momentum 0.9, lr 0.1, weight decay 1e-4 on every parameter, `--batch` images per
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +31,7 @@ import jax
 import numpy as np
 from jax.extend import core
 
+import jssl
 from jssl import methods, parallel
 from jssl.config import load_file
 from jssl.errors import ConfigError
@@ -289,6 +292,23 @@ def _resolve(entry):
     return entry
 
 
+def source_version() -> dict:
+    """{"commit": the git commit of the jssl source that ran (with "+dirty" when it has
+    uncommitted changes), or None outside a git checkout; "jssl": the package version}."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(jssl.__file__)))
+    commit = None
+    try:
+        run = functools.partial(
+            subprocess.run, cwd=root, capture_output=True, text=True, timeout=10, check=True
+        )
+        commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        if run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip():
+            commit += "+dirty"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"commit": commit, "jssl": jssl.__version__}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jssl.bench", description=__doc__.split("\n")[0])
     p.add_argument("--method", default="barlow_twins", choices=sorted(BENCHES))
@@ -329,6 +349,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     result = _resolve(BENCHES[args.method])(args)
+    result.update(source_version())
     line = json.dumps(result)
     print(line)
     if args.out:

@@ -1,14 +1,19 @@
 """The benchmark's FLOP counter and its JSON line (tiny sizes; timing is not tested)."""
 
 import json
+import os
+import subprocess
 
 import jax
 import jax.numpy as jnp
 import pytest
 from jax import lax
 
+import jssl
 from jssl import bench
 from jssl.models.conv import conv2d
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _conv(x, w, stride=1):
@@ -60,6 +65,12 @@ def test_bench_json_line(capsys):
         assert key in out, key
     assert out["devices"] == jax.device_count() and out["backend"] == "cpu"
     assert out["flops_per_step"] > 0 and 0 < out["mfu"]
+    # The source that was measured: this checkout's commit (a test run may be dirty).
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert out["commit"] in ((head, head + "+dirty") if head else (None,))
+    assert out["jssl"] == jssl.__version__
 
 
 def test_metamask_bench_times_every_mode_against_the_base_step(capsys):

@@ -35,6 +35,7 @@ mask's learning rate follows the network's schedule per step, not per epoch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -72,6 +73,7 @@ __all__ = [
     "init",
     "make_inputs",
     "network_update",
+    "meta_problem",
     "meta_update",
     "update",
     "build",
@@ -112,6 +114,7 @@ def mask_hypergradient(
     weight_decay,
     mode: str = "exact",
     radius: float = 0.01,
+    tangent_loss_fn: Callable[[Any, Any], jax.Array] | None = None,
 ) -> Any:
     r"""Gradient with respect to `mask` of the loss after one SGD-momentum step of `params`.
 
@@ -127,7 +130,14 @@ def mask_hypergradient(
               \qquad u = \nabla_\theta L(\theta', m).
 
     Modes:
-      * ``"exact"``: ``jax.grad`` of F through the unrolled step, second-order term included.
+      * ``"exact"``: the formula above, second-order term included, by automatic
+        differentiation. The mixed term is the gradient in m of the directional derivative
+        of L along u in θ (forward over reverse): ``jax.grad`` in m of ``jax.jvp`` in θ. What
+        does not depend on m (MetaMask's backbone: the mask sits after it) is only pushed
+        forward with its tangent, never differentiated in reverse, so the step costs one
+        gradient at θ, one at θ' and about a forward pass with tangents (the construction
+        as ``jax.grad`` of F through the unrolled step, reverse over reverse, gives the
+        same numbers and costs a third more: docs/bench/metamask_cpu.jsonl).
       * ``"first_order"``: :math:`\partial_m L(\theta', m)` with θ' held fixed.
       * ``"finite_difference"``: the official code's construction (Li et al. 2022,
         jiangmengli/MetaMask ``_hessian_vector_product``): the mixed term by central
@@ -147,6 +157,10 @@ def mask_hypergradient(
       weight_decay: λ, one number or a pytree of numbers shaped like `params`.
       mode: "exact", "first_order" or "finite_difference".
       radius: the finite-difference step length along u (0.01 in the official code).
+      tangent_loss_fn: "exact" only: the same function as `loss_fn`, built from operations
+        that forward-mode differentiation accepts, for the directional derivative (None:
+        `loss_fn` itself). jssl's CPU convolution (`jssl.models.conv`) has a custom
+        reverse rule only, so MetaMask passes its loss with XLA's convolutions here.
 
     Returns:
       A pytree shaped like `mask`: dF/dm.
@@ -166,20 +180,24 @@ def mask_hypergradient(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     wd = _per_leaf(weight_decay, params)
-
-    def unrolled(m):
-        g = jax.grad(loss_fn)(params, m)
-        return jax.tree_util.tree_map(
+    g = jax.grad(loss_fn)(params, mask)
+    new = jax.lax.stop_gradient(
+        jax.tree_util.tree_map(
             lambda p, v, gi, lam: p - lr * (momentum * v + gi + lam * p), params, velocity, g, wd
         )
-
-    if mode == "exact":
-        return jax.grad(lambda m: loss_fn(unrolled(m), m))(mask)
-    new = jax.lax.stop_gradient(unrolled(mask))
+    )
     if mode == "first_order":
         return jax.grad(loss_fn, argnums=1)(new, mask)
-    # finite_difference
     direct, u = jax.grad(lambda m, p: loss_fn(p, m), argnums=(0, 1))(mask, new)
+    if mode == "exact":
+        along = tangent_loss_fn or loss_fn
+
+        def directional(m):  # <grad_theta L(theta, m), u>, with m the only variable
+            return jax.jvp(lambda p: along(p, m), (params,), (u,))[1]
+
+        mixed = jax.grad(directional)(mask)
+        return jax.tree_util.tree_map(lambda d, x: d - lr * x, direct, mixed)
+    # finite_difference
     r = radius / jnp.maximum(global_norm(u), jnp.finfo(jnp.result_type(float)).tiny)
     grad_m = jax.grad(loss_fn, argnums=1)
     plus = grad_m(_tree_scale_add(params, u, r), mask)
@@ -319,7 +337,9 @@ class MetaMaskModel(nn.Module):
         return self.backbone(x, train=train)
 
 
-def build_model(config: ml_collections.ConfigDict) -> MetaMaskModel:
+def build_model(config: ml_collections.ConfigDict, conv_impl: str | None = None) -> MetaMaskModel:
+    """The network of `config`; `conv_impl` replaces `config.model.conv_impl` (same
+    parameters)."""
     dtype = compute_dtype(config)
     m = config.model
 
@@ -334,7 +354,7 @@ def build_model(config: ml_collections.ConfigDict) -> MetaMaskModel:
         )
 
     return MetaMaskModel(
-        backbone=models.backbone_from_config(m, dtype),
+        backbone=models.backbone_from_config(m, dtype, conv_impl),
         projector=projector(m.projector_hidden_dims, m.projector_dim),
         contrastive_projector=projector(m.contrastive_hidden_dims, m.contrastive_dim),
     )
@@ -363,6 +383,10 @@ class Setup:
 
     config: ml_collections.ConfigDict
     model: MetaMaskModel
+    # The same network with XLA's convolutions, which forward-mode differentiation accepts:
+    # the exact hypergradient's directional derivative runs through it (mask_hypergradient's
+    # tangent_loss_fn).
+    tangent_model: MetaMaskModel
     tx: optax.GradientTransformation
     schedule: optax.Schedule  # the network's learning rate
     mask_tx: optax.GradientTransformation
@@ -398,6 +422,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     return Setup(
         config=config,
         model=build_model(config),
+        tangent_model=build_model(config, conv_impl="xla"),
         tx=tx,
         schedule=schedule,
         mask_tx=mask_tx,
@@ -467,19 +492,19 @@ def network_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array]):
     return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
 
 
-def meta_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array], lr):
-    """Steps 2-3: the mask's hypergradient at the state's parameters through a virtual
-    SGD-momentum step of learning rate `lr`, then the mask's own SGD-momentum step.
-    BatchNorm statistics are read (train mode uses batch statistics), never written."""
-    extras = state.extras
+def meta_problem(s: Setup, state: TrainState, inputs: Sequence[jax.Array]) -> dict:
+    """The meta-objective of `meta_update` at `state`, as `mask_hypergradient`'s arguments:
+    {"loss_fn": L_c(params, mask_logits) (the contrastive term on the views, BatchNorm in
+    train mode, statistics never written), "tangent_loss_fn": the same with XLA's
+    convolutions, "velocity": the network's momentum buffer, "weight_decay": per parameter}."""
     batch_stats = state.batch_stats
-    mm, opt = s.config.metamask, s.config.optimizer
+    opt = s.config.optimizer
     temperature = s.config.loss.temperature
 
-    def meta_loss(params, logits):
+    def meta_loss(params, logits, model=s.model):
         mask = s.mask_fn(logits)
         zs = [
-            s.model.apply(
+            model.apply(
                 {"params": params, "batch_stats": batch_stats},
                 x,
                 mask,
@@ -491,22 +516,37 @@ def meta_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array], lr):
         ]
         return losses.nt_xent(*zs, temperature=temperature)
 
-    # The network's momentum buffer after its update, and its per-parameter weight decay.
-    velocity = optax.tree_utils.tree_get(state.opt_state, "trace")
     wd = opt.weight_decay
     if opt.exclude_bias_and_norm:
         wd = jax.tree_util.tree_map(lambda keep: wd if keep else 0.0, decay_mask(state.params))
+    return {
+        "loss_fn": meta_loss,
+        "tangent_loss_fn": functools.partial(meta_loss, model=s.tangent_model),
+        # The network's momentum buffer after its update.
+        "velocity": optax.tree_utils.tree_get(state.opt_state, "trace"),
+        "weight_decay": wd,
+    }
+
+
+def meta_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array], lr):
+    """Steps 2-3: the mask's hypergradient at the state's parameters through a virtual
+    SGD-momentum step of learning rate `lr` (`meta_problem`), then the mask's own
+    SGD-momentum step."""
+    extras = state.extras
+    mm = s.config.metamask
+    problem = meta_problem(s, state, inputs)
     logits = extras["mask_logits"]
     hyper = mask_hypergradient(
-        meta_loss,
+        problem["loss_fn"],
         state.params,
         logits,
-        velocity,
+        problem["velocity"],
         lr=lr,
-        momentum=opt.momentum,
-        weight_decay=wd,
+        momentum=s.config.optimizer.momentum,
+        weight_decay=problem["weight_decay"],
         mode=mm.mode,
         radius=mm.fd_radius,
+        tangent_loss_fn=problem["tangent_loss_fn"] if mm.mode == "exact" else None,
     )
     updates, mask_opt_state = s.mask_tx.update(hyper, extras["mask_opt_state"], logits)
     logits = optax.apply_updates(logits, updates)

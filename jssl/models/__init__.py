@@ -99,15 +99,19 @@ def build_backbone(
     return cls(dtype=dtype, conv=conv_module(conv_impl), **fields)
 
 
-def backbone_from_config(model, dtype=jnp.float32) -> nn.Module:
+def backbone_from_config(model, dtype=jnp.float32, conv_impl: str | None = None) -> nn.Module:
     """The backbone a config's `model` group describes: `model.backbone` with its width
     (`num_filters`), the stem for ResNets (`stem`) and `conv_impl`; `dtype` is the
-    computation dtype (`jssl.config.compute_dtype`)."""
+    computation dtype (`jssl.config.compute_dtype`). `conv_impl` given here replaces the
+    config's (the parameters are the same for every implementation)."""
     overrides = {"num_filters": model.num_filters}
     if model.backbone.startswith("resnet"):
         overrides["stem"] = model.stem
     return build_backbone(
-        model.backbone, dtype=dtype, conv_impl=model.get("conv_impl", "auto"), **overrides
+        model.backbone,
+        dtype=dtype,
+        conv_impl=conv_impl or model.get("conv_impl", "auto"),
+        **overrides,
     )
 
 

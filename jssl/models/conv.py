@@ -20,6 +20,10 @@ variants (im2col with one big GEMM, channel-major copies of the input, col2im in
 gradients, tap-sum forwards) were slower on these CPUs: the extra copies cost more than
 the larger GEMMs save.
 
+Only reverse mode has the custom rule (a `jax.custom_vjp`): forward-mode differentiation
+(`jax.jvp`) needs XLA's convolution, whose forward-mode is fast anyway (MetaMask's exact
+hypergradient builds its tangent pass with `conv_impl="xla"`). Float64 inputs stay float64.
+
 On GPUs and TPUs XLA's own convolutions are the fast ones:
 `jssl.models.build_backbone(conv_impl="auto")` uses this module only on CPU.
 """
@@ -43,7 +47,12 @@ PaddingLike = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
 
 def _xla_conv(x: jax.Array, w: jax.Array, stride: tuple[int, int], padding: Pads) -> jax.Array:
     return lax.conv_general_dilated(
-        x, w, stride, padding, dimension_numbers=_DN, preferred_element_type=jnp.float32
+        x,
+        w,
+        stride,
+        padding,
+        dimension_numbers=_DN,
+        preferred_element_type=jnp.promote_types(x.dtype, jnp.float32),
     ).astype(x.dtype)
 
 
@@ -104,7 +113,8 @@ def _conv2d_fwd(x, w, stride, pads):
 
 
 def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape, stride, pads) -> jax.Array:
-    """dW (kh, kw, C, D) in float32: one canonical (D x K) @ (K x C) GEMM per tap."""
+    """dW (kh, kw, C, D) in float32 (float64 for float64 inputs): one canonical
+    (D x K) @ (K x C) GEMM per tap."""
     kh, kw, c, d = kernel_shape
     n, ho, wo, _ = g.shape
     sh, sw = stride
@@ -120,7 +130,11 @@ def _weight_grad(x: jax.Array, g: jax.Array, kernel_shape, stride, pads) -> jax.
                 (1, sh, sw, 1),
             )
             taps.append(
-                jnp.dot(gt, window.reshape(n * ho * wo, c), preferred_element_type=jnp.float32)
+                jnp.dot(
+                    gt,
+                    window.reshape(n * ho * wo, c),
+                    preferred_element_type=jnp.promote_types(x.dtype, jnp.float32),
+                )
             )
     return jnp.stack(taps).reshape(kh, kw, d, c).transpose(0, 1, 3, 2)
 
