@@ -292,6 +292,14 @@ def _resolve(entry):
     return entry
 
 
+def _cpu_devices(count: int) -> None:
+    """Ask XLA for `count` CPU devices (one core each) unless XLA_FLAGS sets a count; takes
+    effect only before JAX starts its backends (the JSON line reports the devices used)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
 def source_version() -> dict:
     """{"commit": the git commit of the jssl source that ran (with "+dirty" when it has
     uncommitted changes), or None outside a git checkout; "jssl": the package version}."""
@@ -346,8 +354,17 @@ def main(argv=None) -> int:
     p.add_argument("--d", type=int, default=128, help="kmeans: dimension")
     p.add_argument("--k", type=int, default=1000, help="kmeans: clusters")
     p.add_argument("--iters", type=int, default=10, help="kmeans: Lloyd iterations")
+    p.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        help="kmeans on CPU: XLA devices to shard the points over, one per core (default: "
+        "every core, as scikit-learn's and faiss's threads use); XLA_FLAGS' device count wins",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.method == "kmeans":
+        _cpu_devices(args.cpu_devices or os.cpu_count() or 1)
     result = _resolve(BENCHES[args.method])(args)
     result.update(source_version())
     line = json.dumps(result)

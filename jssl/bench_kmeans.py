@@ -6,6 +6,10 @@ distinct points drawn with --seed) for the same --iters Lloyd iterations (tol 0)
 after the other, `REPEATS` times alternately (the machines are shared and noisy: only
 numbers measured together mean anything); the median wall time of each is reported.
 
+jssl shards the points over the devices, one CPU device per core (`--cpu-devices`, default
+every core: on a CPU host XLA otherwise shows one device, run by one core), while
+scikit-learn and faiss use one thread per core: the same cores for all three.
+
 `s_per_iter` is a whole call's wall time (placing the data, the iterations, the final
 assignment) divided by the iterations it ran, for every library alike; jssl's compilation
 is done by an untimed warm-up call first. `inertia` is each result's sum of squared
@@ -17,6 +21,7 @@ Lloyd's algorithm does not converge within a few iterations.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -107,6 +112,7 @@ def bench(args) -> dict:
         "iters": iters,
         "seed": args.seed,
         "devices": jax.device_count(),
+        "cpu_cores": os.cpu_count(),
         "backend": jax.default_backend(),
         "chunk_size": cluster.default_chunk_size(k),
         "compile_s": round(compile_s, 3),

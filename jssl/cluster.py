@@ -12,6 +12,9 @@ section 5): N in the millions, K in the thousands, on one host or an accelerator
   gather the labels or the scatter.
 * Distances are ||x||^2 - 2 x.c + ||c||^2 for `chunk_size` points at a time inside a
   `lax.scan`: at most chunk_size x K distances exist at once per device, never N x K.
+* On a CPU host XLA shows one device, which runs on one core: start Python with
+  `XLA_FLAGS=--xla_force_host_platform_device_count=<cores>` to shard the points over
+  every core (`python -m jssl.bench --method kmeans` does).
   The data are centred first (as scikit-learn does), which keeps this expansion accurate.
 * Empty clusters get the points farthest from their centres (scikit-learn's rule), so a
   run never ends with fewer than K non-empty clusters while there are K distinct points.
