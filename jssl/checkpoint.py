@@ -7,9 +7,11 @@ Layout of a workdir:
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run
 killed at any moment (kill -9 included) leaves the earlier steps intact and resumes from
-the last complete one. Before a manager is ever created on a workdir, `check_workdir`
-compares the experiment fields: a workdir that holds another experiment is refused and
-nothing in it is touched.
+the last complete one. A complete-looking step that does not restore (a file truncated or
+lost afterwards) is moved aside to `checkpoints/<step>.damaged` and the next older step is
+restored instead (`Checkpointer.restore_latest`). Before a manager is ever created on a
+workdir, `check_workdir` compares the experiment fields: a workdir that holds another
+experiment is refused and nothing in it is touched.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jssl import io
 from jssl.config import experiment_fields, from_flat, from_nested
@@ -126,6 +130,41 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def restore_latest(self, abstract_state, *, say=None):
+        """(state, step) from the newest checkpoint that restores, or (None, None).
+
+        A checkpoint that does not restore (a missing or truncated file, a step directory
+        orbax cannot read, a tree that does not match `abstract_state`) is reported in one
+        line, moved aside to `checkpoints/<step>.damaged` (never deleted: nothing is lost)
+        and the next older one is tried; when none restores, that is said too and the
+        caller starts afresh. `say(line)`: where the lines go (default: stderr). Every
+        process takes the same decision (a step counts as restored only if it did on all).
+        """
+        say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        tried = False
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            tried = True
+            error = None
+            try:
+                state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            except Exception as e:  # orbax and tensorstore raise many types for a bad file
+                state, error = None, e
+            if _all_processes(error is None):
+                return state, step
+            reason = _one_line(error) if error is not None else "failed on another process"
+            path = os.path.join(self.manager.directory, str(step))
+            moved = _move_aside(path) if jax.process_index() == 0 else path + ".damaged"
+            _sync(f"jssl-damaged-{step}")
+            self.manager.reload()
+            if jax.process_index() == 0:
+                say(
+                    f"jssl: checkpoint {path} does not restore ({reason}); moved to {moved}; "
+                    "trying the next older one"
+                )
+        if tried and jax.process_index() == 0:
+            say(f"jssl: no checkpoint in {self.manager.directory} restores; starting from step 0")
+        return None, None
+
     def restore(self, abstract_state, step: int | None = None):
         """Restore into the shapes, dtypes and shardings of `abstract_state`."""
         step = self.manager.latest_step() if step is None else step
@@ -137,6 +176,35 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(error).split())
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _move_aside(path: str) -> str:
+    """Rename `path` to `path.damaged` (or .damaged.1, ...) and return the new name."""
+    target, n = path + ".damaged", 0
+    while os.path.exists(target):
+        n += 1
+        target = f"{path}.damaged.{n}"
+    if os.path.exists(path):
+        os.rename(path, target)
+    return target
+
+
+def _all_processes(ok: bool) -> bool:
+    if jax.process_count() == 1:
+        return ok
+    flags = multihost_utils.process_allgather(np.asarray([ok], np.int32))
+    return bool(np.all(flags))
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def restore_host(path: str, step: int | None = None) -> tuple[int, dict]:

@@ -111,9 +111,10 @@ class _Run:
             )
 
     def restore_or_init(self, ckpt: checkpoint.Checkpointer):
-        if ckpt.latest_step() is not None:
-            return ckpt.restore(self.abstract)
-        return self.init_fn(self.rng)
+        """The newest checkpoint that restores (damaged ones are moved aside with a line
+        each), else the initial state."""
+        state, _ = ckpt.restore_latest(self.abstract)
+        return self.init_fn(self.rng) if state is None else state
 
     def evaluate(self, state, config) -> dict:
         out = evaluate.evaluate_encoder(self.method, self.embed_fn, state, config, self.mesh)
@@ -138,8 +139,13 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=No
             "train first (--mode=train)"
         )
     ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
-    state = ckpt.restore(run.abstract)
+    state, _ = ckpt.restore_latest(run.abstract)
     ckpt.close()
+    if state is None:
+        raise ConfigError(
+            f"--workdir {workdir}: no checkpoint restores (each was moved aside as "
+            "<step>.damaged); train again (--mode=train)"
+        )
     results = {
         "workdir": workdir,
         "final_step": int(jax.device_get(state.step)),
