@@ -322,6 +322,10 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def validate(
     config: ml_collections.ConfigDict,
     num_devices: int,
@@ -348,7 +352,11 @@ def validate(
         "eval_every",
         f"must be an integer >= 0 (0 = only at the end), got {config.eval_every!r}",
     )
-    _require(_is_int(config.seed), "seed", f"must be an integer, got {config.seed!r}")
+    _require(
+        _is_int(config.seed) and config.seed >= 0,
+        "seed",
+        f"must be an integer >= 0, got {config.seed!r}",
+    )
     _require(
         isinstance(config.plots, bool), "plots", f"must be True or False, got {config.plots!r}"
     )
@@ -469,6 +477,31 @@ def validate(
         _is_int(config.eval.batch_size) and config.eval.batch_size > 0,
         "eval.batch_size",
         f"must be a positive integer, got {config.eval.batch_size!r}",
+    )
+    ev = config.eval
+    _require(
+        _is_number(ev.knn_temperature) and ev.knn_temperature > 0,
+        "eval.knn_temperature",
+        f"must be a number > 0, got {ev.knn_temperature!r}",
+    )
+    _require(
+        _is_int(ev.max_examples) and ev.max_examples >= 0,
+        "eval.max_examples",
+        f"must be an integer >= 0 (0: whole splits), got {ev.max_examples!r}",
+    )
+    _require(
+        _is_int(ev.linear_max_steps) and ev.linear_max_steps > 0,
+        "eval.linear_max_steps",
+        f"must be a positive integer, got {ev.linear_max_steps!r}",
+    )
+    decays = ev.linear_weight_decays
+    _require(
+        isinstance(decays, (tuple, list))
+        and len(decays) > 0
+        and all(_is_number(d) and d >= 0 for d in decays),
+        "eval.linear_weight_decays",
+        f"must be a non-empty list of numbers >= 0 (the probe picks one on validation), "
+        f"got {decays!r}",
     )
     for field, names in (known or {}).items():
         value = get_field(config, field)

@@ -74,6 +74,17 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None):
             f"config.batch_size: {config.batch_size} is larger than the "
             f"{len(source)} examples of {config.data.name}:{config.data.train_split}"
         )
+    ev = config.eval
+    bank = len(sources.get_source(config.data.name, ev.train_split, data_dir=config.data.data_dir))
+    if ev.max_examples:
+        bank = min(bank, ev.max_examples)
+    if ev.knn_k > bank:
+        raise ConfigError(
+            f"config.eval.knn_k: {ev.knn_k} is larger than the k-NN bank, the {bank} "
+            f"examples of {config.data.name}:{ev.train_split}"
+            + (f" capped by eval.max_examples={ev.max_examples}" if ev.max_examples else "")
+            + f"; use at most {bank}"
+        )
     return source, resume
 
 

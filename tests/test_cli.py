@@ -92,6 +92,18 @@ def assert_one_line_error(done, *needles):
             ["config.model.backbone", "resnet19"],
         ),
         (["--config", SMOKE], ["--workdir"]),
+        # Checked before any work (they used to fail in the data thread or after training).
+        (["--config", SMOKE, "--config.seed=-1"], ["config.seed", "integer >= 0"]),
+        (["--config", SMOKE, "--config.eval.max_examples=-5"], ["config.eval.max_examples"]),
+        (["--config", SMOKE, "--config.eval.linear_max_steps=0"], ["eval.linear_max_steps"]),
+        (
+            ["--config", SMOKE, "--config.eval.linear_weight_decays=()"],
+            ["config.eval.linear_weight_decays", "non-empty"],
+        ),
+        (
+            ["--config", SMOKE, "--config.eval.knn_k=100000"],
+            ["config.eval.knn_k", "larger than the k-NN bank", "use at most"],
+        ),
     ],
 )
 def test_bad_config_is_one_line(tmp_path, args, needles):
