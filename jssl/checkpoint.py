@@ -174,8 +174,12 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.StandardSave(state))
 
     def close(self) -> None:
+        """Wait for pending saves and close (a second call does nothing)."""
+        if self.manager is None:
+            return
         self.manager.wait_until_finished()
         self.manager.close()
+        self.manager = None
 
 
 def _one_line(error: BaseException, limit: int = 200) -> str:

@@ -2,12 +2,13 @@
 
 `ConfigError` is a mistake in the experiment's config or command line; `DataError` a data
 set, split or index that cannot be served. Both are `ValueError`s; the CLI prints their
-message as one line and exits with status 2.
+message as one line and exits with status 2. `Stopped` is not a mistake: a run that was
+asked to stop (SIGTERM, Ctrl-C) and checkpointed first; the CLI exits with status 75.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError"]
+__all__ = ["ConfigError", "DataError", "Stopped"]
 
 
 class ConfigError(ValueError):
@@ -16,3 +17,8 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A data set, split or index the user asked for cannot be served (one-line message)."""
+
+
+class Stopped(Exception):
+    """A run stopped on request (SIGTERM or SIGINT) after checkpointing its last step; the
+    same command resumes it. The message is one line naming the signal and the step."""

@@ -48,6 +48,7 @@ flags.DEFINE_integer("num_processes", None, "Multi-process runs: the number of p
 flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's id, 0 .. N-1.")
 
 EXIT_USAGE = 2
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after a checkpoint; run again to resume
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -153,7 +154,7 @@ def _main(argv: list[str]) -> int:
     import jax
 
     from jssl import checkpoint, studies, train
-    from jssl.errors import ConfigError, DataError
+    from jssl.errors import ConfigError, DataError, Stopped
 
     try:
         if config is None:  # --mode=eval --workdir DIR: the run's own config
@@ -173,6 +174,11 @@ def _main(argv: list[str]) -> int:
         _fail(str(e))
     except FloatingPointError as e:
         _fail(str(e), code=1)
+    except Stopped as e:
+        print(f"jssl: {e}", file=sys.stderr)
+        sys.exit(EXIT_STOPPED)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        _fail("interrupted; the last checkpoint is kept: run the same command to resume", code=130)
     if jax.process_index() != 0:  # every process has the results; one prints them
         return 0
     if config.get("study"):

@@ -19,19 +19,23 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable
 
 import jax
 import ml_collections
+import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from jssl import checkpoint, evaluate, io, methods, models, parallel, plots
 from jssl.checkpoint import CONFIG_FILE
 from jssl.config import validate
 from jssl.data import pipeline, sources
-from jssl.errors import ConfigError
+from jssl.errors import ConfigError, Stopped
 from jssl.metric_writer import EVAL_FILE, MetricWriter
 
 __all__ = [
@@ -198,6 +202,7 @@ def run_steps(
     on_log: Callable[[int, dict], None] | None = None,
     after_step: Callable[[int, object], None] | None = None,
     progress=None,
+    should_stop: Callable[[int, bool], bool] | None = None,
 ):
     """The loop every training goes through: steps `start_step + 1 .. end_step` of
     `state, metrics = step_fn(state, batch)` over `batches(start_step, end_step)`.
@@ -206,33 +211,84 @@ def run_steps(
     an implicit transfer raises); the only host round-trip is the metrics every `log_every`
     steps and at the last, checked for a finite loss (FloatingPointError naming the step
     otherwise) and handed to `on_log(step, scalars)` with `steps_per_s`. `after_step(step,
-    state)` runs after every step (checkpoints, evaluation). Returns the final state.
+    state)` runs after every step (checkpoints, evaluation). `should_stop(step, logged)`,
+    asked after every step, ends the loop early when it says so. Returns the last state.
     """
     t_last, step_last = time.perf_counter(), start_step
     step = start_step
-    for batch in batches(start_step, end_step):
-        with jax.transfer_guard("disallow"):
-            state, metrics = step_fn(state, batch)
-        step += 1
-        if progress is not None:
-            progress.update(1)
-        if step % log_every == 0 or step == end_step:
-            scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            scalars["steps_per_s"] = (step - step_last) / max(now - t_last, 1e-9)
-            t_last, step_last = now, step
-            if not math.isfinite(scalars["loss"]):
-                raise FloatingPointError(
-                    f"loss is {scalars['loss']} at step {step}; lower config.optimizer.lr or "
-                    "check the data (the last checkpoint is kept)"
-                )
-            if on_log is not None:
-                on_log(step, scalars)
+    stream = batches(start_step, end_step)
+    try:
+        for batch in stream:
+            with jax.transfer_guard("disallow"):
+                state, metrics = step_fn(state, batch)
+            step += 1
             if progress is not None:
-                progress.set_postfix(loss=f"{scalars['loss']:.4f}")
-        if after_step is not None:
-            after_step(step, state)
+                progress.update(1)
+            if step % log_every == 0 or step == end_step:
+                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                scalars["steps_per_s"] = (step - step_last) / max(now - t_last, 1e-9)
+                t_last, step_last = now, step
+                if not math.isfinite(scalars["loss"]):
+                    raise FloatingPointError(
+                        f"loss is {scalars['loss']} at step {step}; lower config.optimizer.lr or "
+                        "check the data (the last checkpoint is kept)"
+                    )
+                if on_log is not None:
+                    on_log(step, scalars)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{scalars['loss']:.4f}")
+            if after_step is not None:
+                after_step(step, state)
+            logged = step % log_every == 0 or step == end_step
+            if should_stop is not None and step < end_step and should_stop(step, logged):
+                break
+    finally:
+        if hasattr(stream, "close"):  # a generator left early: stop its prefetch now
+            stream.close()
     return state
+
+
+class StopRequests:
+    """SIGTERM and SIGINT (Ctrl-C) handlers that ask the loop to stop after the current step.
+
+    Installed for the duration of a `with` block in the main thread (elsewhere signals
+    cannot be caught and nothing is installed). The first signal is recorded and the
+    previous handlers are put back, so a second one acts at once (Ctrl-C twice: stop now).
+    On one process the loop stops after the step during which the signal came; on several,
+    every process stops at the same step: they agree at the next logging step, where they
+    synchronise for the metrics anyway (`requested`).
+    """
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        self._restore()
+
+    def _restore(self):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+
+    def requested(self, step: int, logged: bool) -> bool:
+        if jax.process_count() == 1:
+            return self.signal is not None
+        if not logged:
+            return False
+        flags = multihost_utils.process_allgather(np.asarray([self.signal is not None]))
+        return bool(np.any(flags))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
@@ -283,17 +339,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
     train_start = time.perf_counter()
     try:
-        state = run_steps(
-            step_fn,
-            state,
-            batches,
-            start_step=start_step,
-            end_step=config.total_steps,
-            log_every=config.log_every,
-            on_log=writer.write,
-            after_step=after_step,
-            progress=progress,
-        )
+        with StopRequests() as stops:
+            state = run_steps(
+                step_fn,
+                state,
+                batches,
+                start_step=start_step,
+                end_step=config.total_steps,
+                log_every=config.log_every,
+                on_log=writer.write,
+                after_step=after_step,
+                progress=progress,
+                should_stop=stops.requested,
+            )
+            step = int(jax.device_get(state.step))
+            if step < config.total_steps:  # stopped on request: checkpoint this step first
+                if step % config.checkpoint_every:
+                    ckpt.save(step, state)
+                ckpt.close()
+                writer.close()
+                raise Stopped(
+                    f"stopped by {stops.signal or 'a signal on another process'} after step "
+                    f"{step} of {config.total_steps}; checkpoint {step} saved: run the same "
+                    "command to resume"
+                )
     finally:
         if progress is not None:
             progress.close()

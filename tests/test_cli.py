@@ -200,3 +200,20 @@ def test_a_study_config_goes_to_its_study(tmp_path, monkeypatch):
         "--mode=eval evaluates one run",
     )
     assert len(calls) == 1
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line(monkeypatch, tmp_path):
+    """Ctrl-C while compiling, evaluating or reading data (outside the loop's handler):
+    one line and status 130, no KeyboardInterrupt traceback."""
+    from jssl import train
+
+    def interrupted(config, workdir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_and_evaluate", interrupted)
+    done = main_in_process("--config", SMOKE, "--workdir", str(tmp_path / "w"))
+    err = done.stderr.strip()
+    assert done.returncode == 130 and "Traceback" not in err, (done.returncode, err)
+    assert err.splitlines() == [
+        "jssl: error: interrupted; the last checkpoint is kept: run the same command to resume"
+    ]

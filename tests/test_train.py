@@ -188,12 +188,28 @@ def _cli(*args, **kw):
     )
 
 
+def _wait_for_rows(work: str, rows: int, p) -> None:
+    """Until metrics.jsonl has `rows` lines (training under way) or the process ended."""
+    path = os.path.join(work, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if os.path.exists(path):
+            with open(path) as f:
+                if len(f.readlines()) >= rows:
+                    return
+        time.sleep(0.01)
+    raise AssertionError(f"{work}: no {rows} metrics rows (exit {p.poll()})")
+
+
 @pytest.mark.slow
-def test_kill_9_at_any_moment_then_resume_is_exact(tmp_path):
-    """kill -9 during training (possibly mid-checkpoint), rerun: same losses as uninterrupted
-    (the uninterrupted reference runs in this process: the same program on the same 8
-    devices as the command line's)."""
-    fields = {"total_steps": 24, "log_every": 1, "checkpoint_every": 4}
+def test_kill_9_sigterm_and_ctrl_c_then_resume_is_exact(tmp_path):
+    """kill -9 during training (possibly mid-checkpoint), then SIGTERM, then Ctrl-C (SIGINT),
+    each followed by the same command: the same losses as uninterrupted, every step once in
+    metrics.jsonl. SIGTERM and SIGINT end the run after the current step with a checkpoint
+    of that step, one line and exit status 75. (The uninterrupted reference runs in this
+    process: the same program on the same 8 devices as the command line's.)"""
+    total = 40
+    fields = {"total_steps": total, "log_every": 1, "checkpoint_every": 4}
     common = [
         "--config",
         "configs/barlow_twins.py:smoke",
@@ -204,21 +220,31 @@ def test_kill_9_at_any_moment_then_resume_is_exact(tmp_path):
     train.train_and_evaluate(smoke(**fields), ref)
     want = read_metrics(ref)
 
-    work = str(tmp_path / "killed")
+    work = str(tmp_path / "interrupted")
     p = _cli(*common, "--workdir", work)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait until training is under way past a checkpoint
-        path = os.path.join(work, "metrics.jsonl")
-        if os.path.exists(path) and len(open(path).readlines()) >= 9:
-            break
-        time.sleep(0.05)
+    _wait_for_rows(work, 6, p)  # past the step-4 checkpoint
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    assert len(read_metrics(work)) < 24
+    assert len(read_metrics(work)) < total
+    for sig, rows in ((signal.SIGTERM, 16), (signal.SIGINT, 26)):
+        p = _cli(*common, "--workdir", work)
+        _wait_for_rows(work, rows, p)
+        p.send_signal(sig)
+        code = p.wait(timeout=300)
+        err = p.stderr.read()
+        assert code == 75, (code, err)
+        assert "Traceback" not in err, err
+        line = [ln for ln in err.splitlines() if ln.startswith("jssl: ")][-1]
+        assert line.startswith(f"jssl: stopped by {sig.name} after step "), line
+        stopped = int(line.split("after step ")[1].split()[0])
+        assert rows <= stopped < total and "run the same command to resume" in line
+        assert str(stopped) in os.listdir(os.path.join(work, "checkpoints"))
+        steps = [r["step"] for r in read_metrics(work)]
+        assert steps == list(range(1, stopped + 1)), steps  # each step once, none lost
     p = _cli(*common, "--workdir", work)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     got = read_metrics(work)
-    assert [r["step"] for r in got] == list(range(1, 25))
+    assert [r["step"] for r in got] == list(range(1, total + 1))
     assert [r["loss"] for r in got] == [r["loss"] for r in want]
 
 
