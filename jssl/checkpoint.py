@@ -16,11 +16,14 @@ experiment is refused and nothing in it is touched.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
+import time
 
 import jax
 import ml_collections
@@ -41,6 +44,8 @@ __all__ = [
     "EXPERIMENT_FILE",
     "CONFIG_FILE",
     "CHECKPOINT_DIR",
+    "LOCK_FILE",
+    "WorkdirLock",
 ]
 
 EXPERIMENT_FILE = "experiment.json"
@@ -180,6 +185,75 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
         self.manager = None
+
+
+LOCK_FILE = "run.lock"
+
+
+class WorkdirLock:
+    """One run per workdir: an exclusive `flock` on `<workdir>/run.lock`, held while the run
+    lives, the file naming the holder (host, process id, start time).
+
+    `acquire()` refuses (ConfigError, one line naming the other run) while another process
+    holds the lock. A lock file whose holder is gone (killed: the kernel releases a dead
+    process's locks) is stale: it is taken over, with a line that says so. `release()`
+    empties the file. Local and NFSv4 file systems honour `flock`; on others the check is
+    best effort. Only process 0 of a multi-process run takes it.
+    """
+
+    def __init__(self, workdir: str, *, say=None):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._fd: int | None = None
+
+    def acquire(self) -> "WorkdirLock":
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(
+                f"--workdir {os.path.dirname(self.path)} is in use by another run "
+                f"({self._describe()}); wait for it, stop it, or choose another --workdir"
+            ) from None
+        stale = self._describe() if os.path.getsize(self.path) else None
+        if stale:
+            self.say(f"jssl: taking over {self.path} left by a run that is gone ({stale})")
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def _describe(self) -> str:
+        try:
+            with open(self.path) as f:
+                h = json.load(f)
+            return f"host {h['host']}, pid {h['pid']}, started {h['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "holder unknown"
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # Emptied, not removed (a removed file could be locked twice): an empty lock file
+        # means "free", a non-empty one that is not locked means "left by a killed run".
+        os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def _one_line(error: BaseException, limit: int = 200) -> str:

@@ -17,6 +17,7 @@ results.json.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -153,6 +154,11 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=No
             f"--workdir {workdir} holds no checkpoint of this experiment; "
             "train first (--mode=train)"
         )
+    with _workdir_lock(workdir):
+        return _evaluate_workdir(run, config, workdir)
+
+
+def _evaluate_workdir(run: _Run, config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
     state, _ = ckpt.restore_latest(run.abstract)
     ckpt.close()
@@ -297,6 +303,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     `devices` (default: all devices of all processes) are the mesh the step runs on.
     """
     run = _Run(config, workdir, devices)
+    with _workdir_lock(workdir):
+        return _train_and_evaluate(run, config, workdir)
+
+
+def _workdir_lock(workdir: str):
+    """The workdir's run lock on process 0 (checkpoint.WorkdirLock); nothing elsewhere."""
+    if jax.process_index() == 0:
+        return checkpoint.WorkdirLock(workdir)
+    return contextlib.nullcontext()
+
+
+def _train_and_evaluate(run: _Run, config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh, repl, data_sharding, method = run.mesh, run.repl, run.data_sharding, run.method
     is_main = jax.process_index() == 0
     ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
