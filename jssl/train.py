@@ -27,6 +27,7 @@ import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -197,6 +198,35 @@ def finished_results(workdir: str, config: ml_collections.ConfigDict | None = No
     return results
 
 
+# Checked for finiteness on the device after every step (when the method logs them).
+WATCHED = ("loss", "grad_norm", "param_norm")
+
+
+@jax.jit
+def _watch(record, step, metrics):
+    """record = (first non-finite step per quantity, 0 = none yet; its value) updated with
+    this step's `metrics` (the WATCHED ones, in that order): one tiny program, dispatched
+    without waiting for the step."""
+    steps, firsts = record
+    values = jnp.stack([jnp.asarray(v, jnp.float32) for v in metrics])
+    bad = ~jnp.isfinite(values) & (steps == 0)
+    return jnp.where(bad, step, steps), jnp.where(bad, values, firsts)
+
+
+def _check_finite(record, keys: tuple[str, ...]) -> None:
+    """FloatingPointError (one line) naming the first non-finite quantity and its step."""
+    steps, values = (np.asarray(a) for a in jax.device_get(record))
+    if not steps.any():
+        return
+    first = int(steps[steps > 0].min())
+    i = next(i for i, s in enumerate(steps) if s == first)  # in WATCHED order: loss first
+    raise FloatingPointError(
+        f"{keys[i]} is {float(values[i])} at step {first} (the first non-finite of "
+        f"{', '.join(keys)}); lower config.optimizer.lr or check the data, and start again in "
+        "a new --workdir: the checkpoints kept hold finite states only"
+    )
+
+
 def run_steps(
     step_fn: Callable,
     state,
@@ -209,36 +239,49 @@ def run_steps(
     after_step: Callable[[int, object], None] | None = None,
     progress=None,
     should_stop: Callable[[int, bool], bool] | None = None,
+    check_at: Callable[[int], bool] | None = None,
 ):
     """The loop every training goes through: steps `start_step + 1 .. end_step` of
     `state, metrics = step_fn(state, batch)` over `batches(start_step, end_step)`.
 
     The step moves nothing between host and device (the batch is already a global array:
     an implicit transfer raises); the only host round-trip is the metrics every `log_every`
-    steps and at the last, checked for a finite loss (FloatingPointError naming the step
-    otherwise) and handed to `on_log(step, scalars)` with `steps_per_s`. `after_step(step,
+    steps and at the last, handed to `on_log(step, scalars)` with `steps_per_s`. The
+    `WATCHED` metrics are checked for finiteness on the device after every step (no wait);
+    the record is read at the logging steps and at the steps `check_at(step)` names (the
+    checkpoints: a non-finite state is never saved), and the first non-finite quantity
+    stops the loop with a FloatingPointError naming it and its step. `after_step(step,
     state)` runs after every step (checkpoints, evaluation). `should_stop(step, logged)`,
     asked after every step, ends the loop early when it says so. Returns the last state.
     """
     t_last, step_last = time.perf_counter(), start_step
     step = start_step
+    record, keys = None, ()
     stream = batches(start_step, end_step)
     try:
         for batch in stream:
             with jax.transfer_guard("disallow"):
                 state, metrics = step_fn(state, batch)
             step += 1
+            if record is None:
+                keys = tuple(k for k in WATCHED if k in metrics)
+                record = (jnp.zeros(len(keys), jnp.int32), jnp.zeros(len(keys), jnp.float32))
+            if keys:
+                record = _watch(record, np.int32(step), [metrics[k] for k in keys])
             if progress is not None:
                 progress.update(1)
-            if step % log_every == 0 or step == end_step:
+            logged = step % log_every == 0 or step == end_step
+            if keys and (logged or (check_at is not None and check_at(step))):
+                _check_finite(record, keys)
+            if logged:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
                 scalars["steps_per_s"] = (step - step_last) / max(now - t_last, 1e-9)
                 t_last, step_last = now, step
-                if not math.isfinite(scalars["loss"]):
+                if not math.isfinite(scalars["loss"]):  # a method that logs no WATCHED
                     raise FloatingPointError(
-                        f"loss is {scalars['loss']} at step {step}; lower config.optimizer.lr or "
-                        "check the data (the last checkpoint is kept)"
+                        f"loss is {scalars['loss']} at step {step}; lower config.optimizer.lr "
+                        "or check the data (the last checkpoint is kept)"
                     )
                 if on_log is not None:
                     on_log(step, scalars)
@@ -246,8 +289,9 @@ def run_steps(
                     progress.set_postfix(loss=f"{scalars['loss']:.4f}")
             if after_step is not None:
                 after_step(step, state)
-            logged = step % log_every == 0 or step == end_step
             if should_stop is not None and step < end_step and should_stop(step, logged):
+                if keys:  # the caller checkpoints this state next
+                    _check_finite(record, keys)
                 break
     finally:
         if hasattr(stream, "close"):  # a generator left early: stop its prefetch now
@@ -369,6 +413,9 @@ def _train_and_evaluate(run: _Run, config: ml_collections.ConfigDict, workdir: s
                 after_step=after_step,
                 progress=progress,
                 should_stop=stops.requested,
+                check_at=lambda step: (
+                    step % config.checkpoint_every == 0 or step == config.total_steps
+                ),
             )
             step = int(jax.device_get(state.step))
             if step < config.total_steps:  # stopped on request: checkpoint this step first

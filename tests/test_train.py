@@ -15,6 +15,7 @@ import pytest
 
 from jssl import config as jc
 from jssl import train
+from jssl.checkpoint import restore_host
 from tests.shared import copy_run, read_metrics, smoke
 from tests.test_config import ROOT
 
@@ -63,15 +64,34 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path)
     workdir = str(tmp_path / "nan")
     with pytest.raises(
         FloatingPointError,
-        match=r"loss is (nan|inf|-inf) at step (\d+); lower "
-        r"config\.optimizer\.lr",
+        match=r"(loss|grad_norm|param_norm) is (nan|inf|-inf) at step (\d+) \(the first "
+        r"non-finite of loss, grad_norm, param_norm\); lower config\.optimizer\.lr",
     ) as e:
         train.train_and_evaluate(c, workdir)
     assert "\n" not in str(e.value)
-    step = int(str(e.value).split("at step ")[1].split(";")[0])
+    step = int(str(e.value).split("at step ")[1].split()[0])
     assert 1 < step < 40
     kept = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     assert kept and kept[-1] == step - 1  # the failing step wrote nothing
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def test_divergence_between_logging_steps_never_reaches_a_checkpoint(tmp_path):
+    """The issue's case: parameters turn non-finite while the loss is still finite, between
+    two logging steps. Checked on the device every step, the run stops at the next
+    checkpoint step without saving it; every checkpoint kept is finite."""
+    c = smoke(total_steps=12, log_every=12, checkpoint_every=3)
+    c.optimizer.lr = 1e6
+    workdir = str(tmp_path / "diverged")
+    with pytest.raises(FloatingPointError, match=r"is (nan|inf|-inf) at step") as e:
+        train.train_and_evaluate(c, workdir)
+    first = int(str(e.value).split("at step ")[1].split()[0])
+    kept = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    assert all(k < first for k in kept), (kept, str(e.value))
+    for k in kept:
+        _, tree = restore_host(workdir, k)
+        leaves = jax.tree_util.tree_leaves(tree["params"])
+        assert all(np.isfinite(np.asarray(x)).all() for x in leaves), k
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
 
