@@ -18,7 +18,6 @@ momentum 0.9, lr 0.1, weight decay 1e-4 on every parameter, `--batch` images per
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import json
 import os
@@ -31,8 +30,7 @@ import jax
 import numpy as np
 from jax.extend import core
 
-import jssl
-from jssl import methods, parallel
+from jssl import methods, parallel, train
 from jssl.config import load_file
 from jssl.errors import ConfigError
 
@@ -300,23 +298,6 @@ def _cpu_devices(count: int) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
-def source_version() -> dict:
-    """{"commit": the git commit of the jssl source that ran (with "+dirty" when it has
-    uncommitted changes), or None outside a git checkout; "jssl": the package version}."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(jssl.__file__)))
-    commit = None
-    try:
-        run = functools.partial(
-            subprocess.run, cwd=root, capture_output=True, text=True, timeout=10, check=True
-        )
-        commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
-        if run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip():
-            commit += "+dirty"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"commit": commit, "jssl": jssl.__version__}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jssl.bench", description=__doc__.split("\n")[0])
     p.add_argument("--method", default="barlow_twins", choices=sorted(BENCHES))
@@ -366,7 +347,7 @@ def main(argv=None) -> int:
     if args.method == "kmeans":
         _cpu_devices(args.cpu_devices or os.cpu_count() or 1)
     result = _resolve(BENCHES[args.method])(args)
-    result.update(source_version())
+    result.update(train.source_version())
     line = json.dumps(result)
     print(line)
     if args.out:

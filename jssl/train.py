@@ -18,21 +18,27 @@ results.json.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from typing import Callable
 
+import flax
 import jax
 import jax.numpy as jnp
+import jaxlib
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 from jax.experimental import multihost_utils
 
+import jssl
 from jssl import checkpoint, evaluate, io, methods, models, parallel, plots
 from jssl.checkpoint import CONFIG_FILE
 from jssl.config import validate
@@ -168,11 +174,20 @@ def _evaluate_workdir(run: _Run, config: ml_collections.ConfigDict, workdir: str
             f"--workdir {workdir}: no checkpoint restores (each was moved aside as "
             "<step>.damaged); train again (--mode=train)"
         )
-    results = {
-        "workdir": workdir,
-        "final_step": int(jax.device_get(state.step)),
-        "eval": run.evaluate(state, config),
-    }
+    final_step = int(jax.device_get(state.step))
+    # The training record of the run's own results.json stays (times, resume, compilations)
+    # when it describes this checkpoint's step; the evaluation is replaced.
+    path = os.path.join(workdir, RESULTS_FILE)
+    previous = io.read_json(path) if os.path.exists(path) else {}
+    results = {k: v for k, v in previous.items() if k in TRAINING_RECORD}
+    if previous.get("final_step") != final_step:
+        results = {}
+    results.update(
+        workdir=workdir,
+        final_step=final_step,
+        eval=run.evaluate(state, config),
+        environment=environment(),
+    )
     if config.eval.random_init_baseline:
         results["random_init_eval"] = run.random_init_eval(config)
     if config.plots:
@@ -433,6 +448,7 @@ def _train_and_evaluate(run: _Run, config: ml_collections.ConfigDict, workdir: s
             progress.close()
         ckpt.close()
     results["train_time_s"] = time.perf_counter() - train_start
+    results["environment"] = environment()
     results["train_step_compilations"] = step_fn._cache_size()
     results["final_step"] = int(jax.device_get(state.step))
 
@@ -483,6 +499,43 @@ def _plots(run: _Run, state, config, workdir: str, writer: MetricWriter, step: i
 
 def _eval_scalars(ev: dict) -> dict:
     return {f"eval/{k}": v for k, v in ev.items() if isinstance(v, float)}
+
+
+# Fields of results.json that describe the training, kept by --mode=eval.
+TRAINING_RECORD = ("resumed_from_step", "train_time_s", "train_step_compilations")
+
+
+def source_version() -> dict:
+    """{"commit": the git commit of the jssl source that ran ("+dirty" when it has
+    uncommitted changes; None outside a git checkout), "jssl": the package version}."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(jssl.__file__)))
+    commit = None
+    try:
+        run = functools.partial(
+            subprocess.run, cwd=root, capture_output=True, text=True, timeout=10, check=True
+        )
+        commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        if run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip():
+            commit += "+dirty"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"commit": commit, "jssl": jssl.__version__}
+
+
+def environment() -> dict:
+    """What a number depends on besides the config: device kind and count, process count,
+    backend, the versions of jax, jaxlib, flax, optax and jssl, and the git commit."""
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        **source_version(),
+    }
 
 
 def _write_results(workdir: str, results: dict) -> None:

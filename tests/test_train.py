@@ -322,3 +322,22 @@ def test_bfloat16_run(tmp_path):
     run = train._Run(c, workdir)
     assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(run.abstract.params))
     assert results["eval"]["knn_accuracy"] > 0.0
+
+
+def test_results_record_the_environment_and_eval_keeps_the_training_record(shared_run, tmp_path):
+    c, full = shared_run("simclr")
+    results = json.load(open(os.path.join(full, "results.json")))
+    env = results["environment"]
+    assert env["devices"] == jax.device_count() and env["processes"] == 1
+    assert env["backend"] == "cpu" and env["jax"] == jax.__version__
+    for key in ("device_kind", "jaxlib", "flax", "optax", "jssl", "commit"):
+        assert key in env, key
+    workdir = copy_run(full, tmp_path / "again")
+    again = train.evaluate_workdir(c, workdir)
+    for key in train.TRAINING_RECORD:  # --mode=eval replaces the evaluation only
+        assert again[key] == results[key], key
+    assert again["eval"]["knn_accuracy"] == results["eval"]["knn_accuracy"]
+    assert (
+        json.load(open(os.path.join(workdir, "results.json")))["train_time_s"]
+        == (results["train_time_s"])
+    )
