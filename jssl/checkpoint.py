@@ -64,12 +64,18 @@ def _differences(old: dict, new: dict, limit: int = 3) -> str:
     return "; ".join(diff[:limit]) + more
 
 
-def check_workdir(workdir: str, config) -> bool:
+def check_workdir(workdir: str, config, *, say=None) -> bool:
     """Validate `workdir` for this config; return True when it holds a run to resume.
 
-    Raises ConfigError (one line) when the workdir is a file, is not writable, or holds a
-    different experiment. Writes nothing.
+    A workdir belongs to an experiment once it holds a checkpoint: before that (a start that
+    failed or was stopped before its first checkpoint) any config may start there. A run
+    with checkpoints is resumed by the same experiment only, with one exception: a larger
+    `total_steps` extends it (a one-line notice through `say`; the schedule follows the new
+    total from the last checkpoint on, so the result is not bit-identical to a run started
+    with that total). Raises ConfigError (one line) when the workdir is a file, is not
+    writable, or holds a different experiment. Writes nothing.
     """
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory; choose a new path")
     exp_path = os.path.join(workdir, EXPERIMENT_FILE)
@@ -77,14 +83,14 @@ def check_workdir(workdir: str, config) -> bool:
     has_checkpoints = os.path.isdir(ckpt_path) and any(
         name.isdigit() for name in os.listdir(ckpt_path)
     )
-    if not os.path.exists(exp_path):
-        if has_checkpoints:
-            raise ConfigError(
-                f"--workdir {workdir} holds checkpoints but no {EXPERIMENT_FILE}; "
-                "it is not a jssl run of this version: choose a new --workdir"
-            )
-        _check_writable(workdir)
+    if not has_checkpoints:
+        _check_writable(workdir)  # nothing of a run here yet: nothing to match
         return False
+    if not os.path.exists(exp_path):
+        raise ConfigError(
+            f"--workdir {workdir} holds checkpoints but no {EXPERIMENT_FILE}; "
+            "it is not a jssl run of this version: choose a new --workdir"
+        )
     try:
         with open(exp_path) as f:
             old = json.load(f)
@@ -94,10 +100,24 @@ def check_workdir(workdir: str, config) -> bool:
         ) from None
     new = json.loads(json.dumps(experiment_fields(config)))
     if old != new:
-        raise ConfigError(
-            f"--workdir {workdir} holds a different experiment ({_differences(old, new)}); "
-            "use a new --workdir, or the same config to resume"
+        changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+        extends = (
+            changed == {"total_steps"}
+            and isinstance(old.get("total_steps"), int)
+            and new["total_steps"] > old["total_steps"]
         )
+        if not extends:
+            raise ConfigError(
+                f"--workdir {workdir} holds a different experiment ({_differences(old, new)}); "
+                "use a new --workdir, or the same config to resume (only total_steps may grow)"
+            )
+        if jax.process_index() == 0:
+            say(
+                f"jssl: extending the run in {workdir} from total_steps={old['total_steps']} "
+                f"to {new['total_steps']}: it continues from its last checkpoint with the "
+                "learning-rate schedule of the new total (not bit-identical to a run started "
+                "with it)"
+            )
     _check_writable(workdir)
     return has_checkpoints
 
@@ -122,11 +142,9 @@ class Checkpointer:
 
     def __init__(self, workdir: str, config, *, keep: int):
         self.workdir = workdir
+        self.config = config
         if jax.process_index() == 0:
             os.makedirs(workdir, exist_ok=True)
-            exp_path = os.path.join(workdir, EXPERIMENT_FILE)
-            if not os.path.exists(exp_path):
-                io.write_json(exp_path, experiment_fields(config))
         self.manager = ocp.CheckpointManager(
             os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -176,6 +194,14 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
     def save(self, step: int, state) -> None:
+        """Save `state` as step `step`. The experiment's fields go to experiment.json first
+        (the workdir belongs to this experiment from its first checkpoint on; an extended
+        run records its new total)."""
+        if jax.process_index() == 0:
+            exp_path = os.path.join(self.workdir, EXPERIMENT_FILE)
+            fields = json.loads(json.dumps(experiment_fields(self.config)))
+            if not os.path.exists(exp_path) or io.read_json(exp_path) != fields:
+                io.write_json(exp_path, fields)
         self.manager.save(step, args=ocp.args.StandardSave(state))
 
     def close(self) -> None:

@@ -341,3 +341,36 @@ def test_results_record_the_environment_and_eval_keeps_the_training_record(share
         json.load(open(os.path.join(workdir, "results.json")))["train_time_s"]
         == (results["train_time_s"])
     )
+
+
+def test_a_start_without_a_checkpoint_does_not_own_the_workdir(tmp_path):
+    """A start that failed before its first checkpoint (here: another experiment's files,
+    metrics rows and no checkpoint) does not block a corrected command."""
+    workdir = tmp_path / "failed"
+    workdir.mkdir()
+    (workdir / "experiment.json").write_text(json.dumps({"loss.lambd": 0.5}))
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0}) + "\n")
+    c = smoke(total_steps=2, log_every=1, checkpoint_every=2)
+    out = train.train_and_evaluate(c, str(workdir))
+    assert out["resumed_from_step"] == 0 and out["final_step"] == 2
+    assert [r["step"] for r in read_metrics(str(workdir))] == [1, 2]
+    assert json.load(open(workdir / "experiment.json"))["total_steps"] == 2
+
+
+def test_raising_total_steps_extends_a_finished_run(shared_run, tmp_path, capfd):
+    c, full = shared_run("simclr")  # 4 steps, checkpoints at 2 and 4
+    workdir = copy_run(full, tmp_path / "longer")
+    longer = jc.from_nested(c.to_dict())
+    longer.total_steps = 6
+    out = train.train_and_evaluate(longer, workdir)
+    err = capfd.readouterr().err
+    assert "jssl: extending the run in" in err and "total_steps=4 to 6" in err
+    assert out["resumed_from_step"] == 4 and out["final_step"] == 6
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[:4] == read_metrics(full)  # the first four steps are the original run's
+    assert json.load(open(os.path.join(workdir, "experiment.json")))["total_steps"] == 6
+    shorter = jc.from_nested(c.to_dict())
+    shorter.total_steps = 3  # fewer steps, or any other field: still another experiment
+    with pytest.raises(jc.ConfigError, match=r"total_steps: 6 -> 3.*only total_steps may grow"):
+        train.train_and_evaluate(shorter, workdir)
