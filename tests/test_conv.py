@@ -119,6 +119,26 @@ def test_module_is_a_drop_in_for_nn_conv():
         assert_close(ours.apply(p_ours, x), flax_conv.apply(p_flax, x))
 
 
+def test_forward_mode_twin_is_the_same_convolution():
+    """Conv(custom_vjp=False) (models.conv_module(forward_mode=True)): bit-identical values
+    and gradients to the tapped module, and jax.jvp works through it (the tapped module's
+    custom reverse rule refuses forward mode)."""
+    x = _normal(0, (2, 9, 9, 3))
+    tapped, twin = Conv(5, (3, 3), strides=2), Conv(5, (3, 3), strides=2, custom_vjp=False)
+    params = tapped.init(jax.random.PRNGKey(3), x)
+    np.testing.assert_array_equal(tapped.apply(params, x), twin.apply(params, x))
+    tangent = jax.tree_util.tree_map(lambda p: jnp.ones_like(p), params)
+    _, dot = jax.jvp(lambda p: twin.apply(p, x), (params,), (tangent,))
+    _, want = jax.jvp(lambda p: nn.Conv(5, (3, 3), strides=2).apply(p, x), (params,), (tangent,))
+    assert_close(dot, want)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(lambda p: tapped.apply(p, x), (params,), (tangent,))
+    g_tapped = jax.grad(lambda p: jnp.sum(tapped.apply(p, x) ** 2))(params)
+    g_twin = jax.grad(lambda p: jnp.sum(twin.apply(p, x) ** 2))(params)
+    for a, b in zip(jax.tree_util.tree_leaves(g_tapped), jax.tree_util.tree_leaves(g_twin)):
+        assert_close(a, b)
+
+
 def test_module_dtype_and_bad_arguments():
     x = jnp.ones((1, 6, 6, 3))
     conv = Conv(4, (3, 3), dtype=jnp.bfloat16)

@@ -160,7 +160,8 @@ def mask_hypergradient(
       tangent_loss_fn: "exact" only: the same function as `loss_fn`, built from operations
         that forward-mode differentiation accepts, for the directional derivative (None:
         `loss_fn` itself). jssl's CPU convolution (`jssl.models.conv`) has a custom
-        reverse rule only, so MetaMask passes its loss with XLA's convolutions here.
+        reverse rule only, so MetaMask passes its loss through convolutions with JAX's own
+        rules here (`models.conv_module(forward_mode=True)`).
 
     Returns:
       A pytree shaped like `mask`: dF/dm.
@@ -337,9 +338,9 @@ class MetaMaskModel(nn.Module):
         return self.backbone(x, train=train)
 
 
-def build_model(config: ml_collections.ConfigDict, conv_impl: str | None = None) -> MetaMaskModel:
-    """The network of `config`; `conv_impl` replaces `config.model.conv_impl` (same
-    parameters)."""
+def build_model(config: ml_collections.ConfigDict, *, forward_mode: bool = False) -> MetaMaskModel:
+    """The network of `config`; `forward_mode=True`: the same network (same parameters, same
+    forward computation) with convolutions that `jax.jvp` accepts (`models.conv_module`)."""
     dtype = compute_dtype(config)
     m = config.model
 
@@ -354,7 +355,7 @@ def build_model(config: ml_collections.ConfigDict, conv_impl: str | None = None)
         )
 
     return MetaMaskModel(
-        backbone=models.backbone_from_config(m, dtype, conv_impl),
+        backbone=models.backbone_from_config(m, dtype, forward_mode=forward_mode),
         projector=projector(m.projector_hidden_dims, m.projector_dim),
         contrastive_projector=projector(m.contrastive_hidden_dims, m.contrastive_dim),
     )
@@ -383,9 +384,9 @@ class Setup:
 
     config: ml_collections.ConfigDict
     model: MetaMaskModel
-    # The same network with XLA's convolutions, which forward-mode differentiation accepts:
-    # the exact hypergradient's directional derivative runs through it (mask_hypergradient's
-    # tangent_loss_fn).
+    # The same network with convolutions that forward-mode differentiation accepts (same
+    # forward computation, so XLA shares the forward pass): the exact hypergradient's
+    # directional derivative runs through it (mask_hypergradient's tangent_loss_fn).
     tangent_model: MetaMaskModel
     tx: optax.GradientTransformation
     schedule: optax.Schedule  # the network's learning rate
@@ -422,7 +423,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     return Setup(
         config=config,
         model=build_model(config),
-        tangent_model=build_model(config, conv_impl="xla"),
+        tangent_model=build_model(config, forward_mode=True),
         tx=tx,
         schedule=schedule,
         mask_tx=mask_tx,
@@ -495,8 +496,8 @@ def network_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array]):
 def meta_problem(s: Setup, state: TrainState, inputs: Sequence[jax.Array]) -> dict:
     """The meta-objective of `meta_update` at `state`, as `mask_hypergradient`'s arguments:
     {"loss_fn": L_c(params, mask_logits) (the contrastive term on the views, BatchNorm in
-    train mode, statistics never written), "tangent_loss_fn": the same with XLA's
-    convolutions, "velocity": the network's momentum buffer, "weight_decay": per parameter}."""
+    train mode, statistics never written), "tangent_loss_fn": the same through
+    `tangent_model`, "velocity": the network's momentum buffer, "weight_decay": per parameter}."""
     batch_stats = state.batch_stats
     opt = s.config.optimizer
     temperature = s.config.loss.temperature

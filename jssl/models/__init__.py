@@ -9,6 +9,7 @@ span the global batch without collectives.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -58,19 +59,31 @@ BACKBONES: dict[str, tuple[type, dict]] = {
 CONV_IMPLS = ("auto", "xla", "tapped")
 
 
-def conv_module(conv_impl: str = "auto") -> type[nn.Module]:
+def conv_module(conv_impl: str = "auto", *, forward_mode: bool = False) -> type[nn.Module]:
     """The convolution class for `conv_impl`: "xla" is flax's `nn.Conv`; "tapped" is
     `jssl.models.conv.Conv` (weight gradients as per-tap GEMMs, faster on CPU); "auto" is
-    "tapped" when JAX's default backend is the CPU and "xla" on GPUs and TPUs."""
+    "tapped" when JAX's default backend is the CPU and "xla" on GPUs and TPUs.
+
+    `forward_mode=True`: a convolution that `jax.jvp` accepts (the tapped one's custom
+    reverse rule does not) with the very same forward computation, so that XLA computes
+    the forward pass once when both models run on the same inputs in one program
+    (MetaMask's exact hypergradient)."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {conv_impl!r}")
     if conv_impl == "auto":
         conv_impl = "tapped" if jax.default_backend() == "cpu" else "xla"
-    return Conv if conv_impl == "tapped" else nn.Conv
+    if conv_impl == "tapped":
+        return functools.partial(Conv, custom_vjp=False) if forward_mode else Conv
+    return nn.Conv
 
 
 def build_backbone(
-    name: str, *, dtype=jnp.float32, conv_impl: str = "auto", **overrides
+    name: str,
+    *,
+    dtype=jnp.float32,
+    conv_impl: str = "auto",
+    forward_mode: bool = False,
+    **overrides,
 ) -> nn.Module:
     """The backbone called `name` (a key of BACKBONES), e.g.
     `build_backbone("resnet18", stem="cifar")` or `build_backbone("resnet18_tiny")`.
@@ -79,6 +92,7 @@ def build_backbone(
       name: backbone name; unknown names raise ValueError listing the known ones.
       dtype: computation dtype (parameters stay float32, features are float32).
       conv_impl: "auto", "xla" or "tapped" (see `conv_module`).
+      forward_mode: convolutions that forward-mode differentiation accepts (`conv_module`).
       **overrides: module fields, e.g. stem="imagenet", num_filters=32,
         zero_init_residual=True; a field the backbone does not have raises ValueError.
 
@@ -96,21 +110,22 @@ def build_backbone(
                 f"backbone {name!r} has no field {key!r}; it takes {', '.join(sorted(allowed))}"
             )
     fields = {**fixed, **overrides}
-    return cls(dtype=dtype, conv=conv_module(conv_impl), **fields)
+    return cls(dtype=dtype, conv=conv_module(conv_impl, forward_mode=forward_mode), **fields)
 
 
-def backbone_from_config(model, dtype=jnp.float32, conv_impl: str | None = None) -> nn.Module:
+def backbone_from_config(model, dtype=jnp.float32, *, forward_mode: bool = False) -> nn.Module:
     """The backbone a config's `model` group describes: `model.backbone` with its width
     (`num_filters`), the stem for ResNets (`stem`) and `conv_impl`; `dtype` is the
-    computation dtype (`jssl.config.compute_dtype`). `conv_impl` given here replaces the
-    config's (the parameters are the same for every implementation)."""
+    computation dtype (`jssl.config.compute_dtype`); `forward_mode`: see `conv_module`
+    (the parameters are the same)."""
     overrides = {"num_filters": model.num_filters}
     if model.backbone.startswith("resnet"):
         overrides["stem"] = model.stem
     return build_backbone(
         model.backbone,
         dtype=dtype,
-        conv_impl=conv_impl or model.get("conv_impl", "auto"),
+        conv_impl=model.get("conv_impl", "auto"),
+        forward_mode=forward_mode,
         **overrides,
     )
 

@@ -21,8 +21,10 @@ gradients, tap-sum forwards) were slower on these CPUs: the extra copies cost mo
 the larger GEMMs save.
 
 Only reverse mode has the custom rule (a `jax.custom_vjp`): forward-mode differentiation
-(`jax.jvp`) needs XLA's convolution, whose forward-mode is fast anyway (MetaMask's exact
-hypergradient builds its tangent pass with `conv_impl="xla"`). Float64 inputs stay float64.
+(`jax.jvp`) needs `Conv(custom_vjp=False)`, the same forward computation with JAX's own
+rules (`jssl.models.conv_module(forward_mode=True)`; MetaMask's exact hypergradient runs its
+tangent pass through it, and XLA then computes the shared forward pass once). Float64
+inputs stay float64.
 
 On GPUs and TPUs XLA's own convolutions are the fast ones:
 `jssl.models.build_backbone(conv_impl="auto")` uses this module only on CPU.
@@ -173,6 +175,9 @@ class Conv(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Any = nn.linear.default_kernel_init
     bias_init: Any = nn.initializers.zeros_init()
+    # False: the same forward computation differentiated by JAX's own rules (forward mode
+    # works; the weight gradient is then XLA's, slow on CPU).
+    custom_vjp: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -189,7 +194,11 @@ class Conv(nn.Module):
             else None
         )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv2d(x, kernel, stride=self.strides, padding=self.padding)
+        if self.custom_vjp:
+            y = conv2d(x, kernel, stride=self.strides, padding=self.padding)
+        else:
+            stride, pads = _canonical(x.shape, kernel.shape, self.strides, self.padding)
+            y = _xla_conv(x, kernel, stride, pads)
         if bias is not None:
             y = y + bias
         return y
