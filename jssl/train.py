@@ -221,9 +221,12 @@ WATCHED = ("loss", "grad_norm", "param_norm")
 def _watch(record, step, metrics):
     """record = (first non-finite step per quantity, 0 = none yet; its value) updated with
     this step's `metrics` (the WATCHED ones, in that order): one tiny program, dispatched
-    without waiting for the step."""
-    steps, firsts = record
+    without waiting for the step. record None: the first step (the record is born here,
+    laid out like the metrics, which on several processes are global arrays)."""
     values = jnp.stack([jnp.asarray(v, jnp.float32) for v in metrics])
+    if record is None:
+        record = (jnp.zeros(values.shape, jnp.int32), jnp.zeros_like(values))
+    steps, firsts = record
     bad = ~jnp.isfinite(values) & (steps == 0)
     return jnp.where(bad, step, steps), jnp.where(bad, values, firsts)
 
@@ -271,16 +274,15 @@ def run_steps(
     """
     t_last, step_last = time.perf_counter(), start_step
     step = start_step
-    record, keys = None, ()
+    record, keys = None, None
     stream = batches(start_step, end_step)
     try:
         for batch in stream:
             with jax.transfer_guard("disallow"):
                 state, metrics = step_fn(state, batch)
             step += 1
-            if record is None:
+            if keys is None:
                 keys = tuple(k for k in WATCHED if k in metrics)
-                record = (jnp.zeros(len(keys), jnp.int32), jnp.zeros(len(keys), jnp.float32))
             if keys:
                 record = _watch(record, np.int32(step), [metrics[k] for k in keys])
             if progress is not None:
