@@ -43,7 +43,12 @@ class MetricWriter:
                     if _step_of(line) is not None and _step_of(line) <= resume_step
                 ]
             io.write_text(path, "".join(kept))
-        self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+        # purge_step: TensorBoard hides the earlier events of steps the resumed run redoes
+        # (no step shown twice after a resume).
+        self._tb = SummaryWriter(
+            logdir=os.path.join(workdir, "tensorboard"),
+            purge_step=resume_step + 1 if resume_step else None,
+        )
 
     def write(self, step: int, scalars: dict, *, file: str = METRICS_FILE) -> None:
         """Append one JSON object {"step": step, **scalars} to `file`; scalars to TensorBoard."""

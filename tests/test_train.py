@@ -1,10 +1,12 @@
 """The train loop end to end on the smoke preset: outputs, 1 vs 8 devices, exact resume."""
 
 import contextlib
+import glob
 import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -12,10 +14,12 @@ import time
 import jax
 import numpy as np
 import pytest
+from tensorboardX.proto import event_pb2
 
 from jssl import config as jc
 from jssl import train
 from jssl.checkpoint import restore_host
+from jssl.metric_writer import MetricWriter
 from tests.shared import copy_run, read_metrics, smoke
 from tests.test_config import ROOT
 
@@ -374,3 +378,40 @@ def test_raising_total_steps_extends_a_finished_run(shared_run, tmp_path, capfd)
     shorter.total_steps = 3  # fewer steps, or any other field: still another experiment
     with pytest.raises(jc.ConfigError, match=r"total_steps: 6 -> 3.*only total_steps may grow"):
         train.train_and_evaluate(shorter, workdir)
+
+
+def _events(path: str):
+    """The Event protos of a TensorBoard event file (TFRecord framing, no TensorFlow)."""
+    data, out, i = open(path, "rb").read(), [], 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i : i + 8])
+        event = event_pb2.Event()
+        event.ParseFromString(data[i + 12 : i + 12 + n])
+        out.append(event)
+        i += 12 + n + 4
+    return out
+
+
+def test_tensorboard_hides_the_steps_a_resumed_run_redoes(tmp_path):
+    """After a resume from step 2, TensorBoard is told to purge the old events from step 3
+    on (a SessionLog START at step 3), so no step is shown twice."""
+    workdir = str(tmp_path)
+    first = MetricWriter(workdir)
+    for step in (1, 2, 3, 4):
+        first.write(step, {"loss": float(step)})
+    first.close()
+    time.sleep(1.1)  # event file names carry the second they were opened in
+    resumed = MetricWriter(workdir, resume_step=2)
+    for step in (3, 4):
+        resumed.write(step, {"loss": 10.0 + step})
+    resumed.close()
+    files = sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")))
+    assert len(files) == 2
+    starts = [
+        e.step
+        for e in _events(files[1])
+        if e.HasField("session_log") and e.session_log.status == e.session_log.START
+    ]
+    assert starts == [3]
+    assert not any(e.HasField("session_log") for e in _events(files[0]))
+    assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3, 4]
