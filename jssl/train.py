@@ -402,19 +402,27 @@ def _train_and_evaluate(run: _Run, config: ml_collections.ConfigDict, workdir: s
 
     progress = None
     if is_main and config.progress and start_step < config.total_steps:
+        # "compiling" until the first step is done (XLA compiles it then), "evaluating"
+        # while the evaluation during training runs.
         progress = tqdm.tqdm(
             total=config.total_steps,
             initial=start_step,
-            desc="train",
+            desc="train (compiling)",
             unit="step",
             dynamic_ncols=True,
         )
 
     def after_step(step, state):
+        if progress is not None and step == start_step + 1:
+            progress.set_description("train")
         if step % config.checkpoint_every == 0 or step == config.total_steps:
             ckpt.save(step, state)
         if config.eval_every and step % config.eval_every == 0 and step != config.total_steps:
+            if progress is not None:
+                progress.set_description("train (evaluating)")
             writer.write(step, _eval_scalars(run.evaluate(state, config)), file=EVAL_FILE)
+            if progress is not None:
+                progress.set_description("train")
 
     train_start = time.perf_counter()
     try:
@@ -455,6 +463,8 @@ def _train_and_evaluate(run: _Run, config: ml_collections.ConfigDict, workdir: s
     results["final_step"] = int(jax.device_get(state.step))
 
     # --- Final evaluation, and the same architecture at its random initialisation. ---
+    if is_main and config.progress:
+        print("jssl: evaluating (k-NN, linear probe)", file=sys.stderr, flush=True)
     results["eval"] = run.evaluate(state, config)
     writer.write(results["final_step"], _eval_scalars(results["eval"]), file=EVAL_FILE)
     if config.eval.random_init_baseline:
