@@ -135,9 +135,9 @@ def mask_hypergradient(
         of L along u in θ (forward over reverse): ``jax.grad`` in m of ``jax.jvp`` in θ. What
         does not depend on m (MetaMask's backbone: the mask sits after it) is only pushed
         forward with its tangent, never differentiated in reverse, so the step costs one
-        gradient at θ, one at θ' and about a forward pass with tangents (the construction
-        as ``jax.grad`` of F through the unrolled step, reverse over reverse, gives the
-        same numbers and costs a third more: docs/bench/metamask_cpu.jsonl).
+        gradient at θ, one at θ' and about a forward pass with tangents (``jax.grad`` of F
+        through the unrolled step, reverse over reverse, gives the same numbers and cost
+        3.1-3.5x the base step against 2.4-3.2x: README, docs/bench/metamask_cpu.jsonl).
       * ``"first_order"``: :math:`\partial_m L(\theta', m)` with θ' held fixed.
       * ``"finite_difference"``: the official code's construction (Li et al. 2022,
         jiangmengli/MetaMask ``_hessian_vector_product``): the mixed term by central
