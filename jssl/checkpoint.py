@@ -64,6 +64,11 @@ def _differences(old: dict, new: dict, limit: int = 3) -> str:
     return "; ".join(diff[:limit]) + more
 
 
+def _to_stderr(line: str) -> None:
+    """Where the one-line notices of this module go unless a caller says otherwise."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def check_workdir(workdir: str, config, *, say=None) -> bool:
     """Validate `workdir` for this config; return True when it holds a run to resume.
 
@@ -75,7 +80,7 @@ def check_workdir(workdir: str, config, *, say=None) -> bool:
     with that total). Raises ConfigError (one line) when the workdir is a file, is not
     writable, or holds a different experiment. Writes nothing.
     """
-    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    say = say or _to_stderr
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory; choose a new path")
     exp_path = os.path.join(workdir, EXPERIMENT_FILE)
@@ -142,7 +147,9 @@ class Checkpointer:
 
     def __init__(self, workdir: str, config, *, keep: int):
         self.workdir = workdir
-        self.config = config
+        # The experiment's fields, written to experiment.json with the first save.
+        self._fields = json.loads(json.dumps(experiment_fields(config)))
+        self._fields_written = False
         if jax.process_index() == 0:
             os.makedirs(workdir, exist_ok=True)
         self.manager = ocp.CheckpointManager(
@@ -163,7 +170,7 @@ class Checkpointer:
         caller starts afresh. `say(line)`: where the lines go (default: stderr). Every
         process takes the same decision (a step counts as restored only if it did on all).
         """
-        say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        say = say or _to_stderr
         tried = False
         for step in sorted(self.manager.all_steps(), reverse=True):
             tried = True
@@ -197,11 +204,11 @@ class Checkpointer:
         """Save `state` as step `step`. The experiment's fields go to experiment.json first
         (the workdir belongs to this experiment from its first checkpoint on; an extended
         run records its new total)."""
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and not self._fields_written:
             exp_path = os.path.join(self.workdir, EXPERIMENT_FILE)
-            fields = json.loads(json.dumps(experiment_fields(self.config)))
-            if not os.path.exists(exp_path) or io.read_json(exp_path) != fields:
-                io.write_json(exp_path, fields)
+            if not os.path.exists(exp_path) or io.read_json(exp_path) != self._fields:
+                io.write_json(exp_path, self._fields)
+            self._fields_written = True
         self.manager.save(step, args=ocp.args.StandardSave(state))
 
     def close(self) -> None:
@@ -229,7 +236,7 @@ class WorkdirLock:
 
     def __init__(self, workdir: str, *, say=None):
         self.path = os.path.join(workdir, LOCK_FILE)
-        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.say = say or _to_stderr
         self._fd: int | None = None
 
     def acquire(self) -> "WorkdirLock":

@@ -179,9 +179,8 @@ def _evaluate_workdir(run: _Run, config: ml_collections.ConfigDict, workdir: str
     # when it describes this checkpoint's step; the evaluation is replaced.
     path = os.path.join(workdir, RESULTS_FILE)
     previous = io.read_json(path) if os.path.exists(path) else {}
-    results = {k: v for k, v in previous.items() if k in TRAINING_RECORD}
-    if previous.get("final_step") != final_step:
-        results = {}
+    same_step = previous.get("final_step") == final_step
+    results = {k: v for k, v in previous.items() if same_step and k in TRAINING_RECORD}
     results.update(
         workdir=workdir,
         final_step=final_step,
