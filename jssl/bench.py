@@ -344,6 +344,10 @@ def main(argv=None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.cpu_devices is not None and args.cpu_devices < 1:
+        raise SystemExit(
+            f"jssl.bench: --cpu-devices {args.cpu_devices}: give a positive number of devices"
+        )
     if args.method == "kmeans":
         _cpu_devices(args.cpu_devices or os.cpu_count() or 1)
     result = _resolve(BENCHES[args.method])(args)

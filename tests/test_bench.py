@@ -109,3 +109,18 @@ def test_bench_finds_the_shipped_configs_by_name():
     assert (c.loss.name, c.batch_size, c.data.image_size) == ("nt_xent", 8, 16)
     with pytest.raises(SystemExit, match="--method nope: no config file configs/nope.py"):
         bench.sized_config(SimpleNamespace(**{**vars(args), "method": "nope"}))
+
+
+def test_cpu_devices_asks_xla_for_one_device_per_core_unless_xla_flags_say(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    bench._cpu_devices(3)
+    assert os.environ["XLA_FLAGS"] == (
+        "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=3"
+    )
+    bench._cpu_devices(5)  # a count is already there: it wins
+    assert os.environ["XLA_FLAGS"].endswith("device_count=3")
+    monkeypatch.delenv("XLA_FLAGS")
+    bench._cpu_devices(2)
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+    with pytest.raises(SystemExit, match="--cpu-devices 0: give a positive number"):
+        bench.main(["--method", "kmeans", "--cpu-devices", "0"])
