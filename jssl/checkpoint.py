@@ -45,12 +45,30 @@ __all__ = [
     "CONFIG_FILE",
     "CHECKPOINT_DIR",
     "LOCK_FILE",
+    "DIVERGED_FILE",
+    "RESTART_FIELDS",
+    "record_divergence",
     "WorkdirLock",
 ]
 
 EXPERIMENT_FILE = "experiment.json"
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+DIVERGED_FILE = "diverged.json"  # a run stopped by divergence (removed by its next checkpoint)
+
+# The optimisation fields a run stopped by divergence may be restarted with: values inside
+# the same optimizer state tree, so its last (finite) checkpoint restores into the new
+# optimizer. optimizer.name and switching clipping on or off change that tree: refused.
+RESTART_FIELDS = (
+    "optimizer.lr",
+    "optimizer.momentum",
+    "optimizer.weight_decay",
+    "optimizer.trust_coefficient",
+    "optimizer.warmup_steps",
+    "optimizer.schedule",
+    "optimizer.scale_lr_with_batch",
+    "optimizer.clip_grad_norm",
+)
 
 
 def _differences(old: dict, new: dict, limit: int = 3) -> str:
@@ -74,11 +92,14 @@ def check_workdir(workdir: str, config, *, say=None) -> bool:
 
     A workdir belongs to an experiment once it holds a checkpoint: before that (a start that
     failed or was stopped before its first checkpoint) any config may start there. A run
-    with checkpoints is resumed by the same experiment only, with one exception: a larger
-    `total_steps` extends it (a one-line notice through `say`; the schedule follows the new
-    total from the last checkpoint on, so the result is not bit-identical to a run started
-    with that total). Raises ConfigError (one line) when the workdir is a file, is not
-    writable, or holds a different experiment. Writes nothing.
+    with checkpoints is resumed by the same experiment only, with two exceptions, each after
+    a one-line notice through `say`: a larger `total_steps` extends it, and a run stopped by
+    divergence (`DIVERGED_FILE`, written by `record_divergence`) may restart with other
+    values of the `RESTART_FIELDS` (a lower learning rate). Either way it continues from its
+    last checkpoint with the new values (the schedule follows them from there on, so the
+    result is not bit-identical to a run started with them). Raises ConfigError (one line)
+    when the workdir is a file, is not writable, or holds a different experiment. Writes
+    nothing.
     """
     say = say or _to_stderr
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -105,26 +126,66 @@ def check_workdir(workdir: str, config, *, say=None) -> bool:
         ) from None
     new = json.loads(json.dumps(experiment_fields(config)))
     if old != new:
-        changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
-        extends = (
-            changed == {"total_steps"}
-            and isinstance(old.get("total_steps"), int)
-            and new["total_steps"] > old["total_steps"]
-        )
-        if not extends:
-            raise ConfigError(
-                f"--workdir {workdir} holds a different experiment ({_differences(old, new)}); "
-                "use a new --workdir, or the same config to resume (only total_steps may grow)"
-            )
-        if jax.process_index() == 0:
-            say(
-                f"jssl: extending the run in {workdir} from total_steps={old['total_steps']} "
-                f"to {new['total_steps']}: it continues from its last checkpoint with the "
-                "learning-rate schedule of the new total (not bit-identical to a run started "
-                "with it)"
-            )
+        _accept_changes(workdir, old, new, say)
     _check_writable(workdir)
     return has_checkpoints
+
+
+def _accept_changes(workdir: str, old: dict, new: dict, say) -> None:
+    """The changed experiment fields that may continue a run (notice), else ConfigError."""
+    changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    grows = "total_steps" not in changed or (
+        isinstance(old.get("total_steps"), int) and new["total_steps"] > old["total_steps"]
+    )
+    diverged = _read_divergence(workdir)
+    clip = "optimizer.clip_grad_norm"
+    same_tree = bool(old.get(clip)) == bool(new.get(clip))
+    if grows and changed == {"total_steps"}:
+        notice = (
+            f"jssl: extending the run in {workdir} from total_steps={old['total_steps']} "
+            f"to {new['total_steps']}: it continues from its last checkpoint with the "
+            "learning-rate schedule of the new total (not bit-identical to a run started "
+            "with it)"
+        )
+    elif diverged and grows and same_tree and changed <= {"total_steps", *RESTART_FIELDS}:
+        notice = (
+            f"jssl: the run in {workdir} stopped by divergence ({diverged}); restarting it "
+            f"from its last checkpoint with {_differences(old, new, limit=len(changed))} "
+            "(not bit-identical to a run started with these values)"
+        )
+    else:
+        hint = "use a new --workdir, or the same config to resume (only total_steps may grow)"
+        if diverged:
+            hint = (
+                "this run stopped by divergence: it may restart here with other values of "
+                f"{', '.join(f.split('.')[-1] for f in RESTART_FIELDS)} in config.optimizer "
+                "(clipping not switched on or off) and a total_steps that does not shrink; "
+                "anything else needs a new --workdir"
+            )
+        raise ConfigError(
+            f"--workdir {workdir} holds a different experiment ({_differences(old, new)}); "
+            + hint
+        )
+    if jax.process_index() == 0:
+        say(notice)
+
+
+def record_divergence(workdir: str, message: str) -> None:
+    """Mark the run in `workdir` as stopped by divergence (`message`: what diverged, and
+    where): it may then restart with other optimisation fields (`check_workdir`). The
+    mark goes with the restarted run's first checkpoint. Process 0 writes it."""
+    if jax.process_index() == 0 and os.path.isdir(workdir):
+        io.write_json(os.path.join(workdir, DIVERGED_FILE), {"reason": message})
+
+
+def _read_divergence(workdir: str) -> str | None:
+    """What diverged (the first clause of the recorded message), or None."""
+    path = os.path.join(workdir, DIVERGED_FILE)
+    try:
+        reason = io.read_json(path)["reason"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(reason).split(" (the first")[0].split(";")[0]
 
 
 def _check_writable(workdir: str) -> None:
@@ -202,14 +263,20 @@ class Checkpointer:
 
     def save(self, step: int, state) -> None:
         """Save `state` as step `step`. The experiment's fields go to experiment.json first
-        (the workdir belongs to this experiment from its first checkpoint on; an extended
-        run records its new total)."""
-        if jax.process_index() == 0 and not self._fields_written:
+        (the workdir belongs to this experiment from its first checkpoint on; an extended or
+        restarted run records its new fields). A restarted diverged run's mark
+        (`DIVERGED_FILE`) goes once that first save is complete (a kill before leaves it)."""
+        first, self._fields_written = not self._fields_written, True
+        if first and jax.process_index() == 0:
             exp_path = os.path.join(self.workdir, EXPERIMENT_FILE)
             if not os.path.exists(exp_path) or io.read_json(exp_path) != self._fields:
                 io.write_json(exp_path, self._fields)
-            self._fields_written = True
         self.manager.save(step, args=ocp.args.StandardSave(state))
+        diverged = os.path.join(self.workdir, DIVERGED_FILE)
+        if first and os.path.exists(diverged):
+            self.manager.wait_until_finished()
+            if jax.process_index() == 0:
+                os.remove(diverged)
 
     def close(self) -> None:
         """Wait for pending saves and close (a second call does nothing)."""

@@ -239,9 +239,15 @@ def _check_finite(record, keys: tuple[str, ...]) -> None:
     i = next(i for i, s in enumerate(steps) if s == first)  # in WATCHED order: loss first
     raise FloatingPointError(
         f"{keys[i]} is {float(values[i])} at step {first} (the first non-finite of "
-        f"{', '.join(keys)}); lower config.optimizer.lr or check the data, and start again in "
-        "a new --workdir: the checkpoints kept hold finite states only"
+        f"{', '.join(keys)}); {_DIVERGED_FIX}"
     )
+
+
+# How to go on after divergence (the run's workdir is marked: checkpoint.record_divergence).
+_DIVERGED_FIX = (
+    "lower config.optimizer.lr (or check the data) and run again: on the same --workdir it "
+    "restarts from its last checkpoint, which holds a finite state, or start in a new --workdir"
+)
 
 
 def run_steps(
@@ -296,8 +302,7 @@ def run_steps(
                 t_last, step_last = now, step
                 if not math.isfinite(scalars["loss"]):  # a method that logs no WATCHED
                     raise FloatingPointError(
-                        f"loss is {scalars['loss']} at step {step}; lower config.optimizer.lr "
-                        "or check the data (the last checkpoint is kept)"
+                        f"loss is {scalars['loss']} at step {step}; {_DIVERGED_FIX}"
                     )
                 if on_log is not None:
                     on_log(step, scalars)
@@ -452,6 +457,9 @@ def _train_and_evaluate(run: _Run, config: ml_collections.ConfigDict, workdir: s
                     f"{step} of {config.total_steps}; checkpoint {step} saved: run the same "
                     "command to resume"
                 )
+    except FloatingPointError as e:
+        checkpoint.record_divergence(workdir, str(e))  # may restart with a lower lr
+        raise
     finally:
         if progress is not None:
             progress.close()

@@ -80,10 +80,12 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path)
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
 
-def test_divergence_between_logging_steps_never_reaches_a_checkpoint(tmp_path):
+def test_divergence_between_logging_steps_never_reaches_a_checkpoint(tmp_path, capsys):
     """The issue's case: parameters turn non-finite while the loss is still finite, between
     two logging steps. Checked on the device every step, the run stops at the next
-    checkpoint step without saving it; every checkpoint kept is finite."""
+    checkpoint step without saving it; every checkpoint kept is finite. The suggested fix
+    then works on the same workdir: another seed is still refused, a lower learning rate
+    restarts from the last kept checkpoint after a one-line notice and finishes."""
     c = smoke(total_steps=12, log_every=12, checkpoint_every=3)
     c.optimizer.lr = 1e6
     workdir = str(tmp_path / "diverged")
@@ -97,6 +99,29 @@ def test_divergence_between_logging_steps_never_reaches_a_checkpoint(tmp_path):
         leaves = jax.tree_util.tree_leaves(tree["params"])
         assert all(np.isfinite(np.asarray(x)).all() for x in leaves), k
     assert not os.path.exists(os.path.join(workdir, "results.json"))
+    assert os.path.exists(os.path.join(workdir, "diverged.json"))
+
+    other = smoke(total_steps=12, log_every=12, checkpoint_every=3, seed=5)
+    other.optimizer.lr = 1e6
+    with pytest.raises(train.ConfigError, match=r"different experiment \(seed: .*stopped by"):
+        train.train_and_evaluate(other, workdir)
+    clip = smoke(total_steps=12, log_every=12, checkpoint_every=3)
+    clip.optimizer.lr, clip.optimizer.clip_grad_norm = 0.1, 1.0  # another optimizer tree
+    with pytest.raises(train.ConfigError, match="clipping not switched on or off"):
+        train.train_and_evaluate(clip, workdir)
+
+    capsys.readouterr()
+    c.optimizer.lr = 0.1
+    results = train.train_and_evaluate(c, workdir)
+    err = capsys.readouterr().err
+    notice = [line for line in err.splitlines() if "stopped by divergence" in line]
+    assert len(notice) == 1 and "optimizer.lr: 1000000.0 -> 0.1" in notice[0], err
+    assert f"at step {first}" in notice[0]
+    assert results["resumed_from_step"] == (kept[-1] if kept else 0)
+    assert results["final_step"] == 12 and np.isfinite(results["eval"]["linear_accuracy"])
+    assert not os.path.exists(os.path.join(workdir, "diverged.json"))
+    with open(os.path.join(workdir, "experiment.json")) as f:
+        assert json.load(f)["optimizer.lr"] == 0.1
 
 
 def test_keep_checkpoints_prunes_the_oldest(tmp_path):
