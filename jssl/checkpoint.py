@@ -17,9 +17,12 @@ experiment is refused and nothing in it is touched.
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import logging
 import os
+import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -33,7 +36,7 @@ from jax.experimental import multihost_utils
 
 from jssl import io
 from jssl.config import experiment_fields, from_flat, from_nested
-from jssl.errors import ConfigError
+from jssl.errors import ConfigError, StorageError
 
 __all__ = [
     "check_workdir",
@@ -109,8 +112,9 @@ def check_workdir(workdir: str, config, *, say=None) -> bool:
     has_checkpoints = os.path.isdir(ckpt_path) and any(
         name.isdigit() for name in os.listdir(ckpt_path)
     )
-    if not has_checkpoints:
-        _check_writable(workdir)  # nothing of a run here yet: nothing to match
+    if not has_checkpoints:  # nothing of a run here yet: nothing to match
+        _check_writable(workdir)
+        _check_writable(ckpt_path)
         return False
     if not os.path.exists(exp_path):
         raise ConfigError(
@@ -128,6 +132,7 @@ def check_workdir(workdir: str, config, *, say=None) -> bool:
     if old != new:
         _accept_changes(workdir, old, new, say)
     _check_writable(workdir)
+    _check_writable(ckpt_path)
     return has_checkpoints
 
 
@@ -163,8 +168,7 @@ def _accept_changes(workdir: str, old: dict, new: dict, say) -> None:
                 "anything else needs a new --workdir"
             )
         raise ConfigError(
-            f"--workdir {workdir} holds a different experiment ({_differences(old, new)}); "
-            + hint
+            f"--workdir {workdir} holds a different experiment ({_differences(old, new)}); " + hint
         )
     if jax.process_index() == 0:
         say(notice)
@@ -189,9 +193,12 @@ def _read_divergence(workdir: str) -> str | None:
 
 
 def _check_writable(workdir: str) -> None:
-    """Probe with a temporary directory in the workdir or its nearest existing ancestor
-    (permission bits alone say nothing for root or read-only file systems)."""
+    """Probe with a temporary directory in `workdir` (or a checkpoint directory) or its
+    nearest existing ancestor (permission bits alone say nothing for root or read-only
+    file systems)."""
     parent = os.path.abspath(workdir)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ConfigError(f"{parent} is a file, not a directory: remove or rename it")
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     try:
@@ -265,26 +272,100 @@ class Checkpointer:
         """Save `state` as step `step`. The experiment's fields go to experiment.json first
         (the workdir belongs to this experiment from its first checkpoint on; an extended or
         restarted run records its new fields). A restarted diverged run's mark
-        (`DIVERGED_FILE`) goes once that first save is complete (a kill before leaves it)."""
+        (`DIVERGED_FILE`) goes once that first save is complete (a kill before leaves it).
+
+        Storage: a save that would not fit in the free space is refused before anything is
+        written; a write that fails anyway (the disk filled meanwhile, a quota, an I/O
+        error; orbax reports it at the next save or at `close`) removes orbax's temporary
+        step directory. Either is a `StorageError`, one line naming the directory, the free
+        space and the step to resume from; the checkpoints saved before are intact.
+        """
         first, self._fields_written = not self._fields_written, True
-        if first and jax.process_index() == 0:
-            exp_path = os.path.join(self.workdir, EXPERIMENT_FILE)
-            if not os.path.exists(exp_path) or io.read_json(exp_path) != self._fields:
-                io.write_json(exp_path, self._fields)
-        self.manager.save(step, args=ocp.args.StandardSave(state))
-        diverged = os.path.join(self.workdir, DIVERGED_FILE)
-        if first and os.path.exists(diverged):
-            self.manager.wait_until_finished()
-            if jax.process_index() == 0:
-                os.remove(diverged)
+        need = int(sum(x.nbytes for x in jax.tree_util.tree_leaves(state)) * 1.1) + 2**20
+        free = _free_bytes(self.directory)
+        if not _all_processes(free >= need):
+            where = "" if free < need else " on another process's disk"
+            self.close()  # the pending save completes first: the step to resume from
+            raise StorageError(
+                f"not enough space for checkpoint {step} in {self.directory}{where}: it "
+                f"needs about {_mb(need)}, {_mb(free)} free here; {self._go_on()}"
+            )
+        try:
+            if first and jax.process_index() == 0:
+                exp_path = os.path.join(self.workdir, EXPERIMENT_FILE)
+                if not os.path.exists(exp_path) or io.read_json(exp_path) != self._fields:
+                    io.write_json(exp_path, self._fields)
+            self.manager.save(step, args=ocp.args.StandardSave(state))
+            diverged = os.path.join(self.workdir, DIVERGED_FILE)
+            if first and os.path.exists(diverged):
+                self.manager.wait_until_finished()
+                if jax.process_index() == 0:
+                    os.remove(diverged)
+        except Exception as e:  # orbax and tensorstore raise many types for a failed write
+            raise self._write_failed(e) from None
+
+    @property
+    def directory(self) -> str:
+        return os.path.abspath(os.path.join(self.workdir, CHECKPOINT_DIR))
+
+    def _go_on(self) -> str:
+        """How to go on after a failed save."""
+        kept = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+        resume = f"it resumes from checkpoint {kept[-1]}" if kept else "no checkpoint is kept"
+        return f"free some space and run the same command ({resume})"
+
+    def _write_failed(self, error: BaseException) -> StorageError:
+        """Close the manager after a failed write, remove orbax's temporary step
+        directories, and the one-line error to raise."""
+        manager, self.manager = self.manager, None
+        try:
+            manager.close()
+        except Exception:  # the same failure again, already being reported
+            pass
+        _sync("jssl-failed-save")
+        if jax.process_index() == 0:
+            for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+                shutil.rmtree(tmp, ignore_errors=True)
+        return StorageError(
+            f"writing a checkpoint in {self.directory} failed ({_write_reason(error)}); "
+            f"{_mb(_free_bytes(self.directory))} free there; {self._go_on()}"
+        )
 
     def close(self) -> None:
-        """Wait for pending saves and close (a second call does nothing)."""
+        """Wait for pending saves and close (a second call does nothing). A pending save
+        that failed is a `StorageError` (see `save`)."""
         if self.manager is None:
             return
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_failed(e) from None
         self.manager.close()
         self.manager = None
+
+
+def _write_reason(error: BaseException) -> str:
+    """The operating system's reason for a failed write (tensorstore puts it at the end of a
+    long message as os_error_code='N'), else the error's first 160 characters."""
+    match = re.search(r"os_error_code='?(\d+)", str(error))
+    if match:
+        code = int(match.group(1))
+        return f"{os.strerror(code)}, errno {code}"
+    if isinstance(error, OSError) and error.errno:
+        return f"{error.strerror}, errno {error.errno}"
+    return _one_line(error, 160)
+
+
+def _free_bytes(path: str) -> int:
+    """Free bytes on the file system of `path` or its nearest existing ancestor."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 LOCK_FILE = "run.lock"

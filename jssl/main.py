@@ -49,6 +49,7 @@ flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's id,
 
 EXIT_USAGE = 2
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after a checkpoint; run again to resume
+EXIT_STORAGE = 74  # EX_IOERR: a checkpoint could not be written (full disk, quota, ...)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -154,7 +155,7 @@ def _main(argv: list[str]) -> int:
     import jax
 
     from jssl import checkpoint, studies, train
-    from jssl.errors import ConfigError, DataError, Stopped
+    from jssl.errors import ConfigError, DataError, Stopped, StorageError
 
     try:
         if config is None:  # --mode=eval --workdir DIR: the run's own config
@@ -174,6 +175,8 @@ def _main(argv: list[str]) -> int:
         _fail(str(e))
     except FloatingPointError as e:
         _fail(str(e), code=1)
+    except StorageError as e:
+        _fail(str(e), code=EXIT_STORAGE)
     except Stopped as e:
         print(f"jssl: {e}", file=sys.stderr)
         sys.exit(EXIT_STOPPED)

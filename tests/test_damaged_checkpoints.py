@@ -3,12 +3,18 @@ aside (`<step>.damaged`, nothing deleted) and continues exactly as if uninterrup
 
 import glob
 import os
+import signal
+import subprocess
+import sys
 
+import jax
+import numpy as np
 import pytest
 
 from jssl import checkpoint, train
 from jssl.errors import ConfigError
 from tests.shared import copy_run, read_metrics
+from tests.test_config import ROOT
 
 # Files of an orbax step directory (checkpoints/<step>/) and what is done to them: each
 # makes the restore fail (measured: damage to the other files, such as the commit markers
@@ -84,3 +90,63 @@ def test_when_no_checkpoint_restores(shared_run, tmp_path):
     # --mode=eval has nothing to evaluate: one line, nothing more moved or deleted.
     with pytest.raises(ConfigError, match="holds no checkpoint of this experiment"):
         train.evaluate_workdir(c, workdir)
+
+
+# The command line, killed (SIGKILL) right after it hands checkpoint 4 to orbax's
+# asynchronous save: the background write is under way when the process dies.
+_KILLED_IN_SAVE = """
+import os, signal, sys
+from jssl import checkpoint, main
+save = checkpoint.Checkpointer.save
+def save_then_die(self, step, state):
+    save(self, step, state)
+    if step == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.Checkpointer.save = save_then_die
+sys.exit(main.main(["jssl"] + sys.argv[1:]))
+"""
+
+
+def test_kill_during_an_asynchronous_save_then_resume_is_exact(shared_run, tmp_path):
+    """Whatever the kill left of step 4 (nothing, orbax's temporary directory, or the
+    complete step), the same command continues exactly as the uninterrupted run, with each
+    step once in metrics.jsonl and no temporary directory left."""
+    c, full = shared_run("simclr")
+    workdir = str(tmp_path / "killed")
+    flags = [
+        "--config=configs/simclr.py:smoke",
+        f"--workdir={workdir}",
+        *(
+            f"--config.{k}={v}"
+            for k, v in {
+                "total_steps": 4,
+                "log_every": 1,
+                "checkpoint_every": 2,
+                "eval.random_init_baseline": False,
+                "progress": False,
+            }.items()
+        ),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_IN_SAVE, *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    left = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    assert "2" in left, left
+
+    resumed = train.train_and_evaluate(c, workdir)
+    assert resumed["resumed_from_step"] in (2, 4), (resumed, left)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"], left
+    got, want = read_metrics(workdir), read_metrics(full)
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for a, b in zip(want, got):
+        assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
+    _, tree = checkpoint.restore_host(workdir, 4)
+    _, ref = checkpoint.restore_host(full, 4)
+    for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
