@@ -103,7 +103,7 @@ def _uniforms(key: jax.Array, n: int) -> jax.Array:
         if jnp.shape(key) != (n,):
             raise ValueError(f"expected {n} uniforms, got shape {jnp.shape(key)}")
         return key
-    return jax.random.uniform(key, (n,))
+    return jax.random.uniform(key, (n,), jnp.float32)  # float32 under x64 too
 
 
 # --- Random resized crop ------------------------------------------------------------------
@@ -160,10 +160,11 @@ def resized_crop(image: jax.Array, top, left, height, width, *, size: int) -> ja
     filter when shrinking (antialias, as PIL and torchvision v2 do). Box values may be
     traced and fractional.
     """
-    box = jnp.asarray([top, left, height, width], jnp.float32)
+    dtype = jnp.promote_types(image.dtype, jnp.float32)  # float64 stays float64
+    box = jnp.asarray([top, left, height, width], dtype)
     scale = size / box[2:]
     return jax.image.scale_and_translate(
-        image.astype(jnp.float32),
+        image.astype(dtype),
         (size, size, image.shape[-1]),
         (0, 1),
         scale,
@@ -459,7 +460,7 @@ def view_uniforms(key: jax.Array, view: Mapping[str, Any]) -> dict[str, jax.Arra
         )
         if v[field] > 0
     ]
-    u = jax.random.uniform(key, (sum(NUM_UNIFORMS[op] for op in ops),))
+    u = jax.random.uniform(key, (sum(NUM_UNIFORMS[op] for op in ops),), jnp.float32)
     out, start = {}, 0
     for op in ops:
         out[op] = u[start : start + NUM_UNIFORMS[op]]
@@ -498,27 +499,33 @@ def augment_image(key: jax.Array, image: jax.Array, view: Mapping[str, Any]) -> 
     return normalize(x, v["mean"], v["std"])
 
 
-def _to_rgb_float(images: jax.Array) -> jax.Array:
-    """uint8 (N, H, W, C), C in {1, 3} -> float32 (N, H, W, 3) in [0, 1]."""
+def _to_rgb_float(images: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """uint8 (N, H, W, C), C in {1, 3} -> float (N, H, W, 3) in [0, 1] of `dtype`."""
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != jnp.uint8:
         raise ValueError(
             f"images must be uint8 of shape (N, H, W, C) with C in {{1, 3}}, got "
             f"{images.dtype} {images.shape}"
         )
-    x = images.astype(jnp.float32) / 255.0
+    x = images.astype(dtype) / 255.0
     # The models take RGB; a grey image is the same grey in all three channels.
     return jnp.broadcast_to(x, x.shape[:3] + (3,))
 
 
-def augment_view(key: jax.Array, images: jax.Array, view: Mapping[str, Any]) -> jax.Array:
-    """One augmented view of a batch: uint8 (N, H, W, C) -> float32 (N, S, S, 3), normalised.
+def augment_view(
+    key: jax.Array, images: jax.Array, view: Mapping[str, Any], *, dtype=jnp.float32
+) -> jax.Array:
+    """One augmented view of a batch: uint8 (N, H, W, C) -> (N, S, S, 3) of `dtype` (float32;
+    float64 for float64 runs), normalised.
 
     `view` is a dict or ConfigDict with the fields `VIEW_FIELDS`; one key per example
     (`jax.random.split(key, N)`), vmapped, so the result for an example depends only on its
-    image and its key, whatever the batch's sharding.
+    image and its key, whatever the batch's sharding, up to rounding: XLA compiles the
+    batch of 256 on one device and of 32 on each of eight differently, and about a third of
+    the float32 pixels then differ in the last bit (measured on CPU). The random numbers
+    are float32 in every dtype, so a float64 view is the same view, rounded less.
     """
     v = _check_view(view)
-    x = _to_rgb_float(images)
+    x = _to_rgb_float(images, dtype)
     keys = jax.random.split(key, x.shape[0])
     return jax.vmap(lambda k, im: augment_image(k, im, v))(keys, x)
 

@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any, Iterable, Mapping
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
@@ -139,8 +140,9 @@ def zoo() -> dict[str, dict]:
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
-    """The computation dtype of `config.dtype` (parameters and losses stay float32)."""
-    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    """The computation dtype of `config.dtype` (parameters and losses stay float32, except
+    with "float64", where everything is float64: `jssl.methods.build`)."""
+    return {"bfloat16": jnp.bfloat16, "float64": jnp.float64}.get(config.dtype, jnp.float32)
 
 
 def eval_transform(config: ml_collections.ConfigDict) -> dict:
@@ -168,7 +170,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0  # 0: evaluate only at the end
     c.keep_checkpoints = 2
     c.seed = 0
-    c.dtype = "float32"  # or "bfloat16": model compute only; params and losses stay float32
+    # "bfloat16": model compute only, params and losses stay float32; "float64" (numerical
+    # checks, needs JAX_ENABLE_X64=1): parameters, computation and optimizer state
+    c.dtype = "float32"
     c.progress = True  # tqdm progress bar on process 0
     c.plots = True  # PNG plots (curves, lr, features) at the end, on process 0 (jssl.plots)
 
@@ -369,9 +373,15 @@ def validate(
     )
     _require(config.batch_size >= 2, "batch_size", "must be at least 2 (batch statistics)")
     _require(
-        config.dtype in ("float32", "bfloat16"),
+        config.dtype in ("float32", "bfloat16", "float64"),
         "dtype",
-        f"must be 'float32' or 'bfloat16', got {config.dtype!r}",
+        f"must be 'float32', 'bfloat16' or 'float64', got {config.dtype!r}",
+    )
+    _require(
+        config.dtype != "float64" or jax.config.jax_enable_x64,
+        "dtype",
+        "float64 needs 64-bit jax: set JAX_ENABLE_X64=1 before starting (or "
+        "jax.config.update('jax_enable_x64', True) before any jax work)",
     )
     _require(
         _is_int(config.data.image_size) and config.data.image_size >= 8,

@@ -161,6 +161,10 @@ def test_validation_errors_name_the_field():
     _bad(lambda c: setattr(c, "total_steps", 0), r"config\.total_steps: must be a positive integer")
     _bad(lambda c: setattr(c, "total_steps", -5), r"config\.total_steps")
     _bad(lambda c: setattr(c, "dtype", "float16"), r"config\.dtype")
+    _bad(  # the suite runs without 64-bit jax
+        lambda c: setattr(c, "dtype", "float64"),
+        r"config\.dtype: float64 needs 64-bit jax: set JAX_ENABLE_X64=1",
+    )
     _bad(lambda c: setattr(c.optimizer, "lr", -1.0), r"config\.optimizer\.lr")
     _bad(lambda c: setattr(c.optimizer, "warmup_steps", 100), r"config\.optimizer\.warmup_steps")
 

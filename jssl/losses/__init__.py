@@ -16,12 +16,13 @@ The implementations live in private modules, re-exported here:
   _bootstrap       byol, simsiam
   _clustering      sinkhorn_knopp, swav, dino, dino_center
   _classification  rotation, jigsaw, jigsaw_pp
-  _common          l2_normalize
+  _common          l2_normalize, at_least_f32 (half precision up, float64 kept)
 """
 
 from jssl.losses._bootstrap import byol, simsiam
 from jssl.losses._classification import jigsaw, jigsaw_pp, rotation
 from jssl.losses._clustering import dino, dino_center, sinkhorn_knopp, swav
+from jssl.losses._common import _at_least_f32 as at_least_f32
 from jssl.losses._common import l2_normalize
 from jssl.losses._contrastive import dcl, moco, mocov3, nearest_neighbour, nnclr, nt_xent
 from jssl.losses._redundancy import barlow_twins, vicreg, wmse
@@ -35,6 +36,7 @@ __all__ = [
     "jigsaw",
     "jigsaw_pp",
     "l2_normalize",
+    "at_least_f32",
     "moco",
     "mocov3",
     "nearest_neighbour",

@@ -8,8 +8,12 @@ derived from it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from types import ModuleType
+
+import jax
+import jax.numpy as jnp
 
 from jssl.methods.common import DataInfo, Method, TrainState
 
@@ -53,4 +57,19 @@ def validate(config) -> None:
 
 
 def build(config, data_info: DataInfo, mesh=None) -> Method:
-    return module(config.method).build(config, data_info, mesh)
+    """The method's Method; with `config.dtype == "float64"` its state (parameters, BatchNorm
+    statistics, optimizer state, method state) is born float64 (needs jax_enable_x64)."""
+    method = module(config.method).build(config, data_info, mesh)
+    if config.dtype == "float64":
+        method = dataclasses.replace(method, init=_float64_init(method.init))
+    return method
+
+
+def _float64_init(init):
+    def init64(rng):
+        return jax.tree_util.tree_map(
+            lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+            init(rng),
+        )
+
+    return init64

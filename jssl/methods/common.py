@@ -180,9 +180,18 @@ def make_views(
     state: TrainState, images: jax.Array, views: Sequence[Mapping[str, Any]]
 ) -> list[jax.Array]:
     """One augmented view (`augment.augment_view`) of uint8 `images` per entry of `views`,
-    each with its own key from `step_key(state)`."""
+    each with its own key from `step_key(state)`; float32, or float64 when the parameters
+    are (a `dtype="float64"` run)."""
     keys = jax.random.split(step_key(state), len(views))
-    return [augment.augment_view(k, images, v) for k, v in zip(keys, views)]
+    dtype = state_float_dtype(state)
+    return [augment.augment_view(k, images, v, dtype=dtype) for k, v in zip(keys, views)]
+
+
+def state_float_dtype(state: TrainState):
+    """float64 when any parameter is float64 (a `dtype="float64"` run), else float32: a
+    trace-time fact (dtypes are static)."""
+    leaves = jax.tree_util.tree_leaves(state.params)
+    return jnp.float64 if any(x.dtype == jnp.float64 for x in leaves) else jnp.float32
 
 
 # --- Evaluation-time pieces ---------------------------------------------------------------

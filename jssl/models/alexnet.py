@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.losses import at_least_f32
 from jssl.models.resnet import conv_init
 
 __all__ = ["AlexNet"]
@@ -78,4 +79,4 @@ class AlexNet(nn.Module):
         x = block(x, 4, 3, 1, 1)
         if imagenet:
             x = pool(x)
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return jnp.mean(at_least_f32(x), axis=(1, 2))

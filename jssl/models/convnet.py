@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.losses import at_least_f32
 from jssl.models.resnet import conv_init
 
 __all__ = ["ConvNet"]
@@ -48,4 +49,4 @@ class ConvNet(nn.Module):
             x = nn.relu(x)
             if i < 2:
                 x = nn.max_pool(x, (2, 2), (2, 2))
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return jnp.mean(at_least_f32(x), axis=(1, 2))

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jssl.losses import l2_normalize
+from jssl.losses import at_least_f32, l2_normalize
 
 __all__ = ["Projector", "Classifier", "Prototypes", "BackboneHead", "ACTIVATIONS"]
 
@@ -73,7 +73,7 @@ class Projector(nn.Module):
                 use_bias=False,
                 dtype=self.dtype,
             )(x)
-        return x.astype(jnp.float32)
+        return at_least_f32(x)
 
 
 class Classifier(nn.Module):
@@ -84,8 +84,8 @@ class Classifier(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(x).astype(
-            jnp.float32
+        return at_least_f32(
+            nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(x)
         )
 
 
@@ -108,7 +108,7 @@ class Prototypes(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        z = l2_normalize(z.astype(jnp.float32))
+        z = l2_normalize(at_least_f32(z))
         w = self.param(
             "kernel",
             nn.initializers.lecun_normal(),

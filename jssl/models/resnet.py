@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jssl.losses import at_least_f32
+
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "conv_init"]
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -145,4 +147,4 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     conv=self.conv,
                 )(x, train)
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return jnp.mean(at_least_f32(x), axis=(1, 2))
