@@ -10,15 +10,24 @@ are the ones the run's k-NN and linear probe used (`Method.embed`) for every met
 model has a `backbone` (pretrain, puzzle, joint, ...). Call it with `train=False` (the
 default) for frozen features.
 
+MetaMask's mask is part of its encoder (its evaluation reads the masked features): the
+encoder multiplies the backbone's features by it (`params.feature_mask`).
+
 Command line: `python -m jssl.export --workdir DIR --out encoder.msgpack [--step N]` writes
 one msgpack file holding the architecture (the config fields that build it) and the
 variables; `load_encoder` reads it back without the workdir.
+
+PyTorch: `--format safetensors --layout torchvision|timm --out FILE [--with-heads]` writes
+the backbone as the state dict of its torchvision / timm twin (`jssl.models.torch_layout`:
+names, layouts, which backbones have one); `--config.model.init_from=torchvision:PATH` or
+`timm:PATH` (a .safetensors or .pth state dict) starts a run from one (`load_init_from`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -32,11 +41,24 @@ import numpy as np
 from flax import serialization
 
 from jssl import augment, io, models
-from jssl.checkpoint import restore_host, saved_config
+from jssl.checkpoint import load_backbone, restore_host, saved_config
 from jssl.config import compute_dtype, eval_transform, from_flat, get_field
 from jssl.errors import ConfigError
+from jssl.models import torch_layout
 
-__all__ = ["Encoder", "Encoders", "load_encoder", "load_encoders", "export_encoder", "main"]
+__all__ = [
+    "Encoder",
+    "Encoders",
+    "load_encoder",
+    "load_encoders",
+    "export_encoder",
+    "export_torch",
+    "feature_mask",
+    "load_init_from",
+    "read_state_dict",
+    "LAYOUTS",
+    "main",
+]
 
 FORMAT = "jssl-encoder-1"
 # The config fields that build an encoder (`models.backbone_from_config`, `compute_dtype`
@@ -53,24 +75,42 @@ _ENCODER_FIELDS = (
 
 
 class Encoder(nn.Module):
-    """uint8 images (N, H, W, C) -> backbone features (N, F) float32, in evaluation transform."""
+    """uint8 images (N, H, W, C) -> backbone features (N, F) float32, in evaluation transform;
+    `masked`: times a per-feature mask (`params.feature_mask`, MetaMask's)."""
 
     backbone: nn.Module
     size: int
     mean: Sequence[float]
     std: Sequence[float]
+    masked: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         x = augment.center_view(images, size=self.size, mean=self.mean, std=self.std)
-        return self.backbone(x, train=train).astype(jnp.float32)
+        h = self.backbone(x, train=train).astype(jnp.float32)
+        if self.masked:
+            h = h * self.param("feature_mask", nn.initializers.ones, h.shape[-1:], jnp.float32)
+        return h
 
 
-def _encoder_module(config: ml_collections.ConfigDict) -> Encoder:
+def _encoder_module(config: ml_collections.ConfigDict, masked: bool = False) -> Encoder:
     return Encoder(
         backbone=models.backbone_from_config(config.model, compute_dtype(config)),
+        masked=masked,
         **eval_transform(config),
     )
+
+
+def feature_mask(tree, config: ml_collections.ConfigDict) -> np.ndarray | None:
+    """The per-feature mask a run's evaluation multiplies the backbone features by, as a
+    NumPy array (F,): MetaMask's M = sigmoid(m) (m itself with `metamask.sigmoid` False),
+    from a TrainState or a checkpoint tree restored on the host; None when there is none."""
+    extras = tree.extras if hasattr(tree, "extras") else tree.get("extras", {})
+    if not extras or "mask_logits" not in extras:
+        return None
+    logits = jnp.asarray(np.asarray(extras["mask_logits"]), jnp.float32)
+    sigmoid = config.get("metamask", {}).get("sigmoid", True)
+    return np.asarray(jax.nn.sigmoid(logits) if sigmoid else logits)
 
 
 def _from_workdir(workdir: str, step: int | None):
@@ -92,6 +132,9 @@ def _from_workdir(workdir: str, step: int | None):
     variables = {"params": {"backbone": params["backbone"]}}
     if stats.get("backbone"):
         variables["batch_stats"] = {"backbone": stats["backbone"]}
+    mask = feature_mask(tree, config)
+    if mask is not None:
+        variables["params"]["feature_mask"] = mask
     return config, variables
 
 
@@ -107,7 +150,7 @@ def load_encoder(path: str, *, step: int | None = None) -> tuple[Encoder, dict]:
     `step`) or a file written by `export_encoder`. Variables are NumPy arrays on the host."""
     if os.path.isdir(path):
         config, variables = _from_workdir(path, step)
-        return _encoder_module(config), variables
+        return _encoder_module(config, "feature_mask" in variables["params"]), variables
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such workdir or exported encoder file")
     with open(path, "rb") as f:
@@ -122,7 +165,7 @@ def load_encoder(path: str, *, step: int | None = None) -> tuple[Encoder, dict]:
         )
     config = from_flat(json.loads(blob["config"]))
     variables = jax.tree_util.tree_map(np.asarray, blob["variables"])
-    return _encoder_module(config), variables
+    return _encoder_module(config, "feature_mask" in variables["params"]), variables
 
 
 def export_encoder(workdir: str, out: str, *, step: int | None = None) -> str:
@@ -138,6 +181,179 @@ def export_encoder(workdir: str, out: str, *, step: int | None = None) -> str:
     }
     io.write_bytes(out, serialization.msgpack_serialize(blob))
     return out
+
+
+# --- PyTorch: safetensors state dicts of the torchvision / timm twins -----------------------
+
+LAYOUTS = ("torchvision", "timm")
+TORCH_FORMAT = "jssl-torch-1"
+
+
+def _twin_code(layout: str, name: str, stem: str, num_classes: int | None) -> str:
+    """The Python lines that build the PyTorch twin (`model`) the file loads into."""
+    if layout == "timm":
+        build = f'model = timm.create_model("{name}", pretrained=False, num_classes=0)\n'
+        imports = "import timm\nimport torch\n"
+    else:
+        build = f"model = torchvision.models.{name}()\nmodel.fc = torch.nn.Identity()\n"
+        imports = "import torch\nimport torchvision\n"
+    if num_classes is not None:  # the feature mask, as a diagonal fc
+        build += f"model.fc = torch.nn.Linear({num_classes}, {num_classes})\n"
+    if stem == "cifar":
+        build += torch_layout.CIFAR_STEM_PYTORCH
+    return imports + build
+
+
+def export_torch(
+    workdir: str,
+    out: str,
+    *,
+    layout: str,
+    with_heads: bool = False,
+    step: int | None = None,
+) -> tuple[str, str]:
+    """Write the encoder of `workdir` as the safetensors state dict of its PyTorch twin.
+
+    `layout` "torchvision" or "timm" (`jssl.models.torch_layout`: ResNet-18/34/50 with 64
+    filters; the "cifar" stem is the twin with a 3x3 first convolution and no max pooling).
+    The features of the twin equal `Method.embed`'s: a MetaMask run's mask becomes the
+    twin's `fc`, a diagonal Linear(F, F) without bias effect. `with_heads`: the run's other
+    parameters too (projector, predictor, prototypes, classifier), as `heads.<Flax path>`
+    with Dense kernels as Linear weights (out, in) and BatchNorm under PyTorch's names.
+    Next to `out` goes `<out>.py`: the lines that build the twin and load the file.
+    Refuses to overwrite anything. Returns (out, the loading code).
+    """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    code_path = os.path.splitext(out)[0] + ".py"
+    for path in (out, code_path):
+        if os.path.exists(path):
+            raise ConfigError(
+                f"--out: {path} exists; choose another path (nothing was overwritten)"
+            )
+    config, variables = _from_workdir(workdir, step)
+    module = models.backbone_from_config(config.model)
+    try:
+        name = torch_layout.twin(module)
+        backbone = {
+            "params": variables["params"]["backbone"],
+            "batch_stats": variables.get("batch_stats", {}).get("backbone", {}),
+        }
+        tensors = torch_layout.to_torch(module, backbone)
+    except torch_layout.TorchLayoutError as e:
+        raise ConfigError(f"--workdir {workdir}: {e}") from None
+    mask = variables["params"].get("feature_mask")
+    if mask is not None:
+        tensors["fc.weight"] = np.diag(np.asarray(mask, np.float32))
+        tensors["fc.bias"] = np.zeros(len(mask), np.float32)
+    if with_heads:
+        _, tree = restore_host(workdir, step)
+        tensors.update(_heads(tree))
+    code = _twin_code(layout, name, module.stem, None if mask is None else len(mask))
+    code += (
+        "from safetensors.torch import load_file\n"
+        f'state = load_file("{os.path.basename(out)}")\n'
+        + (
+            'state = {k: v for k, v in state.items() if not k.startswith("heads.")}\n'
+            if with_heads
+            else ""
+        )
+        + "model.load_state_dict(state, strict=True)\nmodel.eval()\n"
+    )
+    metadata = {
+        "format": TORCH_FORMAT,
+        "layout": layout,
+        "twin": name,
+        "stem": module.stem,
+        "feature_mask": "fc" if mask is not None else "",
+        "source": os.path.abspath(workdir),
+    }
+    from safetensors.numpy import save_file  # a dependency of the interop extra only
+
+    io.write_with(out, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    io.write_text(code_path, code)
+    return out, code
+
+
+def _heads(tree: dict) -> dict[str, np.ndarray]:
+    """The non-backbone parameters and statistics under `heads.<Flax path>` (PyTorch names)."""
+    out = {}
+    names = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
+    for collection in ("params", "batch_stats"):
+        for path, x in jax.tree_util.tree_leaves_with_path(tree.get(collection, {})):
+            keys = [str(getattr(k, "key", k)) for k in path]
+            if keys[0] == "backbone":
+                continue
+            x = np.asarray(x)
+            if keys[-1] == "kernel" and x.ndim == 2:
+                x = x.T  # Dense (in, out) -> Linear (out, in)
+            elif keys[-1] == "kernel" and x.ndim == 4:
+                x = x.transpose(3, 2, 0, 1)
+            keys[-1] = names.get(keys[-1], keys[-1])
+            out["heads." + ".".join(keys)] = np.ascontiguousarray(x)
+    return out
+
+
+def read_state_dict(path: str, *, field: str) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch state dict on disk as NumPy arrays: a .safetensors file, or a
+    .pth / .pt / .bin file of `torch.save` (needs torch; a dict with a "state_dict" or
+    "model" entry is unwrapped). `field` names the option in errors."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{field}: {path}: no such file")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError  # the interop extra's
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ConfigError(f"{field}: {path}: not a readable safetensors file ({e})") from None
+    try:
+        import torch  # heavy and optional (the interop extra): imported only for .pth files
+    except ImportError:
+        raise ConfigError(
+            f"{field}: reading {path} needs torch (pip install 'jssl[interop]'), or give a "
+            ".safetensors file"
+        ) from None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ConfigError(
+            f"{field}: {path}: not a PyTorch state dict ({type(e).__name__})"
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            blob = blob[key]
+    if not isinstance(blob, dict) or not all(torch.is_tensor(v) for v in blob.values()):
+        raise ConfigError(f"{field}: {path}: not a state dict (a dict of tensors)")
+    return {
+        k: (v.detach().float() if v.is_floating_point() else v.detach()).numpy()
+        for k, v in blob.items()
+    }
+
+
+def load_init_from(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
+    """(params, batch_stats) of the backbone `config.model.init_from` names: the latest
+    checkpoint of a jssl workdir, or `torchvision:PATH` / `timm:PATH`, the state dict of the
+    backbone's PyTorch twin (`jssl.models.torch_layout`); host arrays. ConfigError (one line
+    naming the field and the tensor) when it does not fit `config.model`."""
+    spec = config.model.init_from
+    layout, sep, path = spec.partition(":")
+    if not sep or layout not in LAYOUTS:
+        return load_backbone(spec)
+    field = "config.model.init_from"
+    module = models.backbone_from_config(config.model)
+    size = config.data.image_size
+    init = functools.partial(module.init, train=False)
+    expected = jax.eval_shape(init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+    try:
+        torch_layout.twin(module)
+        variables = torch_layout.from_torch(
+            module, read_state_dict(path, field=field), expected, source=f"{field}: {path}"
+        )
+    except torch_layout.TorchLayoutError as e:
+        raise ConfigError(str(e) if str(e).startswith(field) else f"{field}: {e}") from None
+    return variables["params"], variables["batch_stats"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +375,8 @@ class Encoders:
         )
 
 
-def _first_difference(expected, loaded) -> str:
+def first_difference(expected, loaded) -> str:
+    """The first leaf whose shape differs between two trees, as one phrase."""
     exp = {
         jax.tree_util.keystr(p): tuple(x.shape)
         for p, x in jax.tree_util.tree_leaves_with_path(expected)
@@ -202,7 +419,7 @@ def load_encoders(
         ):
             raise ConfigError(
                 f"{where}: {path}: its checkpoint does not fit the encoder its "
-                f"config describes ({_first_difference(expected, v)}); give the "
+                f"config describes ({first_difference(expected, v)}); give the "
                 "workdir of a complete, unmodified jssl run"
             )
         out = jax.eval_shape(module.apply, v, dummy)
@@ -221,18 +438,33 @@ def load_encoders(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m jssl.export", description="Export a run's encoder to one msgpack file."
+        prog="python -m jssl.export",
+        description="Export a run's encoder: a jssl msgpack file, or the safetensors state "
+        "dict of its torchvision / timm twin.",
     )
     p.add_argument("--workdir", required=True, help="a jssl run's --workdir")
     p.add_argument("--out", required=True, help="file to write, e.g. encoder.msgpack")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--format", choices=("msgpack", "safetensors"), default="msgpack")
+    p.add_argument("--layout", choices=LAYOUTS, default=None, help="with --format safetensors")
+    p.add_argument("--with-heads", action="store_true", help="safetensors: projector and heads too")
     args = p.parse_args(argv)
     try:
-        out = export_encoder(args.workdir, args.out, step=args.step)
+        if args.format == "msgpack":
+            if args.layout or args.with_heads:
+                raise ConfigError("--layout and --with-heads go with --format safetensors")
+            print(export_encoder(args.workdir, args.out, step=args.step))
+            return 0
+        if args.layout is None:
+            raise ConfigError("--format safetensors needs --layout torchvision or --layout timm")
+        out, _ = export_torch(
+            args.workdir, args.out, layout=args.layout, with_heads=args.with_heads, step=args.step
+        )
     except ConfigError as e:
         print(f"jssl.export: error: {e}", file=sys.stderr)
         return 2
     print(out)
+    print(f"jssl.export: load it with the lines in {os.path.splitext(out)[0]}.py", file=sys.stderr)
     return 0
 
 

@@ -24,9 +24,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
-from jssl import augment, losses, models
+from jssl import augment, export, losses, models
 from jssl.config import get_field
 from jssl.errors import ConfigError
 
@@ -44,6 +45,8 @@ __all__ = [
     "step_metrics",
     "global_norm",
     "refuse_unread",
+    "load_init_from",
+    "with_backbone",
     "require_group",
     "method_of",
 ]
@@ -147,15 +150,19 @@ def init_state(
     num_keys: int = 0,
     extras: Callable | None = None,
     params: Callable | None = None,
+    backbone: tuple[dict, dict] | None = None,
     **apply_kw: Any,
 ) -> TrainState:
     """A fresh TrainState: `model.init` on `inputs` (evaluation mode) with the first of
-    `jax.random.split(rng, 2 + num_keys)`, the state's own key the second; `params(p)`
-    post-processes the parameters, `extras(params, batch_stats, keys)` returns the method
-    state (the `num_keys` remaining keys are its to use). The optimizer state is
-    `tx.init(params)`."""
+    `jax.random.split(rng, 2 + num_keys)`, the state's own key the second; `backbone`
+    (params, batch_stats) replaces the backbone's (`model.init_from`: `load_init_from`);
+    `params(p)` post-processes the parameters, `extras(params, batch_stats, keys)` returns
+    the method state (the `num_keys` remaining keys are its to use: a momentum target
+    starts from the loaded backbone). The optimizer state is `tx.init(params)`."""
     init_rng, state_rng, *keys = jax.random.split(rng, 2 + num_keys)
     variables = models.init_variables(model, init_rng, *inputs, train=False, **apply_kw)
+    if backbone is not None:
+        variables = with_backbone(variables, *backbone)
     p = variables["params"]
     if params is not None:
         p = params(p)
@@ -168,6 +175,36 @@ def init_state(
         rng=state_rng,
         extras=extras(p, batch_stats, keys) if extras is not None else {},
     )
+
+
+def load_init_from(config) -> tuple[dict, dict] | None:
+    """The backbone `config.model.init_from` names, read once when the method is set up
+    (`jssl.export.load_init_from`: a jssl workdir, or `torchvision:` / `timm:` weights);
+    None when unset."""
+    return export.load_init_from(config) if config.model.get("init_from") else None
+
+
+def with_backbone(variables: dict, params: dict, batch_stats: dict) -> dict:
+    """`variables` with the backbone's parameters and statistics replaced by loaded ones,
+    which must have the same structure and shapes (ConfigError naming the first mismatch)."""
+    out = dict(variables)
+    for collection, new in (("params", params), ("batch_stats", batch_stats)):
+        if collection not in variables or "backbone" not in variables[collection]:
+            continue
+        old = variables[collection]["backbone"]
+        old_shapes = jax.tree_util.tree_map(jnp.shape, old)
+        new_shapes = jax.tree_util.tree_map(np.shape, new)
+        if old_shapes != new_shapes:
+            raise ConfigError(
+                f"config.model.init_from: the loaded backbone does not match config.model "
+                f"({collection}: {export.first_difference(old, new)}); use the same backbone, "
+                "width and stem"
+            )
+        out[collection] = {
+            **variables[collection],
+            "backbone": jax.tree_util.tree_map(lambda o, n: jnp.asarray(n, o.dtype), old, new),
+        }
+    return out
 
 
 def step_key(state: TrainState) -> jax.Array:

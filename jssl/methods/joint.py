@@ -26,11 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from jssl import augment, models
-from jssl.checkpoint import load_backbone
 from jssl.config import compute_dtype, config_group, eval_transform
 from jssl.data import pipeline
 from jssl.data.subsets import SubsetSource, labelled_split
@@ -41,6 +39,7 @@ from jssl.methods.common import (
     Method,
     TrainState,
     init_state,
+    load_init_from,
     make_views,
     method_of,
     refuse_unread,
@@ -101,29 +100,6 @@ class JointModel(nn.Module):
 
     def init_all(self, x: jax.Array, train: bool) -> tuple[dict, jax.Array]:
         return self(x, train), self.classify(x, train)
-
-
-def _with_backbone(variables: dict, params: dict, batch_stats: dict, path: str) -> dict:
-    """`variables` with the backbone's parameters and statistics replaced by loaded ones,
-    which must have the same structure and shapes (ConfigError naming the first mismatch)."""
-    out = dict(variables)
-    for collection, new in (("params", params), ("batch_stats", batch_stats)):
-        if collection not in variables or "backbone" not in variables[collection]:
-            continue
-        old = variables[collection]["backbone"]
-        old_shapes = jax.tree_util.tree_map(jnp.shape, old)
-        new_shapes = jax.tree_util.tree_map(np.shape, new)
-        if old_shapes != new_shapes:
-            raise ConfigError(
-                f"config.model.init_from: the backbone in {path} does not match "
-                f"config.model ({collection} differ in structure or shapes); "
-                "use the same backbone, width and stem"
-            )
-        out[collection] = {
-            **variables[collection],
-            "backbone": jax.tree_util.tree_map(lambda o, n: jnp.asarray(n, o.dtype), old, new),
-        }
-    return out
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
@@ -201,7 +177,6 @@ def setup(config: ml_collections.ConfigDict, data: DataInfo) -> Setup:
     tx, schedule = build_optimizer(
         config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
     )
-    init_from = config.model.get("init_from")
     return Setup(
         config=config,
         model=model,
@@ -211,22 +186,19 @@ def setup(config: ml_collections.ConfigDict, data: DataInfo) -> Setup:
         schedule=schedule,
         views=(config.augment.view1, config.augment.view2),
         transform=eval_transform(config),
-        loaded=load_backbone(init_from) if init_from else None,
+        loaded=load_init_from(config),
     )
 
 
 def init(s: Setup, rng: jax.Array) -> TrainState:
     size = s.config.data.image_size
-    state = init_state(
-        s.model, s.tx, rng, jnp.zeros((2, size, size, 3), jnp.float32), method=JointModel.init_all
-    )
-    if s.loaded is None:
-        return state
-    loaded = _with_backbone(variables(state), *s.loaded, s.config.model.init_from)
-    return state.replace(
-        params=loaded["params"],
-        batch_stats=loaded.get("batch_stats", {}),
-        opt_state=s.tx.init(loaded["params"]),
+    return init_state(
+        s.model,
+        s.tx,
+        rng,
+        jnp.zeros((2, size, size, 3), jnp.float32),
+        backbone=s.loaded,
+        method=JointModel.init_all,
     )
 
 

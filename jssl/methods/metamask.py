@@ -48,12 +48,14 @@ import optax
 from jssl import augment, losses, models
 from jssl.config import compute_dtype, config_group, eval_transform
 from jssl.errors import ConfigError
+from jssl.export import feature_mask
 from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
     global_norm,
     init_state,
+    load_init_from,
     make_views,
     method_of,
     require_group,
@@ -367,12 +369,9 @@ def _mask_fn(sigmoid: bool):
 
 def mask_values(state, config: ml_collections.ConfigDict) -> np.ndarray | None:
     """The mask M (F,) of a TrainState, or of a checkpoint tree restored on the host
-    (`jssl.checkpoint.restore_host`), as a NumPy array; None for the unmasked baseline."""
-    extras = state.extras if hasattr(state, "extras") else state.get("extras", {})
-    if not extras or "mask_logits" not in extras:
-        return None
-    logits = jnp.asarray(np.asarray(extras["mask_logits"]), jnp.float32)
-    return np.asarray(_mask_fn(config.metamask.sigmoid)(logits))
+    (`jssl.checkpoint.restore_host`), as a NumPy array; None for the unmasked baseline
+    (`jssl.export.feature_mask`: the exported encoder applies the same mask)."""
+    return feature_mask(state, config)
 
 
 # --- Method ---------------------------------------------------------------------------------
@@ -394,6 +393,7 @@ class Setup:
     mask_schedule: optax.Schedule  # the mask's: the network's shape, its own peak
     views: tuple
     transform: Mapping[str, Any]
+    loaded: tuple | None = None  # (params, batch_stats) of `model.init_from`'s backbone
 
     @property
     def enabled(self) -> bool:
@@ -430,6 +430,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         mask_schedule=mask_schedule,
         views=(config.augment.view1, config.augment.view2),
         transform=eval_transform(config),
+        loaded=load_init_from(config),
     )
 
 
@@ -444,7 +445,13 @@ def init(s: Setup, rng: jax.Array) -> TrainState:
         return {"mask_logits": logits, "mask_opt_state": s.mask_tx.init(logits)}
 
     return init_state(
-        s.model, s.tx, rng, jnp.zeros((2, size, size, 3), jnp.float32), None, extras=extras
+        s.model,
+        s.tx,
+        rng,
+        jnp.zeros((2, size, size, 3), jnp.float32),
+        None,
+        extras=extras,
+        backbone=s.loaded,
     )
 
 

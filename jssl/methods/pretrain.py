@@ -40,6 +40,7 @@ from jssl.methods.common import (
     Method,
     TrainState,
     init_state,
+    load_init_from,
     make_views,
     method_of,
     step_metrics,
@@ -346,6 +347,7 @@ class Setup:
     schedule: optax.Schedule
     views: tuple  # augmentation views, large crops first
     transform: Mapping[str, Any]  # the evaluation transform (`center_view` keywords)
+    loaded: tuple | None = None  # (params, batch_stats) of `model.init_from`'s backbone
 
     @property
     def has_target(self) -> bool:
@@ -373,6 +375,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         schedule=schedule,
         views=views,
         transform=eval_transform(config),
+        loaded=load_init_from(config),
     )
 
 
@@ -395,6 +398,7 @@ def init(s: Setup, rng: jax.Array) -> TrainState:
         num_keys=1,
         extras=extras,
         params=_normalize_prototypes if s.renormalize else None,
+        backbone=s.loaded,
     )
 
 

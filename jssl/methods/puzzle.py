@@ -37,6 +37,7 @@ from jssl.methods.common import (
     TrainState,
     classifier_update,
     init_state,
+    load_init_from,
     method_of,
     refuse_unread,
     require_group,
@@ -157,6 +158,7 @@ class Setup:
     view: Mapping[str, Any]  # the augmentation before the puzzle is cut
     permutations: Any  # (P, T) int array for jigsaw / jigsaw_pp; None for rotation
     transform: Mapping[str, Any]
+    loaded: tuple | None = None  # (params, batch_stats) of `model.init_from`'s backbone
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
@@ -192,6 +194,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         view=view,
         permutations=perms,
         transform=eval_transform(config),
+        loaded=load_init_from(config),
     )
 
 
@@ -202,7 +205,7 @@ def init(s: Setup, rng: jax.Array) -> TrainState:
     else:
         t = tile_size(c)
         dummy = jnp.zeros((2, c.puzzle.grid**2, t, t, 3), jnp.float32)
-    return init_state(s.model, s.tx, rng, dummy)
+    return init_state(s.model, s.tx, rng, dummy, backbone=s.loaded)
 
 
 def make_inputs(s: Setup, state: TrainState, batch: dict) -> tuple[jax.Array, jax.Array]:
