@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from jssl import io
-from jssl.config import experiment_fields, from_flat, from_nested
+from jssl.config import base_config, experiment_fields, from_flat, from_nested
 from jssl.errors import ConfigError, StorageError
 
 __all__ = [
@@ -137,8 +137,17 @@ def check_workdir(workdir: str, config, *, say=None) -> bool:
 
 
 def _accept_changes(workdir: str, old: dict, new: dict, say) -> None:
-    """The changed experiment fields that may continue a run (notice), else ConfigError."""
-    changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    """The changed experiment fields that may continue a run (notice), else ConfigError.
+    A field the run's experiment.json lacks and this config has at its default is no
+    change: a newer jssl added it with the behaviour the run had."""
+    defaults = json.loads(json.dumps(experiment_fields(base_config())))
+    changed = {
+        k
+        for k in set(old) | set(new)
+        if old.get(k) != new.get(k) and not (k not in old and new.get(k) == defaults.get(k))
+    }
+    if not changed:
+        return
     grows = "total_steps" not in changed or (
         isinstance(old.get("total_steps"), int) and new["total_steps"] > old["total_steps"]
     )

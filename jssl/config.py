@@ -190,6 +190,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.projector_dim = 2048
     c.model.projector_bn = True  # BatchNorm after each hidden projector layer
     c.model.num_filters = 64  # backbone width (64 = the standard ResNet)
+    # ViT backbones (vit_tiny/small/base/large): the patch side (16 for 224 px images, 4 or 2
+    # for 32 or 28 px) and the pooling, "token" (a class token) or "gap" (patch-token mean).
+    c.model.patch_size = 16
+    c.model.pool = "token"
     # A jssl workdir whose latest checkpoint's backbone initialises this run (joint method:
     # fine-tuning after pretraining); None: random initialisation.
     c.model.init_from = config_dict.placeholder(str)
@@ -397,6 +401,30 @@ def validate(
             "data.image_size",
             f"{config.data.image_size} is too small for {config.model.backbone} with the "
             f"{config.model.stem} stem; use at least {minimum}",
+        )
+    if config.model.backbone.startswith("vit"):
+        p = config.model.get("patch_size", 16)
+        _require(
+            _is_int(p) and p >= 1,
+            "model.patch_size",
+            f"must be a positive integer, got {p!r}",
+        )
+        sizes = {"data.image_size": config.data.image_size}
+        for name in ("view1", "view2", "small_view"):
+            view = config.get("augment", {}).get(name)
+            if view is not None and (name != "small_view" or config.augment.num_small_crops):
+                sizes[f"augment.{name}.crop_size"] = view.crop_size
+        for field, size in sizes.items():
+            _require(
+                size % p == 0,
+                field,
+                f"{size} is not a multiple of model.patch_size={p} (a ViT takes whole patches); "
+                f"use a multiple of {p}",
+            )
+        _require(
+            config.model.get("pool", "token") in ("token", "gap"),
+            "model.pool",
+            f"must be 'token' or 'gap', got {config.model.get('pool')!r}",
         )
     _require(
         config.model.stem in ("cifar", "imagenet"),

@@ -189,21 +189,6 @@ LAYOUTS = ("torchvision", "timm")
 TORCH_FORMAT = "jssl-torch-1"
 
 
-def _twin_code(layout: str, name: str, stem: str, num_classes: int | None) -> str:
-    """The Python lines that build the PyTorch twin (`model`) the file loads into."""
-    if layout == "timm":
-        build = f'model = timm.create_model("{name}", pretrained=False, num_classes=0)\n'
-        imports = "import timm\nimport torch\n"
-    else:
-        build = f"model = torchvision.models.{name}()\nmodel.fc = torch.nn.Identity()\n"
-        imports = "import torch\nimport torchvision\n"
-    if num_classes is not None:  # the feature mask, as a diagonal fc
-        build += f"model.fc = torch.nn.Linear({num_classes}, {num_classes})\n"
-    if stem == "cifar":
-        build += torch_layout.CIFAR_STEM_PYTORCH
-    return imports + build
-
-
 def export_torch(
     workdir: str,
     out: str,
@@ -215,9 +200,10 @@ def export_torch(
     """Write the encoder of `workdir` as the safetensors state dict of its PyTorch twin.
 
     `layout` "torchvision" or "timm" (`jssl.models.torch_layout`: ResNet-18/34/50 with 64
-    filters; the "cifar" stem is the twin with a 3x3 first convolution and no max pooling).
-    The features of the twin equal `Method.embed`'s: a MetaMask run's mask becomes the
-    twin's `fc`, a diagonal Linear(F, F) without bias effect. `with_heads`: the run's other
+    filters, the "cifar" stem being the twin with a 3x3 first convolution and no max
+    pooling; ViT tiny/small/base/large, timm only). The features of the twin equal
+    `Method.embed`'s: a MetaMask run's mask becomes the twin's `fc` (a ViT's `head`), a
+    diagonal Linear(F, F) with zero bias. `with_heads`: the run's other
     parameters too (projector, predictor, prototypes, classifier), as `heads.<Flax path>`
     with Dense kernels as Linear weights (out, in) and BatchNorm under PyTorch's names.
     Next to `out` goes `<out>.py`: the lines that build the twin and load the file.
@@ -234,7 +220,7 @@ def export_torch(
     config, variables = _from_workdir(workdir, step)
     module = models.backbone_from_config(config.model)
     try:
-        name = torch_layout.twin(module)
+        name = torch_layout.twin(module, layout)
         backbone = {
             "params": variables["params"]["backbone"],
             "batch_stats": variables.get("batch_stats", {}).get("backbone", {}),
@@ -244,12 +230,18 @@ def export_torch(
         raise ConfigError(f"--workdir {workdir}: {e}") from None
     mask = variables["params"].get("feature_mask")
     if mask is not None:
-        tensors["fc.weight"] = np.diag(np.asarray(mask, np.float32))
-        tensors["fc.bias"] = np.zeros(len(mask), np.float32)
+        weight, bias = torch_layout.mask_names(module)
+        tensors[weight] = np.diag(np.asarray(mask, np.float32))
+        tensors[bias] = np.zeros(len(mask), np.float32)
     if with_heads:
         _, tree = restore_host(workdir, step)
         tensors.update(_heads(tree))
-    code = _twin_code(layout, name, module.stem, None if mask is None else len(mask))
+    code = torch_layout.pytorch_code(
+        module,
+        layout,
+        image_size=config.data.image_size,
+        num_classes=None if mask is None else len(mask),
+    )
     code += (
         "from safetensors.torch import load_file\n"
         f'state = load_file("{os.path.basename(out)}")\n'
@@ -264,7 +256,7 @@ def export_torch(
         "format": TORCH_FORMAT,
         "layout": layout,
         "twin": name,
-        "stem": module.stem,
+        "image_size": str(config.data.image_size),
         "feature_mask": "fc" if mask is not None else "",
         "source": os.path.abspath(workdir),
     }
@@ -347,7 +339,7 @@ def load_init_from(config: ml_collections.ConfigDict) -> tuple[dict, dict]:
     init = functools.partial(module.init, train=False)
     expected = jax.eval_shape(init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
     try:
-        torch_layout.twin(module)
+        torch_layout.twin(module, layout)
         variables = torch_layout.from_torch(
             module, read_state_dict(path, field=field), expected, source=f"{field}: {path}"
         )

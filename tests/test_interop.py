@@ -40,7 +40,15 @@ def _images(n=4, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def _torch_twin(layout, name, stem, num_classes=None):
+def _torch_twin(layout, name, stem, num_classes=None, **vit):
+    if name.startswith("vit"):
+        extra = dict(global_pool="avg", class_token=False) if vit.get("pool") == "gap" else {}
+        model = timm.create_model(
+            name, pretrained=False, num_classes=0, img_size=SIZE, patch_size=4, **extra
+        )
+        if num_classes is not None:
+            model.head = torch.nn.Linear(num_classes, num_classes)
+        return model.eval()
     if layout == "timm":
         model = timm.create_model(name, pretrained=False, num_classes=0)
     else:
@@ -77,18 +85,29 @@ def _normalised(images):
     return np.asarray((images / 255.0 - 0.5) / 0.25, np.float32)
 
 
-TWINS = [("torchvision", "resnet18", "imagenet"), ("torchvision", "resnet18", "cifar"),
-         ("torchvision", "resnet34", "imagenet"), ("timm", "resnet50", "imagenet")]  # fmt: skip
+TWINS = [
+    ("torchvision", "resnet18", "imagenet"),
+    ("torchvision", "resnet18", "cifar"),
+    ("torchvision", "resnet34", "imagenet"),
+    ("timm", "resnet50", "imagenet"),
+    ("timm", "vit_tiny_patch16_224", "token"),
+    ("timm", "vit_small_patch16_224", "gap"),
+]
 
 
 @pytest.mark.parametrize("layout,name,stem", TWINS)
 def test_pytorch_weights_give_the_same_features_in_jssl_and_back(layout, name, stem):
     """Import: a PyTorch model's state dict into the jssl backbone gives its features (max
     abs difference <= 1e-4 after the final pooling); export of that gives back the same
-    bytes for every tensor, and loads strictly into the PyTorch model."""
-    model = _randomize_bn(_torch_twin(layout, name, stem))
+    bytes for every tensor, and loads strictly into the PyTorch model. (For ViTs `stem`
+    is the pooling; 32 px images in 4 px patches.)"""
+    if name.startswith("vit"):
+        model = _torch_twin(layout, name, None, pool=stem)
+        module = models.build_backbone(name.split("_patch")[0], patch_size=4, pool=stem)
+    else:
+        model = _randomize_bn(_torch_twin(layout, name, stem))
+        module = models.build_backbone(name, stem=stem, conv_impl="xla")
     state = {k: v.numpy() for k, v in model.state_dict().items()}
-    module = models.build_backbone(name, stem=stem, conv_impl="xla")
     init = functools.partial(module.init, train=False)
     expected = jax.eval_shape(init, jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3)))
     variables = torch_layout.from_torch(module, state, expected, source="test")
@@ -106,7 +125,7 @@ def test_pytorch_weights_give_the_same_features_in_jssl_and_back(layout, name, s
     assert sorted(back) == sorted(state)
     for key, value in state.items():
         assert back[key].dtype == value.dtype and back[key].tobytes() == value.tobytes(), key
-    fresh = _torch_twin(layout, name, stem)
+    fresh = _torch_twin(layout, name, stem, pool=stem)
     fresh.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
     np.testing.assert_array_equal(_torch_features(fresh, x), theirs)
 
@@ -141,21 +160,23 @@ def _saved_run(tmp_path, method_config, seed=0):
     return workdir, method, state
 
 
-def _resnet_config(name="simclr", **overrides):
+def _resnet_config(name="simclr", backbone="resnet18", **overrides):
     c = smoke(name, **overrides)
-    c.model.backbone, c.model.num_filters, c.model.stem = "resnet18", 64, "cifar"
+    c.model.backbone, c.model.num_filters, c.model.stem = backbone, 64, "cifar"
+    c.model.patch_size = 4
     c.data.image_size = c.augment.view1.crop_size = c.augment.view2.crop_size = SIZE
     return c
 
 
-def test_export_cli_writes_what_the_generated_lines_load(tmp_path):
+@pytest.mark.parametrize("backbone,layout", [("resnet18", "torchvision"), ("vit_tiny", "timm")])
+def test_export_cli_writes_what_the_generated_lines_load(tmp_path, backbone, layout):
     """`python -m jssl.export --format safetensors`: the file loads strictly with the lines
     written next to it (run as they are, in a fresh interpreter), and the PyTorch model
     then gives the run's own evaluation features."""
-    c = _resnet_config()
+    c = _resnet_config(backbone=backbone)
     workdir, method, state = _saved_run(tmp_path, c)
     out = str(tmp_path / "encoder.safetensors")
-    args = ["--workdir", workdir, "--format", "safetensors", "--layout", "torchvision"]
+    args = ["--workdir", workdir, "--format", "safetensors", "--layout", layout]
     assert export.main([*args, "--out", out, "--with-heads"]) == 0
     code = open(tmp_path / "encoder.py").read()
     images = _images()

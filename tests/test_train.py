@@ -241,6 +241,25 @@ def test_resume_is_bit_exact_and_compiles_the_step_once(shared_run, tmp_path):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
 
 
+def test_a_run_of_an_older_version_is_the_same_experiment(shared_run, tmp_path):
+    """A field a newer jssl adds (here the ViT fields) is absent from an older run's
+    experiment.json: at its default it is no change, and the run resumes; at another value
+    it is a different experiment."""
+    c, full = shared_run("simclr")
+    workdir = copy_run(full, tmp_path / "older")
+    path = os.path.join(workdir, "experiment.json")
+    with open(path) as f:
+        fields = json.load(f)
+    del fields["model.patch_size"], fields["model.pool"]
+    with open(path, "w") as f:
+        json.dump(fields, f)
+    assert train.train_and_evaluate(c, workdir)["resumed_from_step"] == 4
+    other = jc.from_nested(c.to_dict())
+    other.model.pool = "gap"
+    with pytest.raises(jc.ConfigError, match=r"model\.pool: '<absent>' -> 'gap'"):
+        train.train_and_evaluate(other, workdir)
+
+
 def test_finished_run_is_not_retrained(shared_run, tmp_path):
     c, workdir = shared_run("simclr")
     again = train.train_and_evaluate(c, copy_run(workdir, tmp_path / "done"))

@@ -20,14 +20,18 @@ from jssl.models.conv import Conv, conv2d
 from jssl.models.convnet import ConvNet
 from jssl.models.heads import BackboneHead, Classifier, Projector, Prototypes
 from jssl.models.resnet import BasicBlock, Bottleneck, ResNet
+from jssl.models.vit import ViT, resample_posemb
 
 __all__ = [
     "BACKBONES",
+    "CONFIG_FIELDS",
     "CONV_IMPLS",
     "build_backbone",
     "num_features",
     "conv_module",
     "ResNet",
+    "ViT",
+    "resample_posemb",
     "BasicBlock",
     "Bottleneck",
     "ConvNet",
@@ -55,6 +59,21 @@ BACKBONES: dict[str, tuple[type, dict]] = {
     "alexnet": (AlexNet, dict(stem="imagenet")),
     "alexnet_cifar": (AlexNet, dict(stem="cifar")),
     "alexnet_tiny": (AlexNet, dict(stem="cifar", num_filters=8)),
+    # Vision Transformers: the ViT paper's and DeiT's widths, depths and heads (patch size,
+    # pooling and stochastic depth are fields: model.patch_size, model.pool).
+    "vit_tiny": (ViT, dict(width=192, depth=12, num_heads=3, mlp_dim=768)),
+    "vit_small": (ViT, dict(width=384, depth=12, num_heads=6, mlp_dim=1536)),
+    "vit_base": (ViT, dict(width=768, depth=12, num_heads=12, mlp_dim=3072)),
+    "vit_large": (ViT, dict(width=1024, depth=24, num_heads=16, mlp_dim=4096)),
+    "vit_smoke": (ViT, dict(width=32, depth=2, num_heads=2, mlp_dim=64)),  # for tests
+}
+
+# The config fields (of `config.model`) each backbone class reads, by module field name.
+CONFIG_FIELDS: dict[type, tuple[str, ...]] = {
+    ResNet: ("num_filters", "stem"),
+    ConvNet: ("num_filters",),
+    AlexNet: ("num_filters",),
+    ViT: ("patch_size", "pool"),
 }
 CONV_IMPLS = ("auto", "xla", "tapped")
 
@@ -114,13 +133,13 @@ def build_backbone(
 
 
 def backbone_from_config(model, dtype=jnp.float32, *, forward_mode: bool = False) -> nn.Module:
-    """The backbone a config's `model` group describes: `model.backbone` with its width
-    (`num_filters`), the stem for ResNets (`stem`) and `conv_impl`; `dtype` is the
+    """The backbone a config's `model` group describes: `model.backbone` with the fields its
+    class reads (`CONFIG_FIELDS`: `num_filters` and `stem` for ResNets, `patch_size` and
+    `pool` for ViTs) and `conv_impl`; `dtype` is the
     computation dtype (`jssl.config.compute_dtype`); `forward_mode`: see `conv_module`
     (the parameters are the same)."""
-    overrides = {"num_filters": model.num_filters}
-    if model.backbone.startswith("resnet"):
-        overrides["stem"] = model.stem
+    cls = BACKBONES[model.backbone][0] if model.backbone in BACKBONES else None
+    overrides = {f: model[f] for f in CONFIG_FIELDS.get(cls, ()) if f in model}
     return build_backbone(
         model.backbone,
         dtype=dtype,

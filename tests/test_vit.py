@@ -1,0 +1,121 @@
+"""Vision Transformer backbones (jssl.models.vit): shapes, position-embedding resampling,
+stochastic depth, the registry and config fields, and a real (small) training run."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jssl import config as jc
+from jssl import models, train
+from jssl.models.vit import resample_posemb
+from tests.shared import read_metrics, smoke
+
+
+def _init(module, size, seed=0):
+    x = jnp.asarray(np.random.default_rng(seed).normal(size=(2, size, size, 3)), jnp.float32)
+    return module.init(jax.random.PRNGKey(seed), x, train=False), x
+
+
+@pytest.mark.parametrize("pool", ["token", "gap"])
+def test_vit_features_and_parameters(pool):
+    vit = models.build_backbone("vit_smoke", patch_size=4, pool=pool)
+    variables, x = _init(vit, 16)
+    out = vit.apply(variables, x, train=False)
+    assert out.shape == (2, vit.num_features) == (2, 32) and out.dtype == jnp.float32
+    p = variables["params"]
+    assert p["patch_embed"].shape == (4, 4, 3, 32)
+    # A class token has a position of its own; 16 / 4 = 4 x 4 patches.
+    assert p["pos_embed"].shape == (1, 16 + (pool == "token"), 32)
+    assert ("cls_token" in p) == (pool == "token")
+    assert ("norm" in p) == (pool == "token") and ("fc_norm" in p) == (pool == "gap")
+    # The features depend on every image separately (no mixing across the batch).
+    single = vit.apply(variables, x[:1], train=False)
+    np.testing.assert_allclose(single, out[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_vit_sizes_are_the_papers():
+    for name, (width, depth, heads) in {
+        "vit_tiny": (192, 12, 3),
+        "vit_small": (384, 12, 6),
+        "vit_base": (768, 12, 12),
+        "vit_large": (1024, 24, 16),
+    }.items():
+        vit = models.build_backbone(name)
+        assert (vit.width, vit.depth, vit.num_heads, vit.mlp_dim) == (
+            width,
+            depth,
+            heads,
+            4 * width,
+        )
+        assert models.num_features(name) == width
+
+
+def test_position_embeddings_are_resampled_for_other_sizes():
+    """A model initialised on 16 px images takes 8 px and 24 px ones (multi-crop, evaluation
+    at another size) with its position embeddings resampled bicubically; on its own size
+    nothing is resampled."""
+    vit = models.build_backbone("vit_smoke", patch_size=4)
+    variables, _ = _init(vit, 16)
+    for size in (8, 24):
+        x = jnp.ones((2, size, size, 3))
+        assert vit.apply(variables, x, train=False).shape == (2, 32)
+    pos = variables["params"]["pos_embed"][:, 1:]
+    assert resample_posemb(pos, (4, 4)) is pos
+    # Bicubic resampling of a linear ramp stays a ramp inside (checked at the centre).
+    ramp = jnp.broadcast_to(jnp.arange(4.0)[None, :, None], (4, 4, 1)).reshape(1, 16, 1)
+    up = resample_posemb(ramp, (8, 8)).reshape(8, 8)
+    assert np.all(np.diff(np.asarray(up[4, 2:6])) > 0)
+    with pytest.raises(ValueError, match="not a square grid"):
+        resample_posemb(jnp.zeros((1, 15, 4)), (4, 4))
+
+
+def test_stochastic_depth_drops_whole_examples_in_training_only():
+    vit = models.build_backbone("vit_smoke", patch_size=4, drop_path=0.5)
+    variables, x = _init(vit, 16)
+    evaluation = vit.apply(variables, x, train=False)
+    np.testing.assert_array_equal(evaluation, vit.apply(variables, x, train=False))
+    rngs = {"dropout": jax.random.PRNGKey(1)}
+    a = vit.apply(variables, x, train=True, rngs=rngs)
+    b = vit.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    assert np.max(np.abs(np.asarray(a) - np.asarray(b))) > 1e-4
+    with pytest.raises(Exception, match="dropout"):
+        vit.apply(variables, x, train=True)  # training with drop_path needs the stream
+
+
+def test_vit_config_fields_are_validated():
+    c = smoke("simclr")
+    c.model.backbone, c.model.patch_size = "vit_smoke", 5
+    with pytest.raises(
+        jc.ConfigError,
+        match=r"config\.data\.image_size: 16 is not a multiple of model\.patch_size=5",
+    ):
+        jc.validate(c, num_devices=8)
+    c.model.patch_size, c.model.pool = 4, "cls"
+    with pytest.raises(jc.ConfigError, match=r"config\.model\.pool: must be 'token' or 'gap'"):
+        jc.validate(c, num_devices=8)
+
+
+def test_simclr_trains_a_vit(tmp_path):
+    """A real (small) run: SimCLR on a ViT through the one train loop, 8 devices: the loss
+    goes down and every backbone parameter moves."""
+    c = smoke("simclr", total_steps=30, log_every=1, checkpoint_every=30)
+    c.model.backbone, c.model.patch_size, c.model.pool = "vit_smoke", 4, "gap"
+    c.optimizer.name, c.optimizer.lr = "adamw", 1e-3
+    c.optimizer.weight_decay = 0.05
+    workdir = str(tmp_path / "vit")
+    results = train.train_and_evaluate(c, workdir)
+    losses = [r["loss"] for r in read_metrics(workdir)]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+    assert results["train_step_compilations"] == 1
+    from jssl.checkpoint import restore_host
+
+    _, tree = restore_host(workdir)
+    run = train._Run(c, workdir)
+    initial = run.init_fn(run.rng)
+    moved = jax.tree_util.tree_map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+        tree["params"]["backbone"],
+        jax.device_get(initial.params["backbone"]),
+    )
+    assert all(v > 0 for v in jax.tree_util.tree_leaves(moved)), moved
