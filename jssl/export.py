@@ -62,16 +62,21 @@ __all__ = [
 
 FORMAT = "jssl-encoder-1"
 # The config fields that build an encoder (`models.backbone_from_config`, `compute_dtype`
-# and `eval_transform`); an exported file carries exactly these.
+# and `eval_transform`), besides the backbone's own (`models.CONFIG_FIELDS`); an exported
+# file carries exactly these.
 _ENCODER_FIELDS = (
     "model.backbone",
-    "model.num_filters",
-    "model.stem",
     "dtype",
     "data.image_size",
     "augment.view1.mean",
     "augment.view1.std",
 )
+
+
+def _encoder_field_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    cls = models.BACKBONES.get(config.get("model", {}).get("backbone"), (None,))[0]
+    own = tuple(f"model.{f}" for f in models.CONFIG_FIELDS.get(cls, ()))
+    return _ENCODER_FIELDS[:1] + own + _ENCODER_FIELDS[1:]
 
 
 class Encoder(nn.Module):
@@ -115,7 +120,7 @@ def feature_mask(tree, config: ml_collections.ConfigDict) -> np.ndarray | None:
 
 def _from_workdir(workdir: str, step: int | None):
     config = saved_config(workdir)
-    for field in _ENCODER_FIELDS:
+    for field in _encoder_field_names(config):
         try:
             get_field(config, field)
         except KeyError:
@@ -141,7 +146,7 @@ def _from_workdir(workdir: str, step: int | None):
 def _encoder_fields(config: ml_collections.ConfigDict) -> dict:
     return {
         field: (list(v) if isinstance(v := get_field(config, field), (tuple, list)) else v)
-        for field in _ENCODER_FIELDS
+        for field in _encoder_field_names(config)
     }
 
 

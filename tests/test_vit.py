@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jssl import config as jc
-from jssl import models, train
+from jssl import export, models, train
 from jssl.models.vit import resample_posemb
 from tests.shared import read_metrics, smoke
 
@@ -119,3 +119,14 @@ def test_simclr_trains_a_vit(tmp_path):
         jax.device_get(initial.params["backbone"]),
     )
     assert all(v > 0 for v in jax.tree_util.tree_leaves(moved)), moved
+
+    # The exported encoder keeps the ViT's own fields (patch size, pooling): the run's
+    # features from the workdir and from the file.
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 1), dtype=np.uint8)
+    module, variables = export.load_encoder(workdir)
+    want = np.asarray(module.apply(variables, images))
+    out = str(tmp_path / "vit.msgpack")
+    export.export_encoder(workdir, out)
+    module2, variables2 = export.load_encoder(out)
+    assert (module2.backbone.patch_size, module2.backbone.pool) == (4, "gap")
+    np.testing.assert_array_equal(np.asarray(module2.apply(variables2, images)), want)
