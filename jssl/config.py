@@ -21,6 +21,7 @@ from jssl.augment import CIFAR10_MEAN as CIFAR_MEAN
 from jssl.augment import CIFAR10_STD as CIFAR_STD
 from jssl.augment import solo_cifar_views
 from jssl.errors import ConfigError
+from jssl.models import BACKBONES, CONFIG_FIELDS, input_size_error
 
 __all__ = [
     "ConfigError",
@@ -392,40 +393,19 @@ def validate(
         "data.image_size",
         f"must be an integer >= 8, got {config.data.image_size!r}",
     )
-    stem_reduction = 4 if config.model.stem == "imagenet" else 1
-    if config.model.backbone.startswith("resnet"):
-        # Five stride-2 stages with the ImageNet stem (32x), three with the CIFAR stem (8x).
-        minimum = 8 * stem_reduction
-        _require(
-            config.data.image_size >= minimum,
-            "data.image_size",
-            f"{config.data.image_size} is too small for {config.model.backbone} with the "
-            f"{config.model.stem} stem; use at least {minimum}",
-        )
-    if config.model.backbone.startswith("vit"):
+    backbone_class = BACKBONES.get(config.model.backbone, (None,))[0]
+    if "patch_size" in CONFIG_FIELDS.get(backbone_class, ()):  # a ViT's own fields
         p = config.model.get("patch_size", 16)
         _require(
-            _is_int(p) and p >= 1,
-            "model.patch_size",
-            f"must be a positive integer, got {p!r}",
+            _is_int(p) and p >= 1, "model.patch_size", f"must be a positive integer, got {p!r}"
         )
-        sizes = {"data.image_size": config.data.image_size}
-        for name in ("view1", "view2", "small_view"):
-            view = config.get("augment", {}).get(name)
-            if view is not None and (name != "small_view" or config.augment.num_small_crops):
-                sizes[f"augment.{name}.crop_size"] = view.crop_size
-        for field, size in sizes.items():
-            _require(
-                size % p == 0,
-                field,
-                f"{size} is not a multiple of model.patch_size={p} (a ViT takes whole patches); "
-                f"use a multiple of {p}",
-            )
         _require(
             config.model.get("pool", "token") in ("token", "gap"),
             "model.pool",
             f"must be 'token' or 'gap', got {config.model.get('pool')!r}",
         )
+    error = input_size_error(config.model, config.data.image_size)
+    _require(error is None, "data.image_size", f"{config.data.image_size} {error}")
     _require(
         config.model.stem in ("cifar", "imagenet"),
         "model.stem",

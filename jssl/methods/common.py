@@ -46,6 +46,7 @@ __all__ = [
     "global_norm",
     "refuse_unread",
     "load_init_from",
+    "check_view_sizes",
     "with_backbone",
     "require_group",
     "method_of",
@@ -175,6 +176,16 @@ def init_state(
         rng=state_rng,
         extras=extras(p, batch_stats, keys) if extras is not None else {},
     )
+
+
+def check_view_sizes(config, views: Sequence[str]) -> None:
+    """ConfigError (one line) for a view in `config.augment` (by name) whose crop size the
+    backbone cannot take (`models.input_size_error`: each backbone says why)."""
+    for name in views:
+        size = config.augment[name].crop_size
+        error = models.input_size_error(config.model, size)
+        if error is not None:
+            raise ConfigError(f"config.augment.{name}.crop_size: {size} {error}")
 
 
 def load_init_from(config) -> tuple[dict, dict] | None:

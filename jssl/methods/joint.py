@@ -38,6 +38,7 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    check_view_sizes,
     init_state,
     load_init_from,
     make_views,
@@ -145,6 +146,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"config.data.train_split: {config.data.train_split!r} is also the "
             "validation split (model selection); train on a disjoint split"
         )
+    check_view_sizes(config, ("view1", "view2"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,6 +53,7 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    check_view_sizes,
     global_norm,
     init_state,
     load_init_from,
@@ -255,6 +256,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         0.0 <= mm.momentum < 1.0, "metamask.momentum", f"must be in [0, 1), got {mm.momentum!r}"
     )
     require(mm.weight_decay >= 0, "metamask.weight_decay", f"must be >= 0, got {mm.weight_decay!r}")
+    check_view_sizes(config, ("view1", "view2"))
     require(mm.fd_radius > 0, "metamask.fd_radius", f"must be > 0, got {mm.fd_radius!r}")
     require(
         config.loss.name in PRETEXTS,

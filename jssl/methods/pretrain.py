@@ -39,6 +39,7 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    check_view_sizes,
     init_state,
     load_init_from,
     make_views,
@@ -325,6 +326,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{field}: loss {name!r} has no {need}; set it to 0")
     if pretext.validate is not None:
         pretext.validate(config)
+    small = ("small_view",) if config.augment.num_small_crops else ()
+    check_view_sizes(config, ("view1", "view2", *small))
 
 
 def _normalize_prototypes(params):

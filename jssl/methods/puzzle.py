@@ -35,6 +35,7 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    check_view_sizes,
     classifier_update,
     init_state,
     load_init_from,
@@ -119,6 +120,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"one of {', '.join(sorted(PRETEXTS))}"
         )
     refuse_unread(config, "puzzle", single_view_unread(config))
+    if config.loss.name == "rotation":  # the view itself goes through the backbone
+        check_view_sizes(config, ("view1",))
     if config.loss.name == "rotation":
         return
     if not (isinstance(p.grid, int) and p.grid >= 2):
@@ -130,15 +133,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     size = p.input_size or config.data.image_size
     t = tile_size(config)
-    minimum = 8 if config.model.backbone.startswith("resnet") else 4
     cell = size // p.grid
     largest = cell - 2 * p.color_shift  # the shifted channel windows stay inside the cell
-    if not minimum <= t <= largest:
+    if not 1 <= t <= largest:
         raise ConfigError(
             f"config.puzzle.tile_size: tiles of {t} px from {cell}-px cells "
             f"(input_size {size}, grid {p.grid}, color_shift {p.color_shift}) "
-            f"must be in [{minimum}, {largest}] for {config.model.backbone}; "
-            "raise puzzle.input_size or set puzzle.tile_size"
+            f"must be in [1, {largest}]; raise puzzle.input_size or set puzzle.tile_size"
+        )
+    if config.loss.name != "rotation" and (error := models.input_size_error(config.model, t)):
+        raise ConfigError(
+            f"config.puzzle.tile_size: tiles of {t} px {error.replace('is ', 'are ', 1)} "
+            f"(tiles are cut from {cell}-px cells: raise puzzle.input_size or set puzzle.tile_size)"
         )
     if config.loss.name == "jigsaw_pp" and not 0 <= p.max_intruders < tiles:
         raise ConfigError(

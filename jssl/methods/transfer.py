@@ -37,6 +37,7 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    check_view_sizes,
     classifier_update,
     init_state,
     method_of,
@@ -128,12 +129,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "(Noroozi et al. 2018); unset it"
         )
     refuse_unread(config, "transfer", puzzle.single_view_unread(config))
-    if config.model.backbone == "alexnet" and config.data.image_size < 63:
-        raise ConfigError(
-            f"config.data.image_size: {config.data.image_size} is too small for "
-            "alexnet (ImageNet stem, 11x11/4 and three 3x3/2 pools); use at "
-            "least 63, or model.backbone='alexnet_cifar'"
-        )
+    check_view_sizes(config, ("view1",))
 
 
 # The student is a classification method like the puzzle pretexts: the same static record.

@@ -28,6 +28,7 @@ __all__ = [
     "CONV_IMPLS",
     "build_backbone",
     "num_features",
+    "input_size_error",
     "conv_module",
     "ResNet",
     "ViT",
@@ -147,6 +148,19 @@ def backbone_from_config(model, dtype=jnp.float32, *, forward_mode: bool = False
         forward_mode=forward_mode,
         **overrides,
     )
+
+
+def input_size_error(model, size: int) -> str | None:
+    """Why size x size images cannot go through the backbone a config's `model` group
+    describes (a phrase to follow the size in a one-line error), None when they can: each
+    backbone class says (`input_error`). Unknown names are left to the name check."""
+    if model.backbone not in BACKBONES:
+        return None
+    try:
+        module = backbone_from_config(model)
+    except ValueError:
+        return None  # a bad field value: its own check says so
+    return module.input_error(size, model.backbone)
 
 
 def num_features(name: str, **overrides) -> int:

@@ -40,6 +40,18 @@ class AlexNet(nn.Module):
     def num_features(self) -> int:
         return self.num_filters * WIDTHS[-1]
 
+    def input_error(self, size: int, name: str = "an AlexNet") -> str | None:
+        """Why size x size images cannot go through (None when they can), a phrase after
+        the size."""
+        if self.stem == "imagenet" and size < 63:
+            return (
+                f"is too small for {name} (ImageNet stem, 11x11/4 and three 3x3/2 pools); use "
+                "at least 63, or model.backbone='alexnet_cifar'"
+            )
+        if self.stem == "cifar" and size < 4:
+            return f"is too small for {name} (CIFAR stem, two 2x2/2 pools); use at least 4"
+        return None
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.stem not in ("imagenet", "cifar"):

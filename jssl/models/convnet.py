@@ -26,6 +26,11 @@ class ConvNet(nn.Module):
     def num_features(self) -> int:
         return self.num_filters * 4
 
+    def input_error(self, size: int, name: str = "the ConvNet") -> str | None:
+        """Why size x size images cannot go through (None when they can), a phrase after
+        the size: two 2x2 pools."""
+        return None if size >= 4 else f"is too small for {name} (two 2x2 pools); use at least 4"
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x.astype(self.dtype)

@@ -116,6 +116,15 @@ class ResNet(nn.Module):
         expansion = 4 if self.block == "bottleneck" else 1
         return self.num_filters * 2 ** (len(self.stage_sizes) - 1) * expansion
 
+    def input_error(self, size: int, name: str = "a ResNet") -> str | None:
+        """Why size x size images cannot go through (None when they can), a phrase after
+        the size: three stride-2 stages after the CIFAR stem (8x), five with the ImageNet
+        stem (32x)."""
+        minimum = 32 if self.stem == "imagenet" else 8
+        if size < minimum:
+            return f"is too small for {name} with the {self.stem} stem; use at least {minimum}"
+        return None
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.stem not in ("cifar", "imagenet"):

@@ -107,6 +107,17 @@ class ViT(nn.Module):
     def num_features(self) -> int:
         return self.width
 
+    def input_error(self, size: int, name: str = "a ViT") -> str | None:
+        """Why size x size images cannot go through (None when they can), a phrase after
+        the size: whole patches."""
+        p = self.patch_size
+        if size % p:
+            return (
+                f"is not a multiple of model.patch_size={p} ({name} takes whole patches); "
+                f"use a multiple of {p}"
+            )
+        return None
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.pool not in ("token", "gap"):
