@@ -15,6 +15,7 @@ JAX reads these from the environment.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 
@@ -176,7 +177,12 @@ def _main(argv: list[str]) -> int:
     except FloatingPointError as e:
         _fail(str(e), code=1)
     except StorageError as e:
-        _fail(str(e), code=EXIT_STORAGE)
+        # The line, then exit at once: orbax's writer threads still hold the failed write,
+        # and the interpreter's shutdown would print their tracebacks after the line.
+        # Nothing is left to save (the checkpoints were closed, metrics are flushed per row).
+        print(f"jssl: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_STORAGE)
     except Stopped as e:
         print(f"jssl: {e}", file=sys.stderr)
         sys.exit(EXIT_STOPPED)
