@@ -180,8 +180,10 @@ def _main(argv: list[str]) -> int:
         # The line, then exit at once: orbax's writer threads still hold the failed write,
         # and the interpreter's shutdown would print their tracebacks after the line.
         # Nothing is left to save (the checkpoints were closed, metrics are flushed per row).
-        print(f"jssl: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        print(f"jssl: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 2)  # what those threads print from now on goes nowhere
         os._exit(EXIT_STORAGE)
     except Stopped as e:
         print(f"jssl: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ The implementations live in private modules, re-exported here:
   _bootstrap       byol, simsiam
   _clustering      sinkhorn_knopp, swav, dino, dino_center
   _classification  rotation, jigsaw, jigsaw_pp
+  _mae             mae, patchify, unpatchify, random_masking (He et al. 2022)
   _common          l2_normalize, at_least_f32 (half precision up, float64 kept)
 """
 
@@ -25,6 +26,7 @@ from jssl.losses._clustering import dino, dino_center, sinkhorn_knopp, swav
 from jssl.losses._common import _at_least_f32 as at_least_f32
 from jssl.losses._common import l2_normalize
 from jssl.losses._contrastive import dcl, moco, mocov3, nearest_neighbour, nnclr, nt_xent
+from jssl.losses._mae import mae, patchify, random_masking, unpatchify
 from jssl.losses._redundancy import barlow_twins, vicreg, wmse
 
 __all__ = [
@@ -37,6 +39,10 @@ __all__ = [
     "jigsaw_pp",
     "l2_normalize",
     "at_least_f32",
+    "mae",
+    "patchify",
+    "unpatchify",
+    "random_masking",
     "moco",
     "mocov3",
     "nearest_neighbour",
