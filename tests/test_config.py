@@ -27,7 +27,7 @@ def test_the_zoo_is_derived_from_the_configs():
         jc.config_file("nope")
 
 
-@pytest.mark.parametrize("name", CONFIGS + ["fkt", "metamask", "transfer"])
+@pytest.mark.parametrize("name", CONFIGS + ["fkt", "metamask", "transfer", "mae"])
 @pytest.mark.parametrize("preset", ["", "smoke", "cifar10"])
 def test_presets_are_valid(name, preset):
     c = load(name, preset)

@@ -36,6 +36,7 @@ REGISTRY = {
     "metamask": "jssl.methods.metamask",
     "fusion": "jssl.methods.fusion",
     "transfer": "jssl.methods.transfer",
+    "mae": "jssl.methods.mae",
 }
 
 

@@ -19,6 +19,7 @@ from jssl.models.alexnet import AlexNet
 from jssl.models.conv import Conv, conv2d
 from jssl.models.convnet import ConvNet
 from jssl.models.heads import BackboneHead, Classifier, Projector, Prototypes
+from jssl.models.mae import MAEDecoder, sincos_posemb
 from jssl.models.resnet import BasicBlock, Bottleneck, ResNet
 from jssl.models.vit import ViT, resample_posemb
 
@@ -32,6 +33,8 @@ __all__ = [
     "conv_module",
     "ResNet",
     "ViT",
+    "MAEDecoder",
+    "sincos_posemb",
     "resample_posemb",
     "BasicBlock",
     "Bottleneck",

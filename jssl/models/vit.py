@@ -119,7 +119,16 @@ class ViT(nn.Module):
         return None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        train: bool,
+        ids_keep: jax.Array | None = None,
+        return_tokens: bool = False,
+    ) -> jax.Array:
+        """Features (N, width); `ids_keep` (N, K): only these patches enter the blocks (MAE's
+        encoder on the visible patches); `return_tokens`: the final LayerNorm of every token
+        (N, 1 + K, width), class token first (pool "token" only)."""
         if self.pool not in ("token", "gap"):
             raise ValueError(f"pool must be 'token' or 'gap', got {self.pool!r}")
         if x.ndim != 4:
@@ -152,18 +161,23 @@ class ViT(nn.Module):
                 (1, extra + grid[0] * grid[1], self.width),
                 jnp.float32,
             )
-        patch_pos = resample_posemb(posemb[:, extra:], grid)
+        x = x + resample_posemb(posemb[:, extra:], grid).astype(x.dtype)
+        if ids_keep is not None:  # the visible patches only (MAE), after their positions
+            x = jnp.take_along_axis(x, ids_keep[:, :, None].astype(jnp.int32), axis=1)
         if self.pool == "token":
             cls = self.param(
                 "cls_token", nn.initializers.normal(1e-6), (1, 1, self.width), jnp.float32
             )
-            x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], 1)
-            patch_pos = jnp.concatenate([posemb[:, :1], patch_pos], axis=1)
-        x = x + patch_pos.astype(x.dtype)
+            cls = jnp.broadcast_to((cls + posemb[:, :1]).astype(x.dtype), (b, 1, self.width))
+            x = jnp.concatenate([cls, x], axis=1)
         for i in range(self.depth):
             rate = self.drop_path * i / max(self.depth - 1, 1)
             x = _Block(self.num_heads, self.mlp_dim, rate, self.dtype, name=f"blocks_{i}")(x, train)
         norm = dict(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32)
+        if return_tokens:
+            if self.pool != "token":
+                raise ValueError("return_tokens needs pool='token' (the tokens' final norm)")
+            return at_least_f32(nn.LayerNorm(name="norm", **norm)(x))
         if self.pool == "token":
             return at_least_f32(nn.LayerNorm(name="norm", **norm)(x)[:, 0])
         return at_least_f32(nn.LayerNorm(name="fc_norm", **norm)(jnp.mean(x, axis=1)))
