@@ -233,6 +233,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 0
     c.optimizer.schedule = "cosine"  # "cosine" or "constant"
     c.optimizer.clip_grad_norm = 0.0  # >0: clip the global gradient norm (DINO)
+    c.optimizer.b2 = 0.999  # AdamW's second-moment decay (MAE and MoCo v3: 0.95)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.train_split = "train"
@@ -461,6 +462,11 @@ def validate(
         _is_int(config.queue_size) and config.queue_size >= 0,
         "queue_size",
         f"must be an integer >= 0 (0 = no queue), got {config.queue_size!r}",
+    )
+    _require(
+        0.0 < config.optimizer.get("b2", 0.999) < 1.0,
+        "optimizer.b2",
+        f"must be in (0, 1), got {config.optimizer.get('b2')!r}",
     )
     _require(
         config.optimizer.clip_grad_norm >= 0,

@@ -55,7 +55,9 @@ def build_optimizer(
             optax.sgd(schedule, momentum=opt.momentum),
         )
     elif opt.name == "adamw":
-        tx = optax.adamw(schedule, weight_decay=opt.weight_decay, mask=mask)
+        tx = optax.adamw(
+            schedule, b2=opt.get("b2", 0.999), weight_decay=opt.weight_decay, mask=mask
+        )
     else:
         raise ValueError(
             f"config.optimizer.name: unknown optimizer {opt.name!r}; choose lars, sgd or adamw"

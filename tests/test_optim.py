@@ -114,6 +114,24 @@ def test_adamw_and_clipping():
         optim.build_optimizer(_opt(name="adam"), total_steps=10, batch_size=256)
 
 
+def test_adamw_second_moment_decay_is_the_configs():
+    """optimizer.b2 reaches AdamW: after two steps of gradients g1, g2 the bias-corrected
+    second moment is ((1 - b2) (b2 g1^2 + g2^2)) / (1 - b2^2); with b2 = 0.5 and g1 = 2,
+    g2 = 0 that is 4/3, so the second update is -lr * m_hat / sqrt(4/3) with
+    m_hat = 0.9 * 0.1 * 2 / (1 - 0.81)."""
+    o = _opt(
+        name="adamw", lr=1.0, weight_decay=0.0, schedule="constant", scale_lr_with_batch=False,
+        b2=0.5,
+    )  # fmt: skip
+    tx, _ = optim.build_optimizer(o, total_steps=10, batch_size=256)
+    params = {"w": jnp.zeros((1,))}
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.asarray([2.0])}, state, params)
+    update, _ = tx.update({"w": jnp.asarray([0.0])}, state, params)
+    m_hat = 0.9 * 0.1 * 2.0 / (1 - 0.9**2)
+    np.testing.assert_allclose(update["w"], [-m_hat / np.sqrt(4.0 / 3.0)], rtol=1e-5)
+
+
 def test_optax_chain_is_what_the_config_asks():
     tx, schedule = optim.build_optimizer(_opt(name="sgd"), total_steps=10, batch_size=256)
     assert isinstance(tx, optax.GradientTransformation) and callable(schedule)
