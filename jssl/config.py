@@ -195,6 +195,7 @@ def base_config() -> ml_collections.ConfigDict:
     # for 32 or 28 px) and the pooling, "token" (a class token) or "gap" (patch-token mean).
     c.model.patch_size = 16
     c.model.pool = "token"
+    c.model.drop_path = 0.0  # ViT stochastic depth (last block's rate), methods that drive it
     # A jssl workdir whose latest checkpoint's backbone initialises this run (joint method:
     # fine-tuning after pretraining); None: random initialisation.
     c.model.init_from = config_dict.placeholder(str)
@@ -399,6 +400,12 @@ def validate(
         p = config.model.get("patch_size", 16)
         _require(
             _is_int(p) and p >= 1, "model.patch_size", f"must be a positive integer, got {p!r}"
+        )
+        dp = config.model.get("drop_path", 0.0)
+        _require(
+            _is_number(dp) and 0.0 <= dp < 1.0,
+            "model.drop_path",
+            f"must be in [0, 1), got {dp!r}",
         )
         _require(
             config.model.get("pool", "token") in ("token", "gap"),

@@ -121,3 +121,22 @@ def test_mae_learns_on_eight_devices(tmp_path):
         lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), tree["params"], initial
     )
     assert all(v > 0 for v in jax.tree_util.tree_leaves(moved)), moved
+
+
+def test_stochastic_depth_is_driven_by_mae_and_refused_elsewhere():
+    """model.drop_path reaches MAE's encoder in training (another loss than without it,
+    from the same state and batch); a method that does not hand the model a dropout
+    stream refuses it in one line."""
+    batch = {"image": np.full((8, 16, 16, 1), 128, np.uint8), "label": np.zeros(8, np.int32)}
+    out = {}
+    for rate in (0.0, 0.5):
+        c = _smoke()
+        c.model.drop_path = rate
+        method, state = _built(c)
+        _, metrics = method.update(state, method.make_inputs(state, batch))
+        out[rate] = float(metrics["loss"])
+    assert np.isfinite(out[0.5]) and out[0.5] != out[0.0]
+    c = jc.load_file("simclr", "smoke")
+    c.model.backbone, c.model.patch_size, c.model.drop_path = "vit_smoke", 4, 0.1
+    with pytest.raises(jc.ConfigError, match=r"config\.model\.drop_path: the pretrain method"):
+        methods.validate(c)

@@ -15,6 +15,7 @@ from types import ModuleType
 import jax
 import jax.numpy as jnp
 
+from jssl.errors import ConfigError
 from jssl.methods.common import DataInfo, Method, TrainState
 
 __all__ = [
@@ -53,8 +54,16 @@ def loss_names(method: str) -> list[str]:
 
 def validate(config) -> None:
     """The method's own checks of `config` (ConfigError, one line); `jssl.config.validate`
-    checks the fields every config has."""
-    module(config.method).validate(config)
+    checks the fields every config has. Stochastic depth (`model.drop_path`) needs a
+    method that hands the model a "dropout" PRNG stream (`STOCHASTIC_DEPTH = True`)."""
+    m = module(config.method)
+    if config.model.get("drop_path", 0.0) and not getattr(m, "STOCHASTIC_DEPTH", False):
+        driven = ", ".join(n for n in REGISTRY if getattr(module(n), "STOCHASTIC_DEPTH", False))
+        raise ConfigError(
+            f"config.model.drop_path: the {config.method} method does not drive stochastic "
+            f"depth yet (methods that do: {driven}); set 0"
+        )
+    m.validate(config)
 
 
 def build(config, data_info: DataInfo, mesh=None) -> Method:

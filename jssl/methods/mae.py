@@ -43,6 +43,9 @@ from jssl.methods.common import (
 )
 from jssl.optim import build_optimizer
 
+# The model gets a "dropout" PRNG stream in training: model.drop_path works here.
+STOCHASTIC_DEPTH = True
+
 __all__ = ["mae_config", "MAEModel", "Setup", "setup", "init", "make_inputs", "update", "build"]
 
 

@@ -77,7 +77,7 @@ CONFIG_FIELDS: dict[type, tuple[str, ...]] = {
     ResNet: ("num_filters", "stem"),
     ConvNet: ("num_filters",),
     AlexNet: ("num_filters",),
-    ViT: ("patch_size", "pool"),
+    ViT: ("patch_size", "pool", "drop_path"),
 }
 CONV_IMPLS = ("auto", "xla", "tapped")
 
