@@ -31,6 +31,7 @@ import functools
 import json
 import os
 import sys
+import types
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -262,11 +263,10 @@ def export_torch(
         "layout": layout,
         "twin": name,
         "image_size": str(config.data.image_size),
-        "feature_mask": "fc" if mask is not None else "",
+        "feature_mask": torch_layout.mask_names(module)[0] if mask is not None else "",
         "source": os.path.abspath(workdir),
     }
-    from safetensors.numpy import save_file  # a dependency of the interop extra only
-
+    save_file = _safetensors("--format safetensors").save_file
     io.write_with(out, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     io.write_text(code_path, code)
     return out, code
@@ -291,6 +291,19 @@ def _heads(tree: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def _safetensors(what: str):
+    """safetensors.numpy (with SafetensorError), an optional dependency (the interop
+    extra): imported on use, a one-line ConfigError naming `what` needs it when missing."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file, save_file
+    except ImportError:
+        raise ConfigError(f"{what} needs safetensors: pip install 'jssl[interop]'") from None
+    return types.SimpleNamespace(
+        load_file=load_file, save_file=save_file, SafetensorError=SafetensorError
+    )
+
+
 def read_state_dict(path: str, *, field: str) -> dict[str, np.ndarray]:
     """The tensors of a PyTorch state dict on disk as NumPy arrays: a .safetensors file, or a
     .pth / .pt / .bin file of `torch.save` (needs torch; a dict with a "state_dict" or
@@ -298,12 +311,10 @@ def read_state_dict(path: str, *, field: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise ConfigError(f"{field}: {path}: no such file")
     if path.endswith(".safetensors"):
-        from safetensors import SafetensorError  # the interop extra's
-        from safetensors.numpy import load_file
-
+        st = _safetensors(field)
         try:
-            return load_file(path)
-        except (SafetensorError, OSError, ValueError) as e:
+            return st.load_file(path)
+        except (st.SafetensorError, OSError, ValueError) as e:
             raise ConfigError(f"{field}: {path}: not a readable safetensors file ({e})") from None
     try:
         import torch  # heavy and optional (the interop extra): imported only for .pth files
