@@ -196,6 +196,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.patch_size = 16
     c.model.pool = "token"
     c.model.drop_path = 0.0  # ViT stochastic depth (last block's rate), methods that drive it
+    # ViT: keep the random patch embedding as initialised (MoCo v3's stability trick).
+    c.model.freeze_patch_embed = False
     # A jssl workdir whose latest checkpoint's backbone initialises this run (joint method:
     # fine-tuning after pretraining); None: random initialisation.
     c.model.init_from = config_dict.placeholder(str)

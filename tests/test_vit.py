@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jssl import config as jc
-from jssl import export, models, train
+from jssl import export, methods, models, train
 from jssl.models.vit import resample_posemb
 from tests.shared import read_metrics, smoke
 
@@ -144,3 +144,33 @@ def test_bfloat16_computation_stays_close_to_float32():
     assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float32")}
     scale = np.max(np.abs(a))
     assert 0 < np.max(np.abs(np.asarray(b) - a)) <= 0.05 * scale
+
+
+@pytest.mark.parametrize("preset", ["smoke_vit", "cifar10_vit"])
+def test_mocov3_vit_presets_are_valid(preset):
+    c = jc.load_file("mocov3", preset)
+    jc.validate(c, num_devices=8)
+    methods.validate(c)
+    assert c.model.freeze_patch_embed and c.optimizer.name == "adamw"
+
+
+def test_mocov3_on_a_vit_keeps_the_random_patch_embedding(tmp_path):
+    """MoCo v3's ViT recipe: the patch embedding stays exactly as initialised (no update,
+    no weight decay) while every other parameter trains; a ResNet or another method
+    refuses the field in one line."""
+    c = jc.load_file("mocov3", "smoke_vit")
+    c.total_steps, c.checkpoint_every, c.eval.random_init_baseline = 4, 4, False
+    workdir = str(tmp_path / "mocov3")
+    train.train_and_evaluate(c, workdir)
+    from jssl.checkpoint import restore_host
+
+    _, tree = restore_host(workdir)
+    run = train._Run(c, workdir)
+    initial = jax.device_get(run.init_fn(run.rng).params["backbone"])
+    trained = tree["params"]["backbone"]
+    for name in ("patch_embed", "patch_embed_bias"):
+        np.testing.assert_array_equal(np.asarray(trained[name]), np.asarray(initial[name]))
+    assert np.max(np.abs(np.asarray(trained["pos_embed"]) - np.asarray(initial["pos_embed"]))) > 0
+    c.model.backbone = "resnet18"
+    with pytest.raises(jc.ConfigError, match=r"config\.model\.freeze_patch_embed"):
+        methods.validate(c)

@@ -3,6 +3,13 @@
 python -m jssl.main --config configs/mocov3.py --workdir runs/mocov3             # embedded MNIST
 python -m jssl.main --config configs/mocov3.py:smoke --workdir /tmp/mocov3       # seconds
 python -m jssl.main --config configs/mocov3.py:cifar10 --workdir runs/mocov3_c10 # paper setting
+python -m jssl.main --config configs/mocov3.py:cifar10_vit --workdir runs/mocov3_vit  # ViT recipe
+
+The ViT recipe (MoCo v3's paper, section 4 and appendix): ViT-Small, AdamW with lr
+1.5e-4 x batch / 256 and weight decay 0.1, a 40-epoch warm-up then cosine, the random patch
+embedding frozen (`model.freeze_patch_embed`), T = 0.2, momentum 0.99 -> 1 (cosine), a
+3-layer 4096-wide projector and a 2-layer predictor to 256 with BatchNorm; here on CIFAR-10
+with 4 px patches (32 px images) and 300 epochs. `smoke_vit` runs it in seconds.
 """
 
 from jssl import config as jc
@@ -41,6 +48,26 @@ def get_config(preset: str = ""):
     elif preset == "cifar10":
         jc.cifar10_preset(c)
         jc.solo_cifar_augment(c, "asymmetric")
+    elif preset in ("cifar10_vit", "smoke_vit"):
+        if preset == "cifar10_vit":
+            jc.cifar10_preset(c, epochs=300)
+            jc.solo_cifar_augment(c, "asymmetric")
+            c.model.backbone = "vit_small"
+            c.optimizer.warmup_steps = 40 * (50000 // 256)
+        else:
+            jc.smoke_preset(c)
+            c.model.backbone = "vit_smoke"
+            c.model.predictor_hidden_dims = (32,)
+            c.model.predictor_dim = 16
+        c.model.patch_size, c.model.pool = 4, "token"
+        c.model.freeze_patch_embed = True
+        if preset == "cifar10_vit":
+            c.model.projector_hidden_dims = (4096, 4096)
+        c.optimizer.name = "adamw"
+        c.optimizer.lr = 1.5e-4
+        c.optimizer.weight_decay = 0.1
     else:
-        raise jc.unknown_preset("configs/mocov3.py", preset)
+        raise jc.unknown_preset(
+            "configs/mocov3.py", preset, ("smoke", "cifar10", "cifar10_vit", "smoke_vit")
+        )
     return c

@@ -15,6 +15,7 @@ from types import ModuleType
 import jax
 import jax.numpy as jnp
 
+from jssl import models
 from jssl.errors import ConfigError
 from jssl.methods.common import DataInfo, Method, TrainState
 
@@ -55,7 +56,8 @@ def loss_names(method: str) -> list[str]:
 def validate(config) -> None:
     """The method's own checks of `config` (ConfigError, one line); `jssl.config.validate`
     checks the fields every config has. Stochastic depth (`model.drop_path`) needs a
-    method that hands the model a "dropout" PRNG stream (`STOCHASTIC_DEPTH = True`)."""
+    method that hands the model a "dropout" PRNG stream (`STOCHASTIC_DEPTH = True`), a
+    frozen patch embedding a ViT and a method that keeps it (`FREEZE_PATCH_EMBED = True`)."""
     m = module(config.method)
     if config.model.get("drop_path", 0.0) and not getattr(m, "STOCHASTIC_DEPTH", False):
         driven = ", ".join(n for n in REGISTRY if getattr(module(n), "STOCHASTIC_DEPTH", False))
@@ -63,6 +65,14 @@ def validate(config) -> None:
             f"config.model.drop_path: the {config.method} method does not drive stochastic "
             f"depth yet (methods that do: {driven}); set 0"
         )
+    if config.model.get("freeze_patch_embed", False):
+        cls = models.BACKBONES.get(config.model.backbone, (None,))[0]
+        if cls is not models.ViT or not getattr(m, "FREEZE_PATCH_EMBED", False):
+            raise ConfigError(
+                "config.model.freeze_patch_embed: a ViT's patch embedding is frozen by the "
+                f"pretrain method only (got method {config.method!r}, backbone "
+                f"{config.model.backbone!r}); set False"
+            )
     m.validate(config)
 
 

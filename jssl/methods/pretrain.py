@@ -48,6 +48,9 @@ from jssl.methods.common import (
 )
 from jssl.optim import build_optimizer
 
+# `model.freeze_patch_embed` (a ViT's patch embedding kept as initialised) is honoured here.
+FREEZE_PATCH_EMBED = True
+
 __all__ = [
     "SSLModel",
     "Pretext",
@@ -462,6 +465,13 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
             "prototypes": jax.tree_util.tree_map(lambda g: g * keep, grads["prototypes"]),
         }
     updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
+    if c.model.get("freeze_patch_embed", False):
+        # MoCo v3 keeps the random patch projection: no update at all (weight decay too).
+        backbone = {
+            k: jax.tree_util.tree_map(jnp.zeros_like, v) if k.startswith("patch_embed") else v
+            for k, v in updates["backbone"].items()
+        }
+        updates = {**updates, "backbone": backbone}
     params = optax.apply_updates(state.params, updates)
     if s.renormalize:
         params = _normalize_prototypes(params)
