@@ -120,6 +120,12 @@ def feature_mask(tree, config: ml_collections.ConfigDict) -> np.ndarray | None:
 
 
 def _from_workdir(workdir: str, step: int | None):
+    config, variables, _ = _restore_encoder(workdir, step)
+    return config, variables
+
+
+def _restore_encoder(workdir: str, step: int | None):
+    """(config, the encoder's variables, the whole checkpoint tree) of a run."""
     config = saved_config(workdir)
     for field in _encoder_field_names(config):
         try:
@@ -141,7 +147,7 @@ def _from_workdir(workdir: str, step: int | None):
     mask = feature_mask(tree, config)
     if mask is not None:
         variables["params"]["feature_mask"] = mask
-    return config, variables
+    return config, variables, tree
 
 
 def _encoder_fields(config: ml_collections.ConfigDict) -> dict:
@@ -223,7 +229,7 @@ def export_torch(
             raise ConfigError(
                 f"--out: {path} exists; choose another path (nothing was overwritten)"
             )
-    config, variables = _from_workdir(workdir, step)
+    config, variables, tree = _restore_encoder(workdir, step)
     module = models.backbone_from_config(config.model)
     try:
         name = torch_layout.twin(module, layout)
@@ -235,12 +241,11 @@ def export_torch(
     except torch_layout.TorchLayoutError as e:
         raise ConfigError(f"--workdir {workdir}: {e}") from None
     mask = variables["params"].get("feature_mask")
+    mask_weight, mask_bias = torch_layout.mask_names(module)
     if mask is not None:
-        weight, bias = torch_layout.mask_names(module)
-        tensors[weight] = np.diag(np.asarray(mask, np.float32))
-        tensors[bias] = np.zeros(len(mask), np.float32)
+        tensors[mask_weight] = np.diag(np.asarray(mask, np.float32))
+        tensors[mask_bias] = np.zeros(len(mask), np.float32)
     if with_heads:
-        _, tree = restore_host(workdir, step)
         tensors.update(_heads(tree))
     code = torch_layout.pytorch_code(
         module,
@@ -263,7 +268,7 @@ def export_torch(
         "layout": layout,
         "twin": name,
         "image_size": str(config.data.image_size),
-        "feature_mask": torch_layout.mask_names(module)[0] if mask is not None else "",
+        "feature_mask": mask_weight if mask is not None else "",
         "source": os.path.abspath(workdir),
     }
     save_file = _safetensors("--format safetensors").save_file
@@ -281,13 +286,10 @@ def _heads(tree: dict) -> dict[str, np.ndarray]:
             keys = [str(getattr(k, "key", k)) for k in path]
             if keys[0] == "backbone":
                 continue
-            x = np.asarray(x)
-            if keys[-1] == "kernel" and x.ndim == 2:
-                x = x.T  # Dense (in, out) -> Linear (out, in)
-            elif keys[-1] == "kernel" and x.ndim == 4:
-                x = x.transpose(3, 2, 0, 1)
+            kernel = keys[-1] == "kernel"
+            how = {2: "dense", 4: "conv"}.get(np.ndim(x), "copy") if kernel else "copy"
             keys[-1] = names.get(keys[-1], keys[-1])
-            out["heads." + ".".join(keys)] = np.ascontiguousarray(x)
+            out["heads." + ".".join(keys)] = torch_layout.torch_tensor(x, how)
     return out
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "to_torch",
     "from_torch",
     "pytorch_code",
+    "torch_tensor",
     "CIFAR_STEM_PYTORCH",
     "SKIPPED",
     "TorchLayoutError",
@@ -152,6 +153,9 @@ def _entries(module, params: Mapping) -> list[tuple[str, str, tuple[str, ...], s
             ]
         )
 
+    def conv(torch_name, path):
+        out.append((torch_name, "params", path, "conv"))
+
     def ln(torch_prefix, path):
         out.append((f"{torch_prefix}.weight", "params", (*path, "scale"), "copy"))
         out.append((f"{torch_prefix}.bias", "params", (*path, "bias"), "copy"))
@@ -164,7 +168,7 @@ def _entries(module, params: Mapping) -> list[tuple[str, str, tuple[str, ...], s
         if module.pool == "token":
             out.append(("cls_token", "params", ("cls_token",), "copy"))
         out.append(("pos_embed", "params", ("pos_embed",), "copy"))
-        out.append(("patch_embed.proj.weight", "params", ("patch_embed",), "conv"))
+        conv("patch_embed.proj.weight", ("patch_embed",))
         out.append(("patch_embed.proj.bias", "params", ("patch_embed_bias",), "copy"))
         for i in range(module.depth):
             b = f"blocks_{i}"
@@ -180,7 +184,7 @@ def _entries(module, params: Mapping) -> list[tuple[str, str, tuple[str, ...], s
         )
         return out
 
-    out.append(("conv1.weight", "params", ("Conv_0", "kernel"), "conv"))
+    conv("conv1.weight", ("Conv_0", "kernel"))
     bn("bn1", ("BatchNorm_0",))
     name = "Bottleneck" if module.block == "bottleneck" else "BasicBlock"
     convs = 3 if module.block == "bottleneck" else 2
@@ -190,24 +194,10 @@ def _entries(module, params: Mapping) -> list[tuple[str, str, tuple[str, ...], s
             block = f"{name}_{k}"
             prefix = f"layer{stage + 1}.{b}"
             for n in range(convs):
-                out.append(
-                    (
-                        f"{prefix}.conv{n + 1}.weight",
-                        "params",
-                        (block, f"Conv_{n}", "kernel"),
-                        "conv",
-                    )
-                )
+                conv(f"{prefix}.conv{n + 1}.weight", (block, f"Conv_{n}", "kernel"))
                 bn(f"{prefix}.bn{n + 1}", (block, f"BatchNorm_{n}"))
             if f"Conv_{convs}" in params.get(block, {}):
-                out.append(
-                    (
-                        f"{prefix}.downsample.0.weight",
-                        "params",
-                        (block, f"Conv_{convs}", "kernel"),
-                        "conv",
-                    )
-                )
+                conv(f"{prefix}.downsample.0.weight", (block, f"Conv_{convs}", "kernel"))
                 bn(f"{prefix}.downsample.1", (block, f"BatchNorm_{convs}"))
             k += 1
     return out
@@ -228,6 +218,13 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
 _TO_TORCH = {"conv": (3, 2, 0, 1), "dense": (1, 0), "copy": None}
 
 
+def torch_tensor(value, how: str) -> np.ndarray:
+    """A Flax array in PyTorch's layout: "conv" (kh, kw, in, out) -> (out, in, kh, kw),
+    "dense" (in, out) -> (out, in), "copy" as it is."""
+    value, perm = np.asarray(value), _TO_TORCH[how]
+    return np.ascontiguousarray(value.transpose(perm) if perm else value)
+
+
 def to_torch(module, variables: Mapping) -> dict[str, np.ndarray]:
     """The PyTorch state dict (name -> NumPy array, PyTorch layout) of `module`'s twin
     holding `variables` ({"params", "batch_stats"} of the backbone)."""
@@ -237,9 +234,7 @@ def to_torch(module, variables: Mapping) -> dict[str, np.ndarray]:
         if collection == "counter":
             out[name] = np.zeros((), np.int64)
             continue
-        value = np.asarray(_get(variables[collection], path))
-        perm = _TO_TORCH[how]
-        out[name] = np.ascontiguousarray(value.transpose(perm) if perm else value)
+        out[name] = torch_tensor(_get(variables[collection], path), how)
     return out
 
 
