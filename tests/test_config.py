@@ -166,6 +166,7 @@ def test_validation_errors_name_the_field():
         r"config\.dtype: float64 needs 64-bit jax: set JAX_ENABLE_X64=1",
     )
     _bad(lambda c: setattr(c.optimizer, "lr", -1.0), r"config\.optimizer\.lr")
+    _bad(lambda c: setattr(c.optimizer, "b2", 1.0), r"config\.optimizer\.b2: must be in \(0, 1\)")
     _bad(lambda c: setattr(c.optimizer, "warmup_steps", 100), r"config\.optimizer\.warmup_steps")
 
     def small_image(c):

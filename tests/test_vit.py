@@ -94,6 +94,15 @@ def test_vit_config_fields_are_validated():
     c.model.patch_size, c.model.pool = 4, "cls"
     with pytest.raises(jc.ConfigError, match=r"config\.model\.pool: must be 'token' or 'gap'"):
         jc.validate(c, num_devices=8)
+    c.model.pool, c.model.drop_path = "token", 1.0
+    with pytest.raises(jc.ConfigError, match=r"config\.model\.drop_path: must be in \[0, 1\)"):
+        jc.validate(c, num_devices=8)
+    # A view the method feeds to the backbone is checked too (methods.validate).
+    c.model.drop_path, c.augment.view2.crop_size = 0.0, 10
+    with pytest.raises(
+        jc.ConfigError, match=r"config\.augment\.view2\.crop_size: 10 is not a multiple of"
+    ):
+        methods.validate(c)
 
 
 def test_simclr_trains_a_vit(tmp_path):
