@@ -181,9 +181,10 @@ def _main(argv: list[str]) -> int:
         # and the interpreter's shutdown would print their tracebacks after the line.
         # Nothing is left to save (the checkpoints were closed, metrics are flushed per row).
         sys.stdout.flush()
-        print(f"jssl: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        quiet = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(quiet, 2)  # what those threads print from now on goes nowhere
+        err = os.dup(2)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # those threads print nowhere from now
+        # One write, on a line of its own (a thread may have left a partial line).
+        os.write(err, f"\njssl: error: {' '.join(str(e).split())}\n".encode())
         os._exit(EXIT_STORAGE)
     except Stopped as e:
         print(f"jssl: {e}", file=sys.stderr)
