@@ -38,6 +38,7 @@ __all__ = [
     "config_module",
     "shipped_configs",
     "zoo",
+    "split_row",
     "CONFIG_DIR",
     "compute_dtype",
     "eval_transform",
@@ -128,16 +129,28 @@ def load_file(path: str, preset: str = "") -> ml_collections.ConfigDict:
 
 
 def zoo() -> dict[str, dict]:
-    """{name: entry} of the shipped configs that belong to the pretext zoo: those whose
-    module declares `ZOO = {...}` ("reference": solo-learn's published CIFAR-10 top-1 %,
-    "note": shown after the name). The zoo table (launch/results_table.py) and the
-    every-config tests read this list, so a new method's config is all it takes."""
+    """{row: entry} of the pretext zoo: the shipped configs whose module declares `ZOO = {...}`
+    ("reference": solo-learn's published CIFAR-10 top-1 %, "note": shown after the name),
+    row name = the config's name; and for each of its `ZOO["presets"]` ({preset: entry}), a
+    row "<config>:<preset>" run with that preset (e.g. "dino:vit", DINO on a ViT). The zoo
+    table (launch/results_table.py) and the every-config tests read this list, so a new
+    method's config is all it takes."""
     out = {}
     for name in shipped_configs():
         entry = getattr(config_module(name), "ZOO", None)
         if entry is not None:
-            out[name] = dict(entry)
+            entry = dict(entry)
+            presets = entry.pop("presets", {})
+            out[name] = entry
+            for preset, sub in presets.items():
+                out[f"{name}:{preset}"] = dict(sub)
     return out
+
+
+def split_row(row: str) -> tuple[str, str]:
+    """(config name, preset) of a zoo row name ("dino:vit" -> ("dino", "vit"))."""
+    name, _, preset = row.partition(":")
+    return name, preset
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
@@ -237,6 +250,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.schedule = "cosine"  # "cosine" or "constant"
     c.optimizer.clip_grad_norm = 0.0  # >0: clip the global gradient norm (DINO)
     c.optimizer.b2 = 0.999  # AdamW's second-moment decay (MAE and MoCo v3: 0.95)
+    # A weight decay that follows a cosine from weight_decay to this over the run (DINO:
+    # 0.04 -> 0.4; sgd and adamw); None: constant weight_decay.
+    c.optimizer.final_weight_decay = config_dict.placeholder(float)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.train_split = "train"
@@ -337,6 +353,13 @@ def _is_int(x) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _final_wd_ok(opt: ml_collections.ConfigDict) -> bool:
+    final = opt.get("final_weight_decay", None)
+    if final is None:
+        return True
+    return _is_number(final) and final >= 0 and opt.name in ("sgd", "adamw")
 
 
 def validate(
@@ -476,6 +499,13 @@ def validate(
         0.0 < config.optimizer.get("b2", 0.999) < 1.0,
         "optimizer.b2",
         f"must be in (0, 1), got {config.optimizer.get('b2')!r}",
+    )
+    _require(
+        _final_wd_ok(config.optimizer),
+        "optimizer.final_weight_decay",
+        f"must be a number >= 0 with optimizer.name sgd or adamw (LARS has no schedule for "
+        f"it), got {config.optimizer.get('final_weight_decay')!r} with "
+        f"{config.optimizer.name!r}; set None for a constant weight decay",
     )
     _require(
         config.optimizer.clip_grad_norm >= 0,

@@ -8,10 +8,11 @@ normalisation parameters excluded from weight decay and from the trust-ratio ada
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
-__all__ = ["learning_rate_schedule", "build_optimizer", "decay_mask"]
+__all__ = ["learning_rate_schedule", "weight_decay_schedule", "build_optimizer", "decay_mask"]
 
 
 def decay_mask(params):
@@ -34,12 +35,31 @@ def learning_rate_schedule(
     return optax.join_schedules([warmup, after], [opt.warmup_steps])
 
 
+def weight_decay_schedule(
+    opt: ml_collections.ConfigDict, *, total_steps: int
+) -> float | optax.Schedule:
+    """`opt.weight_decay`, or with `opt.final_weight_decay` set, a cosine from it to that over
+    `total_steps` (DINO's `cosine_scheduler(weight_decay, weight_decay_end)`):
+    wd(k) = final + (wd - final) (1 + cos(pi k / K)) / 2."""
+    final = opt.get("final_weight_decay", None)
+    if final is None:
+        return opt.weight_decay
+    start = float(opt.weight_decay)
+
+    def schedule(step):
+        progress = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
+        return final + (start - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+    return schedule
+
+
 def build_optimizer(
     opt: ml_collections.ConfigDict, *, total_steps: int, batch_size: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax transformation named by `opt.name`, and its schedule (for logging)."""
     schedule = learning_rate_schedule(opt, total_steps=total_steps, batch_size=batch_size)
     mask = decay_mask if opt.exclude_bias_and_norm else True
+    wd = weight_decay_schedule(opt, total_steps=total_steps)
     if opt.name == "lars":
         tx = optax.lars(
             schedule,
@@ -51,13 +71,11 @@ def build_optimizer(
         )
     elif opt.name == "sgd":
         tx = optax.chain(
-            optax.add_decayed_weights(opt.weight_decay, mask),
+            optax.add_decayed_weights(wd, mask),
             optax.sgd(schedule, momentum=opt.momentum),
         )
     elif opt.name == "adamw":
-        tx = optax.adamw(
-            schedule, b2=opt.get("b2", 0.999), weight_decay=opt.weight_decay, mask=mask
-        )
+        tx = optax.adamw(schedule, b2=opt.get("b2", 0.999), weight_decay=wd, mask=mask)
     else:
         raise ValueError(
             f"config.optimizer.name: unknown optimizer {opt.name!r}; choose lars, sgd or adamw"

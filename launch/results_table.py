@@ -3,7 +3,8 @@
   python launch/results_table.py --out docs/results.md --seeds 0 1 2 [--steps N] [--methods a b]
 
 The rows are the shipped configs that declare `ZOO` (`jssl.config.zoo()`): a new method's
-config puts it in the table, with its reference number.
+config puts it in the table, with its reference number; a row "<config>:<preset>" (from the
+config's `ZOO["presets"]`, e.g. "dino:vit") runs that preset of the config.
 
 Each row is `python -m jssl.main --config configs/<method>.py --workdir <runs>/<method>_s<seed>
 --config.seed=<seed> [--config.total_steps=N]`, run one after another; a finished workdir is
@@ -25,13 +26,18 @@ from jssl import io, train
 from jssl.studies.common import stats
 
 
+def _config_arg(row: str) -> str:
+    name, preset = jc.split_row(row)
+    return jc.config_file(name) + (f":{preset}" if preset else "")
+
+
 def _command(method: str, seed: int, workdir: str, steps: int | None) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
         "jssl.main",
         "--config",
-        jc.config_file(method),
+        _config_arg(method),
         "--workdir",
         workdir,
         f"--config.seed={seed}",
@@ -45,8 +51,8 @@ def _command(method: str, seed: int, workdir: str, steps: int | None) -> list[st
 
 def run(method: str, seed: int, runs: str, steps: int | None) -> dict | None:
     """The results of one run (reused when its results.json exists); None if it failed."""
-    workdir = os.path.join(runs, f"{method}_s{seed}")
-    config = jc.load_file(method)
+    workdir = os.path.join(runs, f"{method.replace(':', '_')}_s{seed}")
+    config = jc.load_file(*jc.split_row(method))
     if steps:
         config.total_steps = steps
     results = train.finished_results(workdir, config)
@@ -98,8 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         secs = stats([r["train_time_s"] for r in results])["mean"]
         raw[method] = {"knn": knn, "linear": lin, "train_time_s": secs}
         steps = f" --config.total_steps={args.steps}" if args.steps else ""
+        name, preset = jc.split_row(method)
         command = (
-            f"`python -m jssl.main --config configs/{method}.py --workdir runs/{method} "
+            f"`python -m jssl.main --config configs/{name}.py{':' + preset if preset else ''} "
+            f"--workdir runs/{method.replace(':', '_')} "
             f"--config.seed=S{steps}`"
         )
         solo = zoo[method].get("reference")

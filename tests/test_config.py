@@ -9,7 +9,7 @@ from jssl import methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The pretext zoo: every shipped config that declares ZOO (a new method's config joins it).
-CONFIGS = sorted(jc.zoo())
+CONFIGS = sorted({jc.split_row(row)[0] for row in jc.zoo()})
 load = jc.load_file
 
 
@@ -27,7 +27,7 @@ def test_the_zoo_is_derived_from_the_configs():
         jc.config_file("nope")
 
 
-@pytest.mark.parametrize("name", CONFIGS + ["fkt", "metamask", "transfer", "mae"])
+@pytest.mark.parametrize("name", CONFIGS + ["fkt", "metamask", "transfer"])
 @pytest.mark.parametrize("preset", ["", "smoke", "cifar10"])
 def test_presets_are_valid(name, preset):
     c = load(name, preset)

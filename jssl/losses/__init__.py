@@ -14,7 +14,8 @@ The implementations live in private modules, re-exported here:
   _contrastive     nt_xent, dcl, moco, mocov3, nnclr, nearest_neighbour
   _redundancy      barlow_twins, vicreg, wmse
   _bootstrap       byol, simsiam
-  _clustering      sinkhorn_knopp, swav, dino, dino_center
+  _clustering      sinkhorn_knopp, swav, dino, dino_center,
+                   dino_teacher_temp
   _classification  rotation, jigsaw, jigsaw_pp
   _mae             mae, patchify, unpatchify, random_masking (He et al. 2022)
   _common          l2_normalize, at_least_f32 (half precision up, float64 kept)
@@ -22,7 +23,7 @@ The implementations live in private modules, re-exported here:
 
 from jssl.losses._bootstrap import byol, simsiam
 from jssl.losses._classification import jigsaw, jigsaw_pp, rotation
-from jssl.losses._clustering import dino, dino_center, sinkhorn_knopp, swav
+from jssl.losses._clustering import dino, dino_center, dino_teacher_temp, sinkhorn_knopp, swav
 from jssl.losses._common import _at_least_f32 as at_least_f32
 from jssl.losses._common import l2_normalize
 from jssl.losses._contrastive import dcl, moco, mocov3, nearest_neighbour, nnclr, nt_xent
@@ -35,6 +36,7 @@ __all__ = [
     "dcl",
     "dino",
     "dino_center",
+    "dino_teacher_temp",
     "jigsaw",
     "jigsaw_pp",
     "l2_normalize",

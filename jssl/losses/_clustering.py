@@ -164,6 +164,22 @@ def dino(
     return sum(terms) / len(terms)
 
 
+def dino_teacher_temp(
+    step: jax.Array | int, *, teacher_temp: float, warmup_teacher_temp: float, warmup_steps: int
+) -> jax.Array:
+    r"""DINO's teacher temperature at `step`: linear from `warmup_teacher_temp` to
+    `teacher_temp` over the first `warmup_steps` steps, then constant (the official code's
+    ``np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)`` per epoch,
+    here per step). `warmup_steps = 0` is `teacher_temp` from the start.
+
+    .. math:: \tau_t(k) = \tau_w + (\tau - \tau_w) \min(k / K_w, 1)
+    """
+    if warmup_steps <= 0:
+        return jnp.asarray(teacher_temp, jnp.float32)
+    progress = jnp.minimum(jnp.asarray(step, jnp.float32) / warmup_steps, 1.0)
+    return warmup_teacher_temp + (teacher_temp - warmup_teacher_temp) * progress
+
+
 def dino_center(
     center: jax.Array, teacher: Sequence[jax.Array] | jax.Array, *, momentum: float = 0.9
 ) -> jax.Array:

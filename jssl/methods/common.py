@@ -267,8 +267,15 @@ def calibrate_backbone(
     `images` (evaluation transform, no gradient); the heads' statistics are kept. Features
     (`embed_features`) read the backbone's statistics alone."""
     x = augment.center_view(images, **transform)
+    # A backbone with stochastic depth (a ViT, which has no BatchNorm) asks for a "dropout"
+    # stream in train mode; the statistics do not depend on it.
     _, upd = model.apply(
-        variables(state), x, train=True, mutable=["batch_stats"], method=type(model).features
+        variables(state),
+        x,
+        train=True,
+        mutable=["batch_stats"],
+        method=type(model).features,
+        rngs={"dropout": jax.random.PRNGKey(0)},
     )
     return state.replace(batch_stats={**state.batch_stats, **upd["batch_stats"]})
 

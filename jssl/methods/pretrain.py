@@ -44,12 +44,17 @@ from jssl.methods.common import (
     load_init_from,
     make_views,
     method_of,
+    step_key,
     step_metrics,
 )
 from jssl.optim import build_optimizer
 
 # `model.freeze_patch_embed` (a ViT's patch embedding kept as initialised) is honoured here.
 FREEZE_PATCH_EMBED = True
+# The online network gets a "dropout" PRNG stream: `model.drop_path` (a ViT's stochastic
+# depth) works here; the momentum target runs without it (DINO's teacher, MoCo v3's key
+# encoder).
+STOCHASTIC_DEPTH = True
 
 __all__ = [
     "SSLModel",
@@ -79,12 +84,15 @@ class Pretext:
     `needs` lists what the model must have ("predictor", "prototypes", "target", "queue").
     `extras(config, key) -> dict` is the objective's initial state (a queue, a centre);
     `validate(config)` raises ConfigError for settings the objective cannot run.
+    `at_step(kw, step) -> kw` gives the loss keywords of one step from the config's (the
+    objective's own schedules, e.g. DINO's teacher temperature warm-up); None: constant.
     """
 
     loss: Callable[..., tuple[jax.Array, dict]]
     needs: frozenset = frozenset()
     extras: Callable[[ml_collections.ConfigDict, jax.Array], dict] | None = None
     validate: Callable[[ml_collections.ConfigDict], None] | None = None
+    at_step: Callable[[Mapping[str, Any], jax.Array], dict] | None = None
 
 
 def _views_2(online):
@@ -208,6 +216,33 @@ def _dino_extras(config, key) -> dict:
     return {"center": jnp.zeros((1, config.model.num_prototypes), jnp.float32)}
 
 
+def _dino_at_step(kw, step) -> dict:
+    """The teacher temperature of this step (`loss.warmup_teacher_temp` ->
+    `loss.teacher_temp` over `loss.warmup_teacher_temp_steps`, `losses.dino_teacher_temp`)."""
+    kw = dict(kw)
+    start = kw.pop("warmup_teacher_temp", None)
+    steps = kw.pop("warmup_teacher_temp_steps", 0)
+    if steps:
+        kw["teacher_temp"] = losses.dino_teacher_temp(
+            step, teacher_temp=kw["teacher_temp"], warmup_teacher_temp=start, warmup_steps=steps
+        )
+    return kw
+
+
+def _dino_rules(config) -> None:
+    loss = config.loss
+    steps = loss.get("warmup_teacher_temp_steps", 0)
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+        raise ConfigError(
+            f"config.loss.warmup_teacher_temp_steps: must be an integer >= 0, got {steps!r}"
+        )
+    if steps and not loss.get("warmup_teacher_temp", 0) > 0:
+        raise ConfigError(
+            "config.loss.warmup_teacher_temp: the teacher temperature warm-up needs a start "
+            f"temperature > 0, got {loss.get('warmup_teacher_temp')!r}; e.g. 0.04"
+        )
+
+
 # loss name (config.loss.name) -> Pretext
 PRETEXTS: dict[str, Pretext] = {
     "barlow_twins": Pretext(_symmetric(losses.barlow_twins)),
@@ -232,7 +267,9 @@ PRETEXTS: dict[str, Pretext] = {
         _queue_rule(1, "each step enqueues the first view's projections"),
     ),
     "swav": Pretext(_swav, frozenset({"prototypes"})),
-    "dino": Pretext(_dino, frozenset({"prototypes", "target"}), _dino_extras),
+    "dino": Pretext(
+        _dino, frozenset({"prototypes", "target"}), _dino_extras, _dino_rules, _dino_at_step
+    ),
 }
 
 
@@ -354,6 +391,11 @@ class Setup:
     views: tuple  # augmentation views, large crops first
     transform: Mapping[str, Any]  # the evaluation transform (`center_view` keywords)
     loaded: tuple | None = None  # (params, batch_stats) of `model.init_from`'s backbone
+    target_model: SSLModel | None = None  # the momentum network: `model` without drop path
+
+    @property
+    def drop_path(self) -> bool:
+        return bool(self.config.model.get("drop_path", 0.0))
 
     @property
     def has_target(self) -> bool:
@@ -372,9 +414,15 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     )
     a = config.augment
     views = (a.view1, a.view2) + (a.small_view,) * a.num_small_crops
+    target_model = None
+    if config.ema.base_momentum > 0:
+        no_drop = ml_collections.ConfigDict(config.to_dict())
+        no_drop.model.drop_path = 0.0
+        target_model = build_model(no_drop)
     return Setup(
         config=config,
         model=build_model(config),
+        target_model=target_model,
         pretext=PRETEXTS[config.loss.name],
         loss_kw=loss_kwargs(config),
         tx=tx,
@@ -418,6 +466,8 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
     crops, labels = inputs["views"], inputs.get("labels")
     c = s.config
     extras = state.extras
+    loss_kw = s.loss_kw if s.pretext.at_step is None else s.pretext.at_step(s.loss_kw, state.step)
+    dropout = jax.random.fold_in(step_key(state), 1) if s.drop_path else None
     target = None
     target_stats = None
     if s.has_target:
@@ -426,7 +476,7 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
         t_vars = extras["target"]
         target, target_stats = [], t_vars["batch_stats"]
         for x in crops[:2]:
-            out, upd = s.model.apply(
+            out, upd = s.target_model.apply(
                 {"params": t_vars["params"], "batch_stats": target_stats},
                 x,
                 train=True,
@@ -441,30 +491,38 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
         online = []
         # One forward pass per crop, each with its own BatchNorm batch statistics
         # (as the peers do; a single pass over both views measured slower on CPU too).
-        for x in crops:
+        for i, x in enumerate(crops):
+            rngs = {"dropout": jax.random.fold_in(dropout, i)} if s.drop_path else None
             out, upd = s.model.apply(
                 {"params": params, "batch_stats": batch_stats},
                 x,
                 train=True,
                 mutable=["batch_stats"],
+                rngs=rngs,
             )
             batch_stats = upd["batch_stats"]
             online.append(out)
-        loss, new_extras = s.pretext.loss(online, target, extras, labels, **s.loss_kw)
+        loss, new_extras = s.pretext.loss(online, target, extras, labels, **loss_kw)
         return loss, (batch_stats, new_extras, online[0]["h"])
 
     (loss, (batch_stats, new_extras, h)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params
     )
     freeze_steps = c.model.freeze_prototypes_steps
+    keep = None
     if freeze_steps and "prototypes" in grads:
-        # SwAV freezes the prototypes for the first epochs (freeze_prototypes_epochs).
+        # SwAV freezes the prototypes for the first epochs (freeze_prototypes_epochs), DINO
+        # its last layer for the first one (freeze_last_layer): the peers drop the gradient
+        # (p.grad = None), so the optimizer skips the layer, weight decay included.
         keep = (state.step >= freeze_steps).astype(jnp.float32)
         grads = {
             **grads,
             "prototypes": jax.tree_util.tree_map(lambda g: g * keep, grads["prototypes"]),
         }
     updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
+    if keep is not None:
+        frozen = jax.tree_util.tree_map(lambda u: u * keep, updates["prototypes"])
+        updates = {**updates, "prototypes": frozen}
     if c.model.get("freeze_patch_embed", False):
         # MoCo v3 keeps the random patch projection: no update at all (weight decay too).
         backbone = {
@@ -477,6 +535,8 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
         params = _normalize_prototypes(params)
     extras = {**extras, **new_extras}
     metrics = step_metrics(loss, grads, params, h, s.schedule(state.step))
+    if "teacher_temp" in loss_kw:
+        metrics["teacher_temp"] = jnp.asarray(loss_kw["teacher_temp"], jnp.float32)
     if s.has_target:
         tau = ema_momentum(state.step, c.total_steps, c.ema.base_momentum, c.ema.final_momentum)
         t_params = jax.tree_util.tree_map(
