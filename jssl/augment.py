@@ -19,6 +19,9 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "smooth_labels",
+    "cutmix_box",
+    "mix_batch",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "LUMA_WEIGHTS",
@@ -546,6 +549,72 @@ def center_view(
             lambda im: resized_crop(im, (h - side) / 2, (w - side) / 2, side, side, size=size)
         )(x)
     return normalize(x, mean, std)
+
+
+def smooth_labels(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
+    """(N,) int labels -> (N, C) float32 targets: 1 - smoothing + smoothing / C on the label,
+    smoothing / C elsewhere (timm's `LabelSmoothingCrossEntropy` / Mixup targets)."""
+    off = smoothing / num_classes
+    return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * (1.0 - smoothing) + off
+
+
+def cutmix_box(key: jax.Array, height: int, width: int, lam) -> tuple[jax.Array, jax.Array]:
+    """CutMix's box for the mixing ratio `lam` (Yun et al. 2019; timm's `rand_bbox`): sides
+    sqrt(1 - lam) of the image's, centred at a uniform pixel, clipped to the image.
+    Returns (mask (H, W) bool, True inside the box; the corrected lam = 1 - box area / H W)."""
+    ky, kx = jax.random.split(key)
+    cut = jnp.sqrt(1.0 - lam)
+    cut_h, cut_w = (height * cut).astype(jnp.int32), (width * cut).astype(jnp.int32)
+    cy = jax.random.randint(ky, (), 0, height)
+    cx = jax.random.randint(kx, (), 0, width)
+    y1, y2 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
+    x1, x2 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    mask = (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2)
+    return mask, 1.0 - ((y2 - y1) * (x2 - x1)).astype(jnp.float32) / (height * width)
+
+
+def mix_batch(
+    key: jax.Array,
+    images: jax.Array,
+    targets: jax.Array,
+    *,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    switch_prob: float = 0.5,
+    prob: float = 1.0,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mixup (Zhang et al. 2018) or CutMix of a batch, as timm's `Mixup(mode="batch")`: one
+    ratio lam for the batch, each example mixed with the batch reversed (example i with
+    N - 1 - i); with both alphas > 0, CutMix with probability `switch_prob`; the batch is
+    mixed at all with probability `prob`. Mixup: x' = lam x + (1 - lam) x_rev; CutMix: a
+    box (`cutmix_box`) of x_rev pasted into x, lam corrected to the box's area. Targets
+    (N, C) become lam y + (1 - lam) y_rev.
+
+    Returns (images, targets, lam); lam = 1 when the batch is not mixed.
+    """
+    if mixup_alpha < 0 or cutmix_alpha < 0:
+        raise ValueError("mix_batch: mixup_alpha and cutmix_alpha must be >= 0")
+    if mixup_alpha == 0 and cutmix_alpha == 0:
+        return images, targets, jnp.ones((), jnp.float32)
+    k_apply, k_switch, k_mix, k_cut, k_box = jax.random.split(key, 5)
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        use_cutmix = jax.random.bernoulli(k_switch, switch_prob)
+    else:
+        use_cutmix = jnp.asarray(cutmix_alpha > 0)
+    lam_mix = jax.random.beta(k_mix, max(mixup_alpha, 1e-3), max(mixup_alpha, 1e-3))
+    lam_cut = jax.random.beta(k_cut, max(cutmix_alpha, 1e-3), max(cutmix_alpha, 1e-3))
+    mask, lam_box = cutmix_box(k_box, images.shape[1], images.shape[2], lam_cut)
+    rev = images[::-1]
+    mixed = jnp.where(
+        use_cutmix,
+        jnp.where(mask[None, :, :, None], rev, images),
+        lam_mix.astype(images.dtype) * images + (1 - lam_mix.astype(images.dtype)) * rev,
+    )
+    apply = jax.random.bernoulli(k_apply, prob)
+    lam = jnp.where(apply, jnp.where(use_cutmix, lam_box, lam_mix), 1.0).astype(jnp.float32)
+    out = jnp.where(apply, mixed, images)
+    return out, lam * targets + (1.0 - lam) * targets[::-1], lam
 
 
 def solo_cifar_views(

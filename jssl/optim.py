@@ -12,7 +12,13 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-__all__ = ["learning_rate_schedule", "weight_decay_schedule", "build_optimizer", "decay_mask"]
+__all__ = [
+    "learning_rate_schedule",
+    "weight_decay_schedule",
+    "build_optimizer",
+    "decay_mask",
+    "scale_updates",
+]
 
 
 def decay_mask(params):
@@ -84,3 +90,19 @@ def build_optimizer(
         # Clip before everything else (DINO's clip_grad; solo-learn clips the raw gradients).
         tx = optax.chain(optax.clip_by_global_norm(opt.clip_grad_norm), tx)
     return tx, schedule
+
+
+def scale_updates(scales) -> optax.GradientTransformation:
+    """Multiply each update by its parameter's constant factor: `scales(path) -> float`
+    from the parameter's key path (a tuple of names). After an optimizer whose step is
+    lr x (its direction + decoupled weight decay), this is a per-parameter learning rate:
+    layer-wise learning-rate decay (`jssl.methods.finetune`)."""
+
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, u: u * scales(tuple(getattr(k, "key", str(k)) for k in path)), updates
+        )
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

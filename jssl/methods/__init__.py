@@ -39,6 +39,7 @@ REGISTRY = {
     "fusion": "jssl.methods.fusion",
     "transfer": "jssl.methods.transfer",
     "mae": "jssl.methods.mae",
+    "finetune": "jssl.methods.finetune",
 }
 
 

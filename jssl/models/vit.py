@@ -107,6 +107,22 @@ class ViT(nn.Module):
     def num_features(self) -> int:
         return self.width
 
+    @property
+    def num_layers(self) -> int:
+        """Layers for layer-wise learning-rate decay: the embeddings (0), the blocks
+        (1 .. depth) and the final norm with whatever sits on the features (depth + 1)."""
+        return self.depth + 1
+
+    def layer_of(self, name: str) -> int:
+        """The layer of the backbone parameter `name` (its top-level key) for layer-wise
+        learning-rate decay, as MAE's `param_groups_lrd`: patch and position embeddings and
+        the class token 0, block i i + 1, the final norm `num_layers`."""
+        if name.startswith("blocks_"):
+            return int(name.split("_", 1)[1]) + 1
+        if name in ("patch_embed", "patch_embed_bias", "cls_token", "pos_embed"):
+            return 0
+        return self.num_layers
+
     def input_error(self, size: int, name: str = "a ViT") -> str | None:
         """Why size x size images cannot go through (None when they can), a phrase after
         the size: whole patches."""
