@@ -10,6 +10,10 @@ and noisy, so only ratios measured together mean anything. `flops_per_step` coun
 matmul and convolution FLOPs of the step (`count_flops`); `mfu` divides the achieved FLOP/s
 by the device's data-sheet peak (`--peak-tflops` to give another).
 
+`--method dino|mocov3|mae` times the method's own ViT recipe (`RECIPES`: DINO's ViT-S/16
+multi-crop with its 65,536-way head, MoCo v3's ViT, MAE's ViT-B/16 with 75% masking and the
+512-wide decoder) at the flags' batch, image size, backbone, `--patch-size` and dtype.
+
 The Barlow Twins step mirrors the PyTorch reference: ResNet backbone, 3-layer 2048
 projector with BatchNorm, `barlow_twins(unbiased=True, eps=0)` (torch's z.std(0)), SGD
 momentum 0.9, lr 0.1, weight decay 1e-4 on every parameter, `--batch` images per view.
@@ -34,7 +38,7 @@ from jssl import methods, parallel, train
 from jssl.config import load_file
 from jssl.errors import ConfigError
 
-__all__ = ["bench_pretrain", "count_flops", "main"]
+__all__ = ["bench_pretrain", "bench_recipe", "count_flops", "parser", "main"]
 
 
 def sized_config(args):
@@ -85,8 +89,44 @@ def _time_steps(fn, state, *args, steps: int, warmup: int):
     return state, times
 
 
-def bench_pretrain(args) -> dict:
-    config = _pretrain_config(args)
+# --method -> (config file, preset) of the ViT recipes `bench_recipe` times.
+RECIPES = {
+    "dino": ("dino", "imagenet_vit"),
+    "mocov3": ("mocov3", "cifar10_vit"),
+    "mae": ("mae", "imagenet"),
+}
+
+
+def _recipe_config(args):
+    """The method's own recipe (RECIPES: DINO's ViT-S/16 multi-crop, MAE's ViT-B/16 with 75%
+    masking, MoCo v3's ViT) at the bench flags' sizes: `--batch` images, `--image-size`, the
+    backbone, dtype; DINO's small crops scaled with the image (96 of 224 px), rounded to
+    whole patches."""
+    name, preset = RECIPES[args.method]
+    c = load_file(name, preset)
+    c.batch_size = args.batch
+    c.model.backbone = args.backbone
+    c.dtype = args.dtype
+    size = args.image_size
+    p = c.model.patch_size = args.patch_size
+    c.data.image_size = size
+    c.augment.view1.crop_size = c.augment.view2.crop_size = size
+    if c.augment.num_small_crops:
+        c.augment.small_view.crop_size = max(p, round(size * 96 / 224 / p) * p)
+    c.total_steps = max(c.total_steps, args.steps + args.warmup + 1)
+    return c
+
+
+def bench_recipe(args) -> dict:
+    out = bench_pretrain(args, _recipe_config(args))
+    out.update(patch_size=args.patch_size, recipe=":".join(RECIPES[args.method]))
+    return out
+
+
+def bench_pretrain(args, config=None) -> dict:
+    """Time `config`'s update (default: the Barlow Twins / SimCLR mirror of the PyTorch
+    reference, `_pretrain_config`) on device-resident data."""
+    config = config or _pretrain_config(args)
     mesh = parallel.make_mesh()
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     info = methods.DataInfo(num_classes=10, image_shape=(args.image_size, args.image_size, 3))
@@ -278,6 +318,9 @@ def _run_torch(args) -> dict:
 BENCHES = {
     "barlow_twins": bench_pretrain,
     "simclr": bench_pretrain,
+    "dino": bench_recipe,
+    "mocov3": bench_recipe,
+    "mae": bench_recipe,
     "metamask": "jssl.bench_metamask:bench",
     "kmeans": "jssl.bench_kmeans:bench",
 }
@@ -298,12 +341,14 @@ def _cpu_devices(count: int) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line's flags."""
     p = argparse.ArgumentParser(prog="python -m jssl.bench", description=__doc__.split("\n")[0])
     p.add_argument("--method", default="barlow_twins", choices=sorted(BENCHES))
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
     p.add_argument("--width", type=int, default=64, help="backbone num_filters (64: standard)")
+    p.add_argument("--patch-size", type=int, default=16, help="ViT patch side (dino, mae, mocov3)")
     p.add_argument("--batch", type=int, default=64, help="images per view (global)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--proj", type=int, default=2048, help="projector width")
@@ -343,7 +388,11 @@ def main(argv=None) -> int:
         "every core, as scikit-learn's and faiss's threads use); XLA_FLAGS' device count wins",
     )
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if args.cpu_devices is not None and args.cpu_devices < 1:
         raise SystemExit(
             f"jssl.bench: --cpu-devices {args.cpu_devices}: give a positive number of devices"

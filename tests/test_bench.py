@@ -124,3 +124,23 @@ def test_cpu_devices_asks_xla_for_one_device_per_core_unless_xla_flags_say(monke
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
     with pytest.raises(SystemExit, match="--cpu-devices 0: give a positive number"):
         bench.main(["--method", "kmeans", "--cpu-devices", "0"])
+
+
+def test_vit_recipe_bench_times_the_methods_own_step(capsys):
+    """`--method mae|dino|mocov3` times the method's recipe (MAE's masking and decoder,
+    DINO's multi-crop) at the flags' sizes; DINO's small crops keep their 96 / 224 ratio in
+    whole patches."""
+    args = "--method mae --backbone vit_smoke --image-size 16 --patch-size 4 --batch 8"
+    assert bench.main([*args.split(), "--steps", "1", "--warmup", "0", "--repeats", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["method"], out["recipe"], out["patch_size"]) == ("mae", "mae:imagenet", 4)
+    assert out["step_s_median"] > 0 and out["flops_per_step"] > 0
+    parse = bench.parser().parse_args
+    dino = bench._recipe_config(
+        parse("--method dino --backbone vit_small --image-size 224".split())
+    )
+    assert (dino.augment.small_view.crop_size, dino.augment.num_small_crops) == (96, 10)
+    small = bench._recipe_config(
+        parse("--method dino --backbone vit_smoke --image-size 32 --patch-size 4".split())
+    )
+    assert small.augment.small_view.crop_size == 12 and small.augment.view2.crop_size == 32

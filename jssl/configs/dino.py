@@ -157,11 +157,11 @@ def get_config(preset: str = ""):
             _dino_views(c, large=16, small=8, num_small=2, mean=jc.MNIST_MEAN, std=jc.MNIST_STD)
         c.model.patch_size = 4
     elif preset == "vit":
-        # The zoo's ViT row: the embedded default (2 views, batch 64) on ViT-Tiny/7 (4 x 4
-        # patches of a 28 px digit: a third of the cost of 7 x 7 on 2 CPU cores) with the ViT optimisation: AdamW, weight decay 0.04 ->
-        # 0.4, clipping 3.0, teacher temperature 0.04 -> 0.07 over the first third, the last
-        # layer frozen for the first 5% of the steps. The learning rate is higher than the
-        # paper's for a run of hundreds of steps (our choice, as the MAE default's).
+        # The zoo's ViT row: the embedded default (2 views, batch 64) on ViT-Tiny/7 (4 x 4 patches
+        # of a 28 px digit: a third of the cost of 7 x 7 on 2 CPU cores) with the ViT optimisation:
+        # AdamW, weight decay 0.04 -> 0.4, clipping 3.0, teacher temperature 0.04 -> 0.07 over the
+        # first third, the last layer frozen for the first 5% of the steps. The learning rate is
+        # higher than the paper's for a run of hundreds of steps (our choice, as the MAE default's).
         jc.embedded_preset(c)
         c.model.backbone, c.model.patch_size = "vit_tiny", 7
         c.model.num_prototypes = 1024

@@ -3,11 +3,14 @@
 python -m jssl.main --config configs/mae.py --workdir runs/mae            # embedded MNIST
 python -m jssl.main --config configs/mae.py:smoke --workdir /tmp/mae      # seconds
 python -m jssl.main --config configs/mae.py:cifar10 --workdir runs/mae_c10
+python -m jssl.main --config configs/mae.py:imagenet --workdir gs://b/mae_vitb16  # the paper's
 
 The paper's recipe: mask ratio 0.75, per-patch normalised pixel targets, a decoder of 8
 blocks 512 wide, AdamW (beta2 0.95) with lr 1.5e-4 x batch / 256, weight decay 0.05, a
-40-epoch warm-up then cosine, random resized crops (scale 0.2-1) and flips only. An
-ImageNet preset waits for variable-size JPEG input (issue 18).
+40-epoch warm-up then cosine, random resized crops (scale 0.2-1) and flips only.
+`imagenet`: ViT-B/16 at 224 px, batch 4096, 800 epochs (the paper's main ablation length),
+ImageNet-1k from TFDS (imagenet2012, which needs the variable-size JPEG input of issue 18);
+fine-tune the result with configs/finetune.py:imagenet_mae.
 """
 
 from jssl import config as jc
@@ -61,6 +64,21 @@ def get_config(preset: str = ""):
         c.model.backbone, c.model.patch_size = "vit_small", 4  # 32 px: 8 x 8 patches
         c.optimizer.warmup_steps = 40 * (50000 // 256)
         jc.one_view(c, _view(32, c.augment.view1.mean, c.augment.view1.std, flip=0.5))
+    elif preset == "imagenet":
+        c.data.name = "imagenet2012"
+        c.data.train_split = "train"
+        c.data.image_size = 224
+        c.eval.train_split, c.eval.val_split = "train[:99%]", "train[99%:]"
+        c.eval.test_split = "validation"
+        c.model.backbone, c.model.patch_size = "vit_base", 16
+        c.batch_size = 4096
+        steps_per_epoch = 1281167 // c.batch_size
+        c.total_steps = 800 * steps_per_epoch
+        c.optimizer.warmup_steps = 40 * steps_per_epoch
+        c.log_every = 100
+        c.checkpoint_every = 10 * steps_per_epoch
+        c.eval_every = 0
+        jc.one_view(c, _view(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), flip=0.5))
     else:
-        raise jc.unknown_preset("configs/mae.py", preset, ("smoke", "cifar10"))
+        raise jc.unknown_preset("configs/mae.py", preset, ("smoke", "cifar10", "imagenet"))
     return c

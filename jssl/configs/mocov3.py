@@ -51,10 +51,10 @@ def get_config(preset: str = ""):
         jc.cifar10_preset(c)
         jc.solo_cifar_augment(c, "asymmetric")
     elif preset == "vit":
-        # The zoo's ViT row: the embedded default on ViT-Tiny/7 (4 x 4 patches of a 28 px
-        # digit: a third of the cost of 7 x 7 on 2 CPU cores) with the ViT recipe (AdamW, wd 0.1, frozen patch embedding, T = 0.2); the
-        # learning rate is higher than the paper's for a run of hundreds of steps (our
-        # choice, as the MAE default's).
+        # The zoo's ViT row: the embedded default on ViT-Tiny/7 (4 x 4 patches of a 28 px digit: a
+        # third of the cost of 7 x 7 on 2 CPU cores) with the ViT recipe (AdamW, wd 0.1, frozen
+        # patch embedding, T = 0.2); the learning rate is higher than the paper's for a run of
+        # hundreds of steps (our choice, as the MAE default's).
         jc.embedded_preset(c)
         c.model.projector_hidden_dims = c.model.predictor_hidden_dims = (512,)
         c.model.projector_dim = c.model.predictor_dim = 128
