@@ -279,11 +279,17 @@ def test_one_device_equals_eight(encoders, val_features, mode):
 
 
 def test_presets_and_config_errors():
-    for preset in ("", "smoke", "compare"):
+    for preset in ("", "smoke", "compare", "compare_smoke"):
         c = load("fusion", preset)
         jc.validate(c, num_devices=8)
         assert c.method == "fusion" and c.data.train_split != c.eval.val_split
     assert load("fusion", "compare").study == "fusion"
+    # compare_smoke: the study's code path in about a minute (two smoke pretexts).
+    quick = load("fusion", "compare_smoke")
+    assert quick.study == "fusion" and set(quick.compare.pretexts) == {"rotation", "simclr"}
+    assert quick.compare.seeds == (0,) and quick.compare.pretexts.simclr.total_steps == 4
+    for pretext in quick.compare.pretexts.values():
+        jc.validate(pretext, num_devices=8)
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
         load("fusion", "nope")
     for fields, match in [

@@ -5,6 +5,7 @@ docs/methods.md section 4): a fusion head trained on a labelled fraction over K 
   python -m jssl.main --config configs/fusion.py:smoke --workdir /tmp/fusion \
       --config.fusion.encoders="('/tmp/rotation', '/tmp/simclr')"                    # seconds
   python -m jssl.main --config configs/fusion.py:compare --workdir runs/fusion_compare
+  python -m jssl.main --config configs/fusion.py:compare_smoke --workdir /tmp/fusion_cmp  # ~1 min
   --config.fusion.mode=task_query|input_query|se_gate|average|concat|single
   --config.fusion.labelled_fraction=0.01|0.1   --config.fusion.entropy_weight=0.1
 
@@ -98,7 +99,7 @@ def get_config(preset: str = ""):
         c.checkpoint_every = 300
         c.fusion.encoders = ("runs/rotation", "runs/jigsaw", "runs/simclr", "runs/barlow")
         c.fusion.names = ("rotation", "jigsaw", "simclr", "barlow_twins")
-    elif preset == "smoke":
+    elif preset in ("smoke", "compare_smoke"):
         jc.smoke_preset(c)
         c.batch_size = 32
         c.total_steps = 6
@@ -106,12 +107,12 @@ def get_config(preset: str = ""):
         c.fusion.labelled_fraction = 0.1
         c.eval.random_init_baseline = False
     else:
-        raise jc.unknown_preset("configs/fusion.py", preset, ("smoke", "compare"))
+        raise jc.unknown_preset("configs/fusion.py", preset, ("smoke", "compare", "compare_smoke"))
     # Labels train the head: train on the training split only, so that the validation
     # split stays unseen for model selection (pretext matching chooses on it).
     c.data.train_split = c.eval.train_split
 
-    if preset == "compare":
+    if preset in ("compare", "compare_smoke"):
         c.study = "fusion"
         c.fusion.encoders = ()  # stage 1 fills them in: DIR/encoders/<name>
         c.fusion.names = ()
@@ -123,5 +124,17 @@ def get_config(preset: str = ""):
                 "simclr": _short(_pretext_config("simclr"), 200),
                 "barlow_twins": _short(_pretext_config("barlow_twins"), 200),
             }
+        )
+    if preset == "compare_smoke":
+        # The same study in about a minute: two pretexts at smoke sizes, one seed, one
+        # fraction, one learning rate (the code path of `compare`).
+        c.compare = compare_config(
+            {
+                "rotation": _short(_pretext_config("rotation", "smoke"), 4, warmup=0),
+                "simclr": _short(_pretext_config("simclr", "smoke"), 4, warmup=0),
+            },
+            seeds=(0,),
+            fractions=(0.1,),
+            lrs=(3e-3,),
         )
     return c
