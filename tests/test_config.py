@@ -59,7 +59,7 @@ def test_cifar10_preset_is_solo_learn_recipe():
 def test_unknown_preset_lists_the_files_presets():
     with pytest.raises(jc.ConfigError, match="unknown preset 'nope'.*smoke"):
         load("barlow_twins", "nope")
-    with pytest.raises(jc.ConfigError, match="choose one of smoke, compare, or no preset"):
+    with pytest.raises(jc.ConfigError, match="choose one of smoke, compare, compare_smoke, or no"):
         load("fusion", "cifar10")
 
 
