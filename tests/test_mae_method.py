@@ -136,7 +136,10 @@ def test_stochastic_depth_is_driven_by_mae_and_refused_elsewhere():
         _, metrics = method.update(state, method.make_inputs(state, batch))
         out[rate] = float(metrics["loss"])
     assert np.isfinite(out[0.5]) and out[0.5] != out[0.0]
-    c = jc.load_file("simclr", "smoke")
+    c = jc.load_file("fkt", "smoke")
     c.model.backbone, c.model.patch_size, c.model.drop_path = "vit_smoke", 4, 0.1
-    with pytest.raises(jc.ConfigError, match=r"config\.model\.drop_path: the pretrain method"):
+    with pytest.raises(
+        jc.ConfigError,
+        match=r"config\.model\.drop_path: the joint method .*pretrain, mae, finetune",
+    ):
         methods.validate(c)
