@@ -170,3 +170,18 @@ def test_vit_methods_one_device_equals_eight(name, preset):
     np.testing.assert_allclose(
         [m["loss"] for m in logs1], [m["loss"] for m in logs8], rtol=2e-4, atol=1e-5
     )
+
+
+def test_the_dropout_stream_is_apart_from_the_split_keys():
+    """JAX's fold_in(k, i) equals split(k, n)[i]: the stochastic-depth key must not be one
+    of the keys the views, masks and mixing take from the step's key."""
+    from jssl.methods.common import TrainState, dropout_key, step_key
+
+    state = TrainState(
+        step=jnp.asarray(7), params={}, batch_stats={}, opt_state=(), rng=jax.random.PRNGKey(1)
+    )
+    assert np.array_equal(
+        jax.random.fold_in(step_key(state), 1), jax.random.split(step_key(state), 4)[1]
+    )
+    keys = np.asarray(jax.random.split(step_key(state), 64))
+    assert not np.any(np.all(keys == np.asarray(dropout_key(state)), axis=1))

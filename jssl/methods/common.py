@@ -37,6 +37,7 @@ __all__ = [
     "DataInfo",
     "init_state",
     "step_key",
+    "dropout_key",
     "make_views",
     "variables",
     "embed_features",
@@ -222,6 +223,18 @@ def step_key(state: TrainState) -> jax.Array:
     """The step's key: the state's key with the step folded in, so the randomness of step s
     depends on (seed, s) only."""
     return jax.random.fold_in(state.rng, state.step)
+
+
+# A tag folded into the step's key for stochastic depth. `fold_in(k, i)` equals
+# `split(k, n)[i]` (JAX's threefry), so the small integers are the keys that `make_views`
+# and the methods' `split(step_key(state), n)` hand out; a large tag keeps this stream apart.
+_DROPOUT_STREAM = 0x64726F70
+
+
+def dropout_key(state: TrainState) -> jax.Array:
+    """The step's key for the model's "dropout" stream (stochastic depth), independent of
+    every key split from `step_key(state)` (the views, masks, mixing)."""
+    return jax.random.fold_in(step_key(state), _DROPOUT_STREAM)
 
 
 def make_views(

@@ -44,6 +44,7 @@ from jssl.methods.common import (
     Method,
     TrainState,
     check_view_sizes,
+    dropout_key,
     init_state,
     load_init_from,
     method_of,
@@ -240,7 +241,7 @@ def make_inputs(s: Setup, state: TrainState, batch: dict) -> dict:
 
 def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]:
     """One optimizer step on the soft-target cross-entropy, every layer trained."""
-    rngs = {"dropout": jax.random.fold_in(step_key(state), 1)} if s.drop_path else None
+    rngs = {"dropout": dropout_key(state)} if s.drop_path else None
 
     def loss_fn(params):
         (logits, h), upd = s.model.apply(

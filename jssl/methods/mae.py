@@ -33,6 +33,7 @@ from jssl.methods.common import (
     Method,
     TrainState,
     check_view_sizes,
+    dropout_key,
     init_state,
     load_init_from,
     method_of,
@@ -186,7 +187,7 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
     """One AdamW (or the config's optimizer) step on the MAE loss; the target is the
     patchified view the encoder saw (the official code's)."""
     target = losses.patchify(inputs["x"], s.patch_size)
-    dropout = jax.random.fold_in(step_key(state), 1)
+    dropout = dropout_key(state)
 
     def loss_fn(params):
         pred, h = s.model.apply(

@@ -40,11 +40,11 @@ from jssl.methods.common import (
     Method,
     TrainState,
     check_view_sizes,
+    dropout_key,
     init_state,
     load_init_from,
     make_views,
     method_of,
-    step_key,
     step_metrics,
 )
 from jssl.optim import build_optimizer
@@ -467,7 +467,7 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
     c = s.config
     extras = state.extras
     loss_kw = s.loss_kw if s.pretext.at_step is None else s.pretext.at_step(s.loss_kw, state.step)
-    dropout = jax.random.fold_in(step_key(state), 1) if s.drop_path else None
+    dropout = dropout_key(state) if s.drop_path else None
     target = None
     target_stats = None
     if s.has_target:
