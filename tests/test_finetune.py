@@ -5,6 +5,7 @@ learning on 8 devices, 1 vs 8 devices, exact resume, one-line errors."""
 import os
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -212,3 +213,30 @@ def test_finetunes_a_pretrained_encoder_and_resumes_exactly(shared_run, tmp_path
     for a, b in zip(rows, got):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
     assert resumed["eval"] == results["eval"]
+
+
+class _Flat(nn.Module):
+    """A stand-in backbone: the image's pixels as features."""
+
+    @nn.compact
+    def __call__(self, x, train):
+        return x.reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("head_batchnorm", [True, False])
+def test_the_head_batchnorm_standardises_the_features(head_batchnorm):
+    """With `finetune.head_batchnorm`, the train-mode logits do not change when each feature
+    is scaled and shifted (BatchNorm without affine parameters before the classifier);
+    without it they do."""
+    model = finetune.FinetuneModel(_Flat(), models.Classifier(3), head_batchnorm=head_batchnorm)
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 2, 2, 1))
+    variables = model.init(jax.random.PRNGKey(1), x, train=False)
+    scale = jnp.linspace(0.5, 3.0, 4).reshape(1, 2, 2, 1)
+
+    def logits(images):
+        out, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        return np.asarray(out)
+
+    same = np.allclose(logits(x), logits(x * scale + 5.0), rtol=1e-3, atol=1e-3)
+    assert same == head_batchnorm
+    assert ("batch_stats" in variables) == head_batchnorm

@@ -9,13 +9,15 @@ the backbone's features is trained with it, every layer updated:
     L = CE(c(f(mix(aug(x)))), mix(smooth(y)))
 
 one augmented view (`augment.view1`: random resized crop, flip, the config's jitter) per
-labelled image, Mixup / CutMix of the batch (`augment.mix_batch`, timm's batch mode),
-label smoothing (`augment.smooth_labels`), stochastic depth on ViTs (`model.drop_path`),
-warm-up + cosine learning rate (`config.optimizer`), and on ViTs layer-wise learning-rate
-decay: the update of a parameter in layer l of L is scaled by decay^(L - l)
-(`ViT.layer_of`; MAE's `param_groups_lrd`; 0.65 for MAE's ViT-B). The training images are
-a seeded class-balanced `labelled_fraction` of the train split (`subset_seed` fixes it
-across training seeds).
+labelled image, the head's input standardised by a BatchNorm without affine parameters
+(`finetune.head_batchnorm`, MAE's linear-probe head: short runs on features whose spread is
+small against their offset train the head at all), Mixup / CutMix of the batch
+(`augment.mix_batch`, timm's batch mode), label smoothing (`augment.smooth_labels`),
+stochastic depth on ViTs (`model.drop_path`), warm-up + cosine learning rate
+(`config.optimizer`), and on ViTs layer-wise learning-rate decay: the update of a parameter
+in layer l of L is scaled by decay^(L - l) (`ViT.layer_of`; MAE's `param_groups_lrd`; 0.65
+for MAE's ViT-B). The training images are a seeded class-balanced `labelled_fraction` of the
+train split (`subset_seed` fixes it across training seeds).
 
 Evaluation is a pretraining run's (k-NN and linear probe of the fine-tuned backbone, the
 random-init baseline: the starting encoder when `init_from` is set) plus the classifier's
@@ -89,6 +91,10 @@ def finetune_config(**overrides) -> ml_collections.ConfigDict:
             mix_prob=1.0,  # probability that a batch is mixed at all
             switch_prob=0.5,  # with both alphas > 0: probability of CutMix
             layer_decay=1.0,  # ViT layer-wise learning-rate decay (MAE ViT-B: 0.65); 1: off
+            # BatchNorm without affine parameters between the features and the classifier
+            # (MAE's linear-probe head): the head sees standardised features whatever
+            # their scale and offset; False: the plain linear head of MAE's fine-tuning.
+            head_batchnorm=True,
         ),
         overrides,
     )
@@ -100,13 +106,27 @@ class FinetuneModel(nn.Module):
 
     backbone: nn.Module
     classifier: nn.Module
+    head_batchnorm: bool = False
 
+    def _head(self, h: jax.Array, train: bool) -> jax.Array:
+        if self.head_batchnorm:
+            h = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                use_bias=False,
+                use_scale=False,
+                name="head_norm",
+            )(h)
+        return self.classifier(h)
+
+    @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        return self.classifier(self.backbone(x, train=train))
+        return self._head(self.backbone(x, train=train), train)
 
+    @nn.compact
     def logits_and_features(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
         h = self.backbone(x, train=train)
-        return self.classifier(h), h
+        return self._head(h, train), h
 
     def features(self, x: jax.Array, train: bool = False) -> jax.Array:
         return self.backbone(x, train=train)
@@ -194,7 +214,11 @@ def setup(config: ml_collections.ConfigDict, data: DataInfo) -> Setup:
     validate(config)
     dtype = compute_dtype(config)
     backbone = models.backbone_from_config(config.model, dtype)
-    model = FinetuneModel(backbone, models.Classifier(data.num_classes, dtype=dtype))
+    model = FinetuneModel(
+        backbone,
+        models.Classifier(data.num_classes, dtype=dtype),
+        head_batchnorm=bool(config.finetune.get("head_batchnorm", False)),
+    )
     tx, schedule = build_optimizer(
         config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
     )
