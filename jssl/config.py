@@ -679,6 +679,44 @@ def cifar10_preset(c: ml_collections.ConfigDict, *, epochs: int = 1000) -> None:
     c.eval.knn_k = 20
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_TRAIN_IMAGES = 1281167
+
+
+def imagenet_preset(c: ml_collections.ConfigDict, *, batch_size: int, epochs: int) -> int:
+    """ImageNet-1k from TFDS (`imagenet2012`) at 224 px: pretraining on `train`, model
+    selection on its last 1%, ImageNet's validation split as the test set; `epochs` at the
+    global `batch_size`, a checkpoint per epoch, evaluation at the end. Returns the steps
+    per epoch (for the recipe's warm-up and schedules)."""
+    steps_per_epoch = IMAGENET_TRAIN_IMAGES // batch_size
+    c.data.name = "imagenet2012"
+    c.data.train_split = "train"
+    c.data.image_size = 224
+    c.eval.train_split, c.eval.val_split = "train[:99%]", "train[99%:]"
+    c.eval.test_split = "validation"
+    c.batch_size = batch_size
+    c.total_steps = epochs * steps_per_epoch
+    c.log_every = 100
+    c.checkpoint_every = steps_per_epoch
+    c.eval_every = 0
+    return steps_per_epoch
+
+
+def crop_view(size: int, mean, std, *, flip: float, scale=(0.08, 1.0)) -> ml_collections.ConfigDict:
+    """A view of random resized crops and flips only (no colour jitter): MAE's pretraining
+    and fine-tuning views."""
+    return view_config(
+        crop_size=size,
+        crop_scale=scale,
+        flip_prob=flip,
+        color_jitter_prob=0.0,
+        grayscale_prob=0.0,
+        mean=mean,
+        std=std,
+    )
+
+
 def solo_cifar_augment(c: ml_collections.ConfigDict, recipe: str, **overrides: Any) -> None:
     """solo-learn's CIFAR augmentation `recipe` ("asymmetric", "symmetric",
     "symmetric_weak"), with `overrides` in both views (`jssl.augment.solo_cifar_views`)."""

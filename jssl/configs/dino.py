@@ -26,9 +26,6 @@ from jssl import config as jc
 # The "vit" row: the same objective on ViT-Tiny/7 (preset "vit").
 ZOO = {"reference": 89.52, "presets": {"vit": {"note": "ViT-Tiny/7"}}}
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def _vit_recipe(c, *, steps_per_epoch: int, epochs: int) -> None:
     """DINO's ViT optimisation and schedules (main_dino.py's ViT-S/16 arguments)."""
@@ -123,23 +120,15 @@ def get_config(preset: str = ""):
         c.model.freeze_prototypes_steps = 50000 // 256
     elif preset == "imagenet_vit":
         # ImageNet-1k from TFDS; ViT-S/16 at 224 px, 100 epochs at batch 1024 (the paper's
-        # ViT-S/16 100-epoch row). Model selection on 1% of train; ImageNet's validation
-        # split is the test set.
-        c.data.name = "imagenet2012"
-        c.data.train_split = "train"
-        c.data.image_size = 224
-        c.eval.train_split, c.eval.val_split = "train[:99%]", "train[99%:]"
-        c.eval.test_split = "validation"
+        # ViT-S/16 100-epoch row).
+        steps_per_epoch = jc.imagenet_preset(c, batch_size=1024, epochs=100)
         c.model.backbone, c.model.patch_size, c.model.stem = "vit_small", 16, "imagenet"
         c.model.drop_path = 0.1
         c.model.num_prototypes = 65536
-        c.batch_size = 1024
-        steps_per_epoch = 1281167 // c.batch_size
         _vit_recipe(c, steps_per_epoch=steps_per_epoch, epochs=100)
-        c.log_every = 100
-        c.checkpoint_every = steps_per_epoch
-        c.eval_every = 0
-        _dino_views(c, large=224, small=96, num_small=10, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        _dino_views(
+            c, large=224, small=96, num_small=10, mean=jc.IMAGENET_MEAN, std=jc.IMAGENET_STD
+        )
     elif preset in ("cifar10_vit", "smoke_vit"):
         if preset == "cifar10_vit":
             jc.cifar10_preset(c, epochs=300)

@@ -24,20 +24,9 @@ view is a random resized crop (scale 0.08-1) and a flip.
 from jssl import config as jc
 from jssl.methods.finetune import finetune_config
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def _view(size, mean, std, *, flip, scale=(0.08, 1.0)):
-    return jc.view_config(
-        crop_size=size,
-        crop_scale=scale,
-        flip_prob=flip,
-        color_jitter_prob=0.0,
-        grayscale_prob=0.0,
-        mean=mean,
-        std=std,
-    )
+    return jc.crop_view(size, mean, std, flip=flip, scale=scale)
 
 
 def get_config(preset: str = ""):
@@ -78,21 +67,13 @@ def get_config(preset: str = ""):
         c.finetune.mixup_alpha, c.finetune.cutmix_alpha = 0.8, 1.0
         jc.one_view(c, _view(32, jc.CIFAR_MEAN, jc.CIFAR_STD, flip=0.5))
     elif preset == "imagenet_mae":
-        c.data.name = "imagenet2012"
-        c.data.image_size = 224
-        c.eval.train_split, c.eval.val_split = "train[:99%]", "train[99%:]"
-        c.eval.test_split = "validation"
+        steps_per_epoch = jc.imagenet_preset(c, batch_size=1024, epochs=100)
         c.model.backbone, c.model.patch_size, c.model.pool = "vit_base", 16, "token"
         c.model.drop_path = 0.1
-        c.batch_size = 1024
-        steps_per_epoch = 1281167 // c.batch_size
-        c.total_steps = 100 * steps_per_epoch
         c.optimizer.warmup_steps = 5 * steps_per_epoch
-        c.log_every = 100
-        c.checkpoint_every = steps_per_epoch
         c.finetune.layer_decay = 0.65
         c.finetune.mixup_alpha, c.finetune.cutmix_alpha = 0.8, 1.0
-        jc.one_view(c, _view(224, IMAGENET_MEAN, IMAGENET_STD, flip=0.5))
+        jc.one_view(c, _view(224, jc.IMAGENET_MEAN, jc.IMAGENET_STD, flip=0.5))
     else:
         raise jc.unknown_preset(
             "configs/finetune.py", preset, ("smoke", "vit", "cifar10", "imagenet_mae")

@@ -22,15 +22,7 @@ ZOO = {"note": "ViT-Tiny/4"}
 
 
 def _view(size, mean, std, flip):
-    return jc.view_config(
-        crop_size=size,
-        crop_scale=(0.2, 1.0),
-        flip_prob=flip,
-        color_jitter_prob=0.0,
-        grayscale_prob=0.0,
-        mean=mean,
-        std=std,
-    )
+    return jc.crop_view(size, mean, std, flip=flip, scale=(0.2, 1.0))
 
 
 def get_config(preset: str = ""):
@@ -65,20 +57,11 @@ def get_config(preset: str = ""):
         c.optimizer.warmup_steps = 40 * (50000 // 256)
         jc.one_view(c, _view(32, c.augment.view1.mean, c.augment.view1.std, flip=0.5))
     elif preset == "imagenet":
-        c.data.name = "imagenet2012"
-        c.data.train_split = "train"
-        c.data.image_size = 224
-        c.eval.train_split, c.eval.val_split = "train[:99%]", "train[99%:]"
-        c.eval.test_split = "validation"
+        steps_per_epoch = jc.imagenet_preset(c, batch_size=4096, epochs=800)
         c.model.backbone, c.model.patch_size = "vit_base", 16
-        c.batch_size = 4096
-        steps_per_epoch = 1281167 // c.batch_size
-        c.total_steps = 800 * steps_per_epoch
         c.optimizer.warmup_steps = 40 * steps_per_epoch
-        c.log_every = 100
         c.checkpoint_every = 10 * steps_per_epoch
-        c.eval_every = 0
-        jc.one_view(c, _view(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), flip=0.5))
+        jc.one_view(c, _view(224, jc.IMAGENET_MEAN, jc.IMAGENET_STD, flip=0.5))
     else:
         raise jc.unknown_preset("configs/mae.py", preset, ("smoke", "cifar10", "imagenet"))
     return c
