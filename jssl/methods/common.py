@@ -48,6 +48,7 @@ __all__ = [
     "refuse_unread",
     "load_init_from",
     "check_view_sizes",
+    "check_labelled",
     "with_backbone",
     "require_group",
     "method_of",
@@ -177,6 +178,20 @@ def init_state(
         rng=state_rng,
         extras=extras(p, batch_stats, keys) if extras is not None else {},
     )
+
+
+def check_labelled(config, group: str) -> None:
+    """The checks of a method that trains on labels: `config.<group>.labelled_fraction` in
+    (0, 1], and a training split that is not the validation split (model selection);
+    ConfigError (one line) otherwise."""
+    fraction = config[group].labelled_fraction
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"config.{group}.labelled_fraction: must be in (0, 1], got {fraction!r}")
+    if config.data.train_split == config.eval.val_split:
+        raise ConfigError(
+            f"config.data.train_split: {config.data.train_split!r} is also the "
+            "validation split (model selection); train on a disjoint split"
+        )
 
 
 def check_view_sizes(config, views: Sequence[str]) -> None:

@@ -45,6 +45,7 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    check_labelled,
     check_view_sizes,
     dropout_key,
     init_state,
@@ -135,10 +136,6 @@ class FinetuneModel(nn.Module):
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     require_group(config, "finetune", "jssl.methods.finetune.finetune_config")
     f = config.finetune
-    if not 0.0 < f.labelled_fraction <= 1.0:
-        raise ConfigError(
-            f"config.finetune.labelled_fraction: must be in (0, 1], got {f.labelled_fraction!r}"
-        )
     if not 0.0 <= f.label_smoothing < 1.0:
         raise ConfigError(
             f"config.finetune.label_smoothing: must be in [0, 1), got {f.label_smoothing!r}"
@@ -160,11 +157,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                 f"config.finetune.layer_decay: backbone {config.model.backbone!r} has no "
                 "layers for layer-wise decay (ViTs have); set 1.0"
             )
-    if config.data.train_split == config.eval.val_split:
-        raise ConfigError(
-            f"config.data.train_split: {config.data.train_split!r} is also the validation "
-            "split (model selection); fine-tune on a disjoint split"
-        )
+    check_labelled(config, "finetune")
     refuse_unread(
         config,
         "finetune",

@@ -52,6 +52,7 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    check_labelled,
     global_norm,
     refuse_unread,
     require_group,
@@ -131,15 +132,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"weights, which mode {f.mode!r} has none of; use "
             f"{' or '.join(ATTENTION_MODES)}, or 0"
         )
-    if not 0.0 < f.labelled_fraction <= 1.0:
-        raise ConfigError(
-            f"config.fusion.labelled_fraction: must be in (0, 1], got {f.labelled_fraction!r}"
-        )
-    if config.data.train_split == config.eval.val_split:
-        raise ConfigError(
-            f"config.data.train_split: {config.data.train_split!r} is also the "
-            "validation split (model selection); train on a disjoint split"
-        )
+    check_labelled(config, "fusion")
     # The encoders bring their own architectures and transforms, and nothing pretrains here.
     refuse_unread(
         config,

@@ -38,6 +38,7 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    check_labelled,
     check_view_sizes,
     init_state,
     load_init_from,
@@ -129,10 +130,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         },
     )
     j = config.joint
-    if not 0.0 < j.labelled_fraction <= 1.0:
-        raise ConfigError(
-            f"config.joint.labelled_fraction: must be in (0, 1], got {j.labelled_fraction!r}"
-        )
     if j.ssl_weight < 0:
         raise ConfigError(f"config.joint.ssl_weight: must be >= 0, got {j.ssl_weight!r}")
     b = j.labelled_batch_size
@@ -141,11 +138,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"config.joint.labelled_batch_size: {b!r} must be a positive multiple "
             f"of the {num_devices} devices"
         )
-    if config.data.train_split == config.eval.val_split:
-        raise ConfigError(
-            f"config.data.train_split: {config.data.train_split!r} is also the "
-            "validation split (model selection); train on a disjoint split"
-        )
+    check_labelled(config, "joint")
     check_view_sizes(config, ("view1", "view2"))
 
 
