@@ -51,18 +51,9 @@ def _vit_recipe(c, *, steps_per_epoch: int, epochs: int) -> None:
 def _dino_views(c, *, large: int, small: int, num_small: int, mean, std, flip=0.5) -> None:
     """DINO's multi-crop augmentation: two large crops (scale 0.4-1; blur 1.0 in the first,
     blur 0.1 and solarization 0.2 in the second) and `num_small` small ones (scale
-    0.05-0.4, blur 0.5); flips, colour jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2."""
-    common = dict(
-        flip_prob=flip,
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.2,
-        hue=0.1,
-        color_jitter_prob=0.8,
-        grayscale_prob=0.2,
-        mean=mean,
-        std=std,
-    )
+    0.05-0.4, blur 0.5); flips, and `view_config`'s default colour jitter (0.4, 0.4, 0.2,
+    0.1) p 0.8 and grayscale 0.2, which are DINO's."""
+    common = dict(flip_prob=flip, mean=mean, std=std)
     c.augment.view1 = jc.view_config(
         crop_size=large, crop_scale=(0.4, 1.0), blur_prob=1.0, **common
     )
