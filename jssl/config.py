@@ -26,6 +26,7 @@ from jssl.models import BACKBONES, CONFIG_FIELDS, input_size_error
 __all__ = [
     "ConfigError",
     "base_config",
+    "pretrain_config",
     "validate",
     "view_config",
     "experiment_fields",
@@ -265,6 +266,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.linear_max_steps = 300
     c.eval.random_init_baseline = True  # also evaluate a randomly initialised encoder
     c.eval.max_examples = 0  # 0: whole splits; >0 caps each split (quick evaluations)
+
+    # The online linear probe (solo-learn's and lightly's): a linear classifier on the
+    # stop-gradient backbone features of the training crops, trained on their labels with
+    # its own optimizer alongside the pretext (SGD-momentum, cosine from lr to 0, no
+    # warm-up); online/linear_acc in metrics.jsonl, eval.jsonl and results.json. Methods
+    # that drive it say so (`ONLINE_PROBE = True`: pretrain); `pretrain_config()` turns it on.
+    c.online_probe = ml_collections.ConfigDict()
+    c.online_probe.enabled = False
+    c.online_probe.lr = 0.1  # solo-learn's classifier_lr
+    c.online_probe.momentum = 0.9
+    c.online_probe.weight_decay = 0.0  # solo-learn's classifier group has none
+    return c
+
+
+def pretrain_config() -> ml_collections.ConfigDict:
+    """`base_config()` for the pretrain method (the embedding zoo's config files), with the
+    online linear probe on."""
+    c = base_config()
+    c.method = "pretrain"
+    c.online_probe.enabled = True
     return c
 
 
@@ -565,6 +586,27 @@ def validate(
         "eval.linear_weight_decays",
         f"must be a non-empty list of numbers >= 0 (the probe picks one on validation), "
         f"got {decays!r}",
+    )
+    probe = config.online_probe
+    _require(
+        isinstance(probe.enabled, bool),
+        "online_probe.enabled",
+        f"must be True or False, got {probe.enabled!r}",
+    )
+    _require(
+        _is_number(probe.lr) and probe.lr > 0 and math.isfinite(probe.lr),
+        "online_probe.lr",
+        f"must be a positive number, got {probe.lr!r}",
+    )
+    _require(
+        _is_number(probe.momentum) and 0.0 <= probe.momentum < 1.0,
+        "online_probe.momentum",
+        f"must be in [0, 1), got {probe.momentum!r}",
+    )
+    _require(
+        _is_number(probe.weight_decay) and probe.weight_decay >= 0,
+        "online_probe.weight_decay",
+        f"must be a number >= 0, got {probe.weight_decay!r}",
     )
     for field, names in (known or {}).items():
         value = get_field(config, field)

@@ -35,6 +35,8 @@ __all__ = [
     "calibrate_batch_stats",
     "evaluate_encoder",
     "evaluate_classifier",
+    "evaluate_online_probe",
+    "split_names",
 ]
 
 
@@ -522,15 +524,22 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
     return out
 
 
-def evaluate_classifier(predict_fn, state, config, mesh) -> dict:
-    """Accuracy of a method's own classifier (`predict_fn(state, images) -> logits`) on the
-    config's validation and test splits: "classifier_val_accuracy" is for model selection,
-    "classifier_accuracy" (test) is reported, never selected on."""
+def evaluate_classifier(
+    predict_fn,
+    state,
+    config,
+    mesh,
+    *,
+    names: tuple[str | None, str] = ("classifier_val_accuracy", "classifier_accuracy"),
+) -> dict:
+    """Accuracy of a classifier (`predict_fn(state, images) -> logits`) on the config's
+    validation and test splits, under `names` (val, test): the validation figure is for
+    model selection, the test figure is reported, never selected on. A val name of None
+    skips the validation split."""
     ev, out = config.eval, {}
-    for key, split in (
-        ("classifier_val_accuracy", ev.val_split),
-        ("classifier_accuracy", ev.test_split),
-    ):
+    for key, split in zip(names, (ev.val_split, ev.test_split)):
+        if key is None:
+            continue
         src = sources.get_source(config.data.name, split, data_dir=config.data.data_dir)
         logits, labels = extract_features(
             predict_fn,
@@ -542,3 +551,20 @@ def evaluate_classifier(predict_fn, state, config, mesh) -> dict:
         )
         out[key] = float(np.mean(np.argmax(logits, axis=1) == labels))
     return out
+
+
+def split_names(split: str) -> set[str]:
+    """The named splits a TFDS-style split string reads ("train+validation[:50%]" ->
+    {"train", "validation"})."""
+    return {part.split("[")[0].strip() for part in split.split("+")}
+
+
+def evaluate_online_probe(probe_fn, state, config, mesh) -> dict:
+    """The online linear probe's accuracy: "online/linear_acc" on the test split (the
+    figure solo-learn's tables report, on ImageNet's validation set, which is jssl's test
+    split) and "online/linear_val_acc" on the validation split, unless the pretraining split
+    (`data.train_split`) includes it: the probe then trained on those labels and the figure
+    would say nothing (the embedded default pretrains on train+validation)."""
+    seen = split_names(config.eval.val_split) & split_names(config.data.train_split)
+    names = (None if seen else "online/linear_val_acc", "online/linear_acc")
+    return evaluate_classifier(probe_fn, state, config, mesh, names=names)

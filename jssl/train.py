@@ -125,13 +125,14 @@ class _Run:
             in_shardings=(self.repl, self.data_sharding),
             out_shardings=self.data_sharding,
         )
-        self.predict_fn = None
-        if self.method.predict is not None:
-            self.predict_fn = parallel.jit(
-                self.method.predict,
-                in_shardings=(self.repl, self.data_sharding),
-                out_shardings=self.data_sharding,
+        self.predict_fn, self.probe_fn = (
+            None
+            if fn is None
+            else parallel.jit(
+                fn, in_shardings=(self.repl, self.data_sharding), out_shardings=self.data_sharding
             )
+            for fn in (self.method.predict, self.method.probe)
+        )
 
     def restore_or_init(self, ckpt: checkpoint.Checkpointer):
         """The newest checkpoint that restores (damaged ones are moved aside with a line
@@ -139,10 +140,12 @@ class _Run:
         state, _ = ckpt.restore_latest(self.abstract)
         return self.init_fn(self.rng) if state is None else state
 
-    def evaluate(self, state, config) -> dict:
+    def evaluate(self, state, config, *, online_probe: bool = True) -> dict:
         out = evaluate.evaluate_encoder(self.method, self.embed_fn, state, config, self.mesh)
         if self.predict_fn is not None:
             out.update(evaluate.evaluate_classifier(self.predict_fn, state, config, self.mesh))
+        if self.probe_fn is not None and online_probe:
+            out.update(evaluate.evaluate_online_probe(self.probe_fn, state, config, self.mesh))
         return out
 
     def random_init_eval(self, config) -> dict:
@@ -150,7 +153,8 @@ class _Run:
         initial = evaluate.calibrate_batch_stats(
             self.method, initial, self.source, config, self.mesh
         )
-        return self.evaluate(initial, config)
+        # The online probe is trained alongside the pretext: at initialisation it is zeros.
+        return self.evaluate(initial, config, online_probe=False)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:

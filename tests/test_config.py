@@ -197,3 +197,14 @@ def test_experiment_fields_ignore_run_control():
     assert jc.experiment_fields(a) == jc.experiment_fields(b)
     b.loss.lambd = 0.01
     assert jc.experiment_fields(a) != jc.experiment_fields(b)
+
+
+def test_barlow_twins_mnistm_preset_is_the_default_on_the_colour_digits():
+    """configs/barlow_twins.py:mnistm (the calibration run of README "Data") is the
+    embedded default with `mnistm_preset` applied, nothing else."""
+    got = load("barlow_twins", "mnistm")
+    want = load("barlow_twins", "")
+    jc.mnistm_preset(want)
+    assert got.to_dict() == want.to_dict()
+    assert got.data.name == "mnistm_embedded" and got.augment.view1.mean == jc.MNISTM_MEAN
+    jc.validate(got, num_devices=8)

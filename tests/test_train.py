@@ -176,6 +176,10 @@ def test_one_device_equals_eight(shared_run, tmp_path, name):
     # pixels differ in the last bit, and the steps carry that on. Measured over these four
     # steps (under the tests' XLA flags): at most 4.2e-7 relative with LARS, 6e-6 with SGD.
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    # The online probe's global-batch step too (its loss: mean over the global batch).
+    p1 = [r["online/linear_loss"] for r in read_metrics(str(tmp_path / "one"))]
+    p8 = [r["online/linear_loss"] for r in read_metrics(eight)]
+    np.testing.assert_allclose(p1, p8, rtol=1e-5)
     assert r1["eval"]["knn_accuracy"] == pytest.approx(r8["eval"]["knn_accuracy"], abs=0.02)
 
 
@@ -239,6 +243,7 @@ def test_resume_is_bit_exact_and_compiles_the_step_once(shared_run, tmp_path):
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     for a, b in zip(want, got):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
+        assert a["online/linear_loss"] == b["online/linear_loss"], (a, b)
 
 
 def test_a_run_of_an_older_version_is_the_same_experiment(shared_run, tmp_path):

@@ -13,8 +13,7 @@ ZOO = {"reference": 92.58}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "byol"
     # solo-learn cifar/byol.yaml: projector 4096 -> 256, predictor 4096 -> 256.
     c.model.projector_hidden_dims = (4096,)

@@ -18,8 +18,7 @@ ZOO = {}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "dcl"
     c.loss.temperature = 0.1
     c.loss.sigma = config_dict.placeholder(float)  # None: DCL; a value: DCLW's vMF weighting

@@ -67,8 +67,7 @@ def _dino_views(c, *, large: int, small: int, num_small: int, mean, std, flip=0.
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "dino"
     c.loss.student_temp = 0.1
     c.loss.teacher_temp = 0.04

@@ -13,8 +13,7 @@ ZOO = {"reference": 92.94}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "moco"
     c.loss.temperature = 0.2
     c.loss.normalize = True

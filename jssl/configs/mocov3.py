@@ -22,8 +22,7 @@ ZOO = {"reference": 93.1, "presets": {"vit": {"note": "ViT-Tiny/7"}}}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "mocov3"
     c.loss.temperature = 0.2
     # solo-learn cifar/mocov3.yaml: projector 4096 -> 256, predictor 4096 -> 256.

@@ -14,8 +14,7 @@ ZOO = {"reference": 91.88}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "nnclr"
     c.loss.temperature = 0.2  # solo-learn cifar/nnclr.yaml (the paper: 0.1)
     # solo-learn's NNCLR: projector 2048-2048-256 with BN after every layer (its last BN is

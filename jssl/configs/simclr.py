@@ -13,8 +13,7 @@ ZOO = {"reference": 90.74}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "nt_xent"
     c.loss.temperature = 0.2  # solo-learn cifar/simclr.yaml
     # solo-learn's SimCLR projector: Linear-ReLU-Linear, no BatchNorm.

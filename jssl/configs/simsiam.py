@@ -13,8 +13,7 @@ ZOO = {"reference": 90.51}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "simsiam"
     # solo-learn cifar/simsiam.yaml: projector 2048 -> 2048 with a final BN, predictor 512.
     c.model.projector_hidden_dims = (2048, 2048)

@@ -14,8 +14,7 @@ ZOO = {"reference": 93.82, "note": "uses the labels"}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "supcon"
     c.loss.temperature = 0.2
     c.model.projector_hidden_dims = (2048,)

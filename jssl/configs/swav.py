@@ -13,8 +13,7 @@ ZOO = {"reference": 89.17}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "swav"
     c.loss.temperature = 0.1
     c.loss.sinkhorn_iters = 3

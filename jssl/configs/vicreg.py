@@ -13,8 +13,7 @@ ZOO = {"reference": 92.07}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "vicreg"
     c.loss.sim_weight = 25.0
     c.loss.var_weight = 25.0

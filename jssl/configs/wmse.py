@@ -13,8 +13,7 @@ ZOO = {"reference": 88.67}
 
 
 def get_config(preset: str = ""):
-    c = jc.base_config()
-    c.method = "pretrain"
+    c = jc.pretrain_config()
     c.loss.name = "wmse"
     c.loss.eps = 0.0
     # solo-learn cifar/wmse.yaml: projector 1024 -> 64 (W-MSE whitens a low-dimensional z).

@@ -58,8 +58,15 @@ def validate(config) -> None:
     """The method's own checks of `config` (ConfigError, one line); `jssl.config.validate`
     checks the fields every config has. Stochastic depth (`model.drop_path`) needs a
     method that hands the model a "dropout" PRNG stream (`STOCHASTIC_DEPTH = True`), a
-    frozen patch embedding a ViT and a method that keeps it (`FREEZE_PATCH_EMBED = True`)."""
+    frozen patch embedding a ViT and a method that keeps it (`FREEZE_PATCH_EMBED = True`),
+    the online linear probe a method that trains it (`ONLINE_PROBE = True`)."""
     m = module(config.method)
+    if config.online_probe.enabled and not getattr(m, "ONLINE_PROBE", False):
+        driven = ", ".join(n for n in REGISTRY if getattr(module(n), "ONLINE_PROBE", False))
+        raise ConfigError(
+            f"config.online_probe.enabled: the {config.method} method does not train an "
+            f"online probe (methods that do: {driven}); set False"
+        )
     if config.model.get("drop_path", 0.0) and not getattr(m, "STOCHASTIC_DEPTH", False):
         driven = ", ".join(n for n in REGISTRY if getattr(module(n), "STOCHASTIC_DEPTH", False))
         raise ConfigError(

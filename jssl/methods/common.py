@@ -9,8 +9,8 @@ and, for tests and benchmarks, its update as a top-level pure function of a stat
 built from the config (e.g. `pretrain.update(setup, state, inputs)`). The pieces every
 method needs are here: the `TrainState` pytree, the `Method` record, state initialisation,
 the step's PRNG key and augmented views, frozen features in the evaluation transform,
-BatchNorm re-estimation, the metrics every step logs, one classification step, and the
-check that refuses config fields a method never reads.
+BatchNorm re-estimation, the metrics every step logs, one classification step, the online
+linear probe, and the check that refuses config fields a method never reads.
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ __all__ = [
     "with_backbone",
     "require_group",
     "method_of",
+    "online_probe_tx",
+    "online_probe_init",
+    "online_probe_logits",
+    "online_probe_update",
+    "ONLINE_PROBE_KEY",
 ]
 
 
@@ -97,6 +102,9 @@ class Method:
                                                   gradient): for the random-init baseline
     predict(state, images) -> (B, C) logits       optional: a trained classifier (joint,
                                                   fusion); evaluation adds its accuracy
+    probe(state, images) -> (B, C) logits         optional: the online linear probe on the
+                                                  frozen features (`online_probe_*`);
+                                                  evaluation adds online/linear_acc
     batches(source, mesh) -> TrainBatches-like    optional: the training stream (default: one
                                                   stream of config.batch_size from the split)
     """
@@ -107,6 +115,7 @@ class Method:
     embed: Callable[[TrainState, jax.Array], jax.Array]
     calibrate: Callable[[TrainState, jax.Array], TrainState]
     predict: Callable[[TrainState, jax.Array], jax.Array] | None = None
+    probe: Callable[[TrainState, jax.Array], jax.Array] | None = None
     batches: Callable[[Any, Any], Any] | None = None
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -366,6 +375,68 @@ def classifier_update(
     return state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     ), metrics
+
+
+# --- The online linear probe ----------------------------------------------------------------
+
+# Where a method keeps the probe in `TrainState.extras`: {"params": {"kernel", "bias"},
+# "opt_state"}.
+ONLINE_PROBE_KEY = "online_probe"
+
+
+def online_probe_tx(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The probe's own optimizer (`config.online_probe`): SGD with momentum, its learning
+    rate on a cosine from `lr` to 0 over `total_steps` (no warm-up), weight decay on the
+    kernel only (added to the gradient, as PyTorch's SGD)."""
+    p = config.online_probe
+    schedule = optax.cosine_decay_schedule(float(p.lr), max(int(config.total_steps), 1))
+    return optax.chain(
+        optax.add_decayed_weights(float(p.weight_decay), mask={"kernel": True, "bias": False}),
+        optax.sgd(schedule, momentum=float(p.momentum) or None),
+    )
+
+
+def online_probe_init(tx: optax.GradientTransformation, feature_dim: int, num_classes: int):
+    """A zero-initialised linear classifier (F, C) and its optimizer state (the problem is
+    convex: the start only sets where SGD begins, and zeros need no key, so the run's other
+    random draws are the same with the probe on or off)."""
+    params = {
+        "kernel": jnp.zeros((feature_dim, num_classes), jnp.float32),
+        "bias": jnp.zeros((num_classes,), jnp.float32),
+    }
+    return {"params": params, "opt_state": tx.init(params)}
+
+
+def online_probe_logits(params: dict, features: jax.Array) -> jax.Array:
+    """(B, C) logits of the probe on (B, F) features."""
+    return features.astype(params["kernel"].dtype) @ params["kernel"] + params["bias"]
+
+
+def online_probe_update(
+    tx: optax.GradientTransformation,
+    probe: dict,
+    features: Sequence[jax.Array],
+    labels: jax.Array,
+) -> tuple[dict, dict]:
+    """One optimizer step of the probe on the backbone features of the step's crops.
+
+    The features are `stop_gradient`ed: nothing of the probe reaches the backbone. The
+    loss is the mean over the crops of the softmax cross-entropy (solo-learn averages its
+    online classifier over the large crops). Metrics: "online/linear_loss" and
+    "online/linear_acc" (top-1 on these training crops)."""
+    feats = [jax.lax.stop_gradient(f) for f in features]
+
+    def objective(params):
+        logits = [online_probe_logits(params, f) for f in feats]
+        ce = [jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, labels)) for z in logits]
+        return sum(ce) / len(ce), logits
+
+    (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(probe["params"])
+    updates, opt_state = tx.update(grads, probe["opt_state"], probe["params"])
+    params = optax.apply_updates(probe["params"], updates)
+    acc = sum(jnp.mean((jnp.argmax(z, -1) == labels).astype(jnp.float32)) for z in logits)
+    metrics = {"online/linear_loss": loss, "online/linear_acc": acc / len(logits)}
+    return {"params": params, "opt_state": opt_state}, metrics
 
 
 # --- Config checks every method uses ---------------------------------------------------------

@@ -36,15 +36,21 @@ from jssl import losses, models
 from jssl.config import compute_dtype, eval_transform
 from jssl.errors import ConfigError
 from jssl.methods.common import (
+    ONLINE_PROBE_KEY,
     DataInfo,
     Method,
     TrainState,
     check_view_sizes,
     dropout_key,
+    embed_features,
     init_state,
     load_init_from,
     make_views,
     method_of,
+    online_probe_init,
+    online_probe_logits,
+    online_probe_tx,
+    online_probe_update,
     step_metrics,
 )
 from jssl.optim import build_optimizer
@@ -55,6 +61,9 @@ FREEZE_PATCH_EMBED = True
 # depth) works here; the momentum target runs without it (DINO's teacher, MoCo v3's key
 # encoder).
 STOCHASTIC_DEPTH = True
+# `config.online_probe` (a linear classifier on the stop-gradient features of the two large
+# crops, its own optimizer) is trained here when the data has labels.
+ONLINE_PROBE = True
 
 __all__ = [
     "SSLModel",
@@ -67,6 +76,7 @@ __all__ = [
     "update",
     "build",
     "build_model",
+    "probe",
     "ema_momentum",
     "validate",
     "loss_kwargs",
@@ -392,6 +402,14 @@ class Setup:
     transform: Mapping[str, Any]  # the evaluation transform (`center_view` keywords)
     loaded: tuple | None = None  # (params, batch_stats) of `model.init_from`'s backbone
     target_model: SSLModel | None = None  # the momentum network: `model` without drop path
+    # The online linear probe's classes and optimizer; 0 / None: no probe (switched off, or
+    # `setup` was given no class count).
+    num_classes: int = 0
+    probe_tx: optax.GradientTransformation | None = None
+
+    @property
+    def probe(self) -> bool:
+        return self.probe_tx is not None
 
     @property
     def drop_path(self) -> bool:
@@ -407,8 +425,11 @@ class Setup:
         return m.num_prototypes > 0 and not m.normalize_prototypes
 
 
-def setup(config: ml_collections.ConfigDict) -> Setup:
+def setup(config: ml_collections.ConfigDict, num_classes: int = 0) -> Setup:
+    """The static parts of `config`; `num_classes` > 0 (the data's classes) with
+    `config.online_probe.enabled` adds the online linear probe."""
     validate(config)
+    probe = bool(config.online_probe.enabled) and num_classes > 0
     tx, schedule = build_optimizer(
         config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
     )
@@ -430,6 +451,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         views=views,
         transform=eval_transform(config),
         loaded=load_init_from(config),
+        num_classes=int(num_classes) if probe else 0,
+        probe_tx=online_probe_tx(config) if probe else None,
     )
 
 
@@ -442,6 +465,10 @@ def init(s: Setup, rng: jax.Array) -> TrainState:
             out["target"] = {"params": params, "batch_stats": batch_stats}
         if s.pretext.extras is not None:
             out.update(s.pretext.extras(s.config, keys[0]))
+        if s.probe:
+            out[ONLINE_PROBE_KEY] = online_probe_init(
+                s.probe_tx, s.model.backbone.num_features, s.num_classes
+            )
         return out
 
     return init_state(
@@ -503,11 +530,12 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
             batch_stats = upd["batch_stats"]
             online.append(out)
         loss, new_extras = s.pretext.loss(online, target, extras, labels, **loss_kw)
-        return loss, (batch_stats, new_extras, online[0]["h"])
+        return loss, (batch_stats, new_extras, [o["h"] for o in online[:2]])
 
-    (loss, (batch_stats, new_extras, h)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (batch_stats, new_extras, hs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params
     )
+    h = hs[0]
     freeze_steps = c.model.freeze_prototypes_steps
     keep = None
     if freeze_steps and "prototypes" in grads:
@@ -544,6 +572,14 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
         )
         extras = {**extras, "target": {"params": t_params, "batch_stats": target_stats}}
         metrics["ema_momentum"] = tau
+    if s.probe and labels is not None:
+        # The large crops' features as the pretext step computed them (train mode), no
+        # gradient into the backbone: the probe costs one (B, F) x (F, C) product per crop.
+        new_probe, probe_metrics = online_probe_update(
+            s.probe_tx, extras[ONLINE_PROBE_KEY], hs, labels
+        )
+        extras = {**extras, ONLINE_PROBE_KEY: new_probe}
+        metrics.update(probe_metrics)
     new_state = state.replace(
         step=state.step + 1,
         params=params,
@@ -554,6 +590,16 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
     return new_state, metrics
 
 
+def probe(s: Setup, state: TrainState, images: jax.Array) -> jax.Array:
+    """(B, C) logits of the online linear probe on the frozen features of uint8 images
+    (evaluation mode and transform, as k-NN and the offline probe see them)."""
+    features = embed_features(s.model, state, images, s.transform)
+    return online_probe_logits(state.extras[ONLINE_PROBE_KEY]["params"], features)
+
+
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
-    """The pretrain method's pure functions for this config."""
-    return method_of(setup(config), init=init, make_inputs=make_inputs, update=update)
+    """The pretrain method's pure functions for this config (with the online probe when
+    `config.online_probe.enabled` and the data has classes)."""
+    s = setup(config, num_classes=data.num_classes)
+    optional = {"probe": probe} if s.probe else {}
+    return method_of(s, init=init, make_inputs=make_inputs, update=update, **optional)
