@@ -264,6 +264,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_temperature = 0.07
     c.eval.linear_weight_decays = (0.0, 1e-4, 1e-3, 1e-2)
     c.eval.linear_max_steps = 300
+    # "lbfgs": full-batch L-BFGS on gathered features; "sgd": minibatch SGD on the features
+    # left sharded (ImageNet scale); "auto": L-BFGS while the training features fit 1 GiB.
+    c.eval.linear_path = "auto"
+    c.eval.linear_sgd_epochs = 30
+    c.eval.linear_sgd_lr = 0.1  # on standardised features, cosine to 0, momentum 0.9
     c.eval.random_init_baseline = True  # also evaluate a randomly initialised encoder
     c.eval.max_examples = 0  # 0: whole splits; >0 caps each split (quick evaluations)
 
@@ -577,6 +582,21 @@ def validate(
         _is_int(ev.linear_max_steps) and ev.linear_max_steps > 0,
         "eval.linear_max_steps",
         f"must be a positive integer, got {ev.linear_max_steps!r}",
+    )
+    _require(
+        ev.linear_path in ("auto", "lbfgs", "sgd"),
+        "eval.linear_path",
+        f"must be 'auto', 'lbfgs' or 'sgd', got {ev.linear_path!r}",
+    )
+    _require(
+        _is_int(ev.linear_sgd_epochs) and ev.linear_sgd_epochs > 0,
+        "eval.linear_sgd_epochs",
+        f"must be a positive integer, got {ev.linear_sgd_epochs!r}",
+    )
+    _require(
+        _is_number(ev.linear_sgd_lr) and ev.linear_sgd_lr > 0,
+        "eval.linear_sgd_lr",
+        f"must be a positive number, got {ev.linear_sgd_lr!r}",
     )
     decays = ev.linear_weight_decays
     _require(

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jssl import parallel
+from jssl import evaluate_sharded, parallel
 from jssl.data import pipeline, sources
 from jssl.data.subsets import check_num_classes
 from jssl.losses import l2_normalize
@@ -480,47 +480,68 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
 
     Features of `config.eval.train_split` are the k-NN memory bank and the probe's training
     set; the probe's weight decay is chosen on `config.eval.val_split`; accuracies are
-    reported on `config.eval.test_split`. Nothing is selected on test.
+    reported on `config.eval.test_split`. Nothing is selected on test. The features stay
+    sharded over the devices (`jssl.evaluate_sharded`): the k-NN streams the test batches
+    against the sharded bank; the probe is the L-BFGS fit of `linear_probe` on gathered
+    features or minibatch SGD on the sharded ones (`eval.linear_path`; "auto": L-BFGS while
+    the training features fit `evaluate_sharded.LBFGS_MAX_BYTES`), reported as
+    "linear_path".
     """
     ev, name, data_dir = config.eval, config.data.name, config.data.data_dir
     feats = {}
     for key, split in (("train", ev.train_split), ("val", ev.val_split), ("test", ev.test_split)):
         src = sources.get_source(name, split, data_dir=data_dir)
-        feats[key] = extract_features(
-            embed_fn, state, src, batch_size=ev.batch_size, mesh=mesh, max_examples=ev.max_examples
+        feats[key] = evaluate_sharded.extract_sharded(
+            embed_fn,
+            state,
+            src,
+            batch_size=ev.batch_size,
+            mesh=mesh,
+            max_examples=ev.max_examples,
+            seed=config.seed,
         )
     num_classes = src.num_classes
-    (xtr, ytr), (xva, yva), (xte, yte) = feats["train"], feats["val"], feats["test"]
+    train, val, test = feats["train"], feats["val"], feats["test"]
     out = {
-        "knn_accuracy": float(
-            knn_accuracy(
-                xtr,
-                ytr,
-                xte,
-                yte,
-                num_classes=num_classes,
-                k=min(ev.knn_k, len(xtr)),
-                temperature=ev.knn_temperature,
-            )
+        "knn_accuracy": evaluate_sharded.knn_accuracy_sharded(
+            train,
+            test,
+            num_classes=num_classes,
+            k=min(ev.knn_k, train.n),
+            temperature=ev.knn_temperature,
         ),
         "knn_k": ev.knn_k,
     }
-    probe = linear_probe(
-        xtr,
-        ytr,
-        xva,
-        yva,
-        xte,
-        yte,
-        num_classes=num_classes,
-        weight_decays=tuple(ev.linear_weight_decays),
-        max_steps=ev.linear_max_steps,
-        seed=config.seed,
-    )
+    path = ev.linear_path
+    if path == "auto":
+        small = train.n * train.dim * 4 <= evaluate_sharded.LBFGS_MAX_BYTES
+        path = "lbfgs" if small else "sgd"
+    if path == "lbfgs":
+        probe = linear_probe(
+            *evaluate_sharded.gather(train),
+            *evaluate_sharded.gather(val),
+            *evaluate_sharded.gather(test),
+            num_classes=num_classes,
+            weight_decays=tuple(ev.linear_weight_decays),
+            max_steps=ev.linear_max_steps,
+            seed=config.seed,
+        )
+    else:
+        probe = evaluate_sharded.linear_probe_sgd(
+            train,
+            val,
+            test,
+            num_classes=num_classes,
+            weight_decays=tuple(ev.linear_weight_decays),
+            epochs=ev.linear_sgd_epochs,
+            lr=ev.linear_sgd_lr,
+            seed=config.seed,
+        )
     out["linear_accuracy"] = float(probe["test_accuracy"])
     out["linear_val_accuracy"] = float(probe["val_accuracy"])
     out["linear_weight_decay"] = float(probe["weight_decay"])
-    out["num_train"], out["num_test"] = len(xtr), len(xte)
+    out["linear_path"] = path
+    out["num_train"], out["num_test"] = train.n, test.n
     return out
 
 
