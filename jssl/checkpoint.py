@@ -17,12 +17,10 @@ experiment is refused and nothing in it is touched.
 from __future__ import annotations
 
 import fcntl
-import glob
 import json
 import logging
 import os
 import re
-import shutil
 import socket
 import sys
 import tempfile
@@ -34,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from jssl import io
+from jssl import io, paths
 from jssl.config import base_config, experiment_fields, from_flat, from_nested
 from jssl.errors import ConfigError, StorageError
 
@@ -105,24 +103,24 @@ def check_workdir(workdir: str, config, *, say=None) -> bool:
     nothing.
     """
     say = say or _to_stderr
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    if paths.exists(workdir) and not paths.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory; choose a new path")
     exp_path = os.path.join(workdir, EXPERIMENT_FILE)
     ckpt_path = os.path.join(workdir, CHECKPOINT_DIR)
-    has_checkpoints = os.path.isdir(ckpt_path) and any(
-        name.isdigit() for name in os.listdir(ckpt_path)
+    has_checkpoints = paths.isdir(ckpt_path) and any(
+        name.isdigit() for name in paths.listdir(ckpt_path)
     )
     if not has_checkpoints:  # nothing of a run here yet: nothing to match
         _check_writable(workdir)
         _check_writable(ckpt_path)
         return False
-    if not os.path.exists(exp_path):
+    if not paths.exists(exp_path):
         raise ConfigError(
             f"--workdir {workdir} holds checkpoints but no {EXPERIMENT_FILE}; "
             "it is not a jssl run of this version: choose a new --workdir"
         )
     try:
-        with open(exp_path) as f:
+        with paths.open_file(exp_path) as f:
             old = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(
@@ -187,7 +185,7 @@ def record_divergence(workdir: str, message: str) -> None:
     """Mark the run in `workdir` as stopped by divergence (`message`: what diverged, and
     where): it may then restart with other optimisation fields (`check_workdir`). The
     mark goes with the restarted run's first checkpoint. Process 0 writes it."""
-    if jax.process_index() == 0 and os.path.isdir(workdir):
+    if jax.process_index() == 0 and paths.isdir(workdir):
         io.write_json(os.path.join(workdir, DIVERGED_FILE), {"reason": message})
 
 
@@ -204,7 +202,17 @@ def _read_divergence(workdir: str) -> str | None:
 def _check_writable(workdir: str) -> None:
     """Probe with a temporary directory in `workdir` (or a checkpoint directory) or its
     nearest existing ancestor (permission bits alone say nothing for root or read-only
-    file systems)."""
+    file systems). On an object store, a probe object written and removed at `workdir`."""
+    if paths.is_remote(workdir):
+        probe = os.path.join(paths.abspath(workdir), ".jssl-probe")
+        try:
+            io.write_text(probe, "")
+            paths.remove(probe)
+        except Exception as e:  # the backends raise many types (permissions, no bucket)
+            raise ConfigError(
+                f"--workdir {workdir} is not writable ({_one_line(e, 160)}); choose a writable path"
+            ) from None
+        return
     parent = os.path.abspath(workdir)
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise ConfigError(f"{parent} is a file, not a directory: remove or rename it")
@@ -228,9 +236,9 @@ class Checkpointer:
         self._fields = json.loads(json.dumps(experiment_fields(config)))
         self._fields_written = False
         if jax.process_index() == 0:
-            os.makedirs(workdir, exist_ok=True)
+            paths.makedirs(workdir)
         self.manager = ocp.CheckpointManager(
-            os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+            paths.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
 
@@ -291,7 +299,8 @@ class Checkpointer:
         """
         first, self._fields_written = not self._fields_written, True
         need = int(sum(x.nbytes for x in jax.tree_util.tree_leaves(state)) * 1.1) + 2**20
-        free = _free_bytes(self.directory)
+        free = paths.free_bytes(self.directory)  # None on an object store: no check
+        free = need if free is None else free
         if not _all_processes(free >= need):
             where = "" if free < need else " on another process's disk"
             self.close()  # the pending save completes first: the step to resume from
@@ -302,24 +311,24 @@ class Checkpointer:
         try:
             if first and jax.process_index() == 0:
                 exp_path = os.path.join(self.workdir, EXPERIMENT_FILE)
-                if not os.path.exists(exp_path) or io.read_json(exp_path) != self._fields:
+                if not paths.exists(exp_path) or io.read_json(exp_path) != self._fields:
                     io.write_json(exp_path, self._fields)
             self.manager.save(step, args=ocp.args.StandardSave(state))
             diverged = os.path.join(self.workdir, DIVERGED_FILE)
-            if first and os.path.exists(diverged):
+            if first and paths.exists(diverged):
                 self.manager.wait_until_finished()
                 if jax.process_index() == 0:
-                    os.remove(diverged)
+                    paths.remove(diverged)
         except Exception as e:  # orbax and tensorstore raise many types for a failed write
             raise self._write_failed(e) from None
 
     @property
     def directory(self) -> str:
-        return os.path.abspath(os.path.join(self.workdir, CHECKPOINT_DIR))
+        return paths.abspath(os.path.join(self.workdir, CHECKPOINT_DIR))
 
     def _go_on(self) -> str:
         """How to go on after a failed save."""
-        kept = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+        kept = sorted(int(n) for n in paths.listdir(self.directory) if n.isdigit())
         resume = f"it resumes from checkpoint {kept[-1]}" if kept else "no checkpoint is kept"
         return f"free some space and run the same command ({resume})"
 
@@ -333,11 +342,14 @@ class Checkpointer:
             pass
         _sync("jssl-failed-save")
         if jax.process_index() == 0:
-            for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
-                shutil.rmtree(tmp, ignore_errors=True)
+            for name in paths.listdir(self.directory):
+                if ".orbax-checkpoint-tmp" in name:
+                    paths.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        free = paths.free_bytes(self.directory)
+        free = "" if free is None else f"{_mb(free)} free there; "
         return StorageError(
             f"writing a checkpoint in {self.directory} failed ({_write_reason(error)}); "
-            f"{_mb(_free_bytes(self.directory))} free there; {self._go_on()}"
+            f"{free}{self._go_on()}"
         )
 
     def close(self) -> None:
@@ -365,14 +377,6 @@ def _write_reason(error: BaseException) -> str:
     return _one_line(error, 160)
 
 
-def _free_bytes(path: str) -> int:
-    """Free bytes on the file system of `path` or its nearest existing ancestor."""
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return shutil.disk_usage(path).free
-
-
 def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -389,14 +393,22 @@ class WorkdirLock:
     process's locks) is stale: it is taken over, with a line that says so. `release()`
     empties the file. Local and NFSv4 file systems honour `flock`; on others the check is
     best effort. Only process 0 of a multi-process run takes it.
+
+    On an object store (`gs://`) there is no lock to take: the file names the holder, and a
+    non-empty one (another run, or one that was preempted, which a bucket cannot tell
+    apart) gets a line naming it before this run takes over; keeping one run per bucket
+    workdir is then the launcher's job (`launch/tpu_vm.sh` starts one).
     """
 
     def __init__(self, workdir: str, *, say=None):
         self.path = os.path.join(workdir, LOCK_FILE)
         self.say = say or _to_stderr
         self._fd: int | None = None
+        self._remote = False
 
     def acquire(self) -> "WorkdirLock":
+        if paths.is_remote(self.path):
+            return self._acquire_remote()
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -410,26 +422,34 @@ class WorkdirLock:
         stale = self._describe() if os.path.getsize(self.path) else None
         if stale:
             self.say(f"jssl: taking over {self.path} left by a run that is gone ({stale})")
-        holder = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        }
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
         os.fsync(fd)
         self._fd = fd
         return self
 
+    def _acquire_remote(self) -> "WorkdirLock":
+        if paths.exists(self.path) and paths.getsize(self.path):
+            self.say(
+                f"jssl: {self.path} names another run ({self._describe()}); a bucket has no "
+                "locks to tell whether it still runs: this run takes the workdir over"
+            )
+        io.write_text(self.path, json.dumps(_holder()))
+        self._remote = True
+        return self
+
     def _describe(self) -> str:
         try:
-            with open(self.path) as f:
+            with paths.open_file(self.path) as f:
                 h = json.load(f)
             return f"host {h['host']}, pid {h['pid']}, started {h['started']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "holder unknown"
 
     def release(self) -> None:
+        if self._remote:
+            io.write_text(self.path, "")
+            self._remote = False
         if self._fd is None:
             return
         # Emptied, not removed (a removed file could be locked twice): an empty lock file
@@ -446,6 +466,15 @@ class WorkdirLock:
         self.release()
 
 
+def _holder() -> dict:
+    """What a lock file says about the run holding it."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
 def _one_line(error: BaseException, limit: int = 200) -> str:
     text = " ".join(str(error).split())
     text = f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -455,11 +484,11 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
 def _move_aside(path: str) -> str:
     """Rename `path` to `path.damaged` (or .damaged.1, ...) and return the new name."""
     target, n = path + ".damaged", 0
-    while os.path.exists(target):
+    while paths.exists(target):
         n += 1
         target = f"{path}.damaged.{n}"
-    if os.path.exists(path):
-        os.rename(path, target)
+    if paths.exists(path):
+        paths.rename(path, target)
     return target
 
 
@@ -481,8 +510,8 @@ def restore_host(path: str, step: int | None = None) -> tuple[int, dict]:
 
     Raises ConfigError (one line) when `path` holds no complete checkpoint.
     """
-    ckpt_dir = os.path.abspath(os.path.join(path, CHECKPOINT_DIR))
-    if not os.path.isdir(ckpt_dir):
+    ckpt_dir = paths.abspath(os.path.join(path, CHECKPOINT_DIR))
+    if not paths.isdir(ckpt_dir):
         raise ConfigError(
             f"{path}: no {CHECKPOINT_DIR}/ here; give the --workdir of a finished jssl run"
         )
@@ -539,7 +568,7 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
     ConfigError (one line) when the workdir holds neither or one cannot be read."""
     for name, flat in ((CONFIG_FILE, False), (EXPERIMENT_FILE, True)):
         path = os.path.join(workdir, name)
-        if not os.path.exists(path):
+        if not paths.exists(path):
             continue
         try:
             saved = io.read_json(path)

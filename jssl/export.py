@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 from flax import serialization
 
-from jssl import augment, io, models
+from jssl import augment, io, models, paths
 from jssl.checkpoint import load_backbone, restore_host, saved_config
 from jssl.config import compute_dtype, eval_transform, from_flat, get_field
 from jssl.errors import ConfigError
@@ -160,12 +160,12 @@ def _encoder_fields(config: ml_collections.ConfigDict) -> dict:
 def load_encoder(path: str, *, step: int | None = None) -> tuple[Encoder, dict]:
     """(module, variables) of the encoder in `path`: a jssl workdir (its latest checkpoint, or
     `step`) or a file written by `export_encoder`. Variables are NumPy arrays on the host."""
-    if os.path.isdir(path):
+    if paths.isdir(path):
         config, variables = _from_workdir(path, step)
         return _encoder_module(config, "feature_mask" in variables["params"]), variables
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise ConfigError(f"{path}: no such workdir or exported encoder file")
-    with open(path, "rb") as f:
+    with paths.open_file(path, "rb") as f:
         try:
             blob = serialization.msgpack_restore(f.read())
         except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file
@@ -183,7 +183,7 @@ def load_encoder(path: str, *, step: int | None = None) -> tuple[Encoder, dict]:
 def export_encoder(workdir: str, out: str, *, step: int | None = None) -> str:
     """Write the encoder of `workdir` (latest checkpoint, or `step`) to the msgpack file
     `out`; refuses to overwrite an existing file. Returns `out`."""
-    if os.path.exists(out):
+    if paths.exists(out):
         raise ConfigError(f"--out {out} exists; choose another path (nothing was overwritten)")
     config, variables = _from_workdir(workdir, step)
     blob: dict[str, Any] = {
@@ -225,7 +225,7 @@ def export_torch(
         raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     code_path = os.path.splitext(out)[0] + ".py"
     for path in (out, code_path):
-        if os.path.exists(path):
+        if paths.exists(path):
             raise ConfigError(
                 f"--out: {path} exists; choose another path (nothing was overwritten)"
             )

@@ -1,17 +1,20 @@
-"""Files a run writes, written atomically (layer 0).
+"""Files a run writes, written atomically (layer 0), through the path layer (`jssl.paths`:
+local paths and `gs://`).
 
-Every writer here writes a temporary file beside the target and renames it over the target,
-so a reader (a resumed run, a study, a person) sees the old file or the new one, never a
-half-written one, whatever moment the process is killed at.
+Every writer here writes a temporary file and puts it over the target in one step (a
+rename beside it locally, one object write on a bucket), so a reader (a resumed run, a
+study, a person) sees the old file or the new one, never a half-written one, whatever
+moment the process is killed at.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
+
+from jssl import paths
 
 __all__ = [
     "jsonable",
@@ -39,16 +42,15 @@ def jsonable(x: Any) -> Any:
 
 
 def read_json(path: str) -> Any:
-    with open(path) as f:
+    with paths.open_file(path) as f:
         return json.load(f)
 
 
 def write_with(path: str, write, suffix: str = ".tmp") -> None:
-    """`write(tmp)` writes the file at the temporary path `path + suffix`, which then
-    replaces `path` (e.g. `write_with(path, fig.savefig, ".tmp.png")`)."""
-    tmp = path + suffix
-    write(tmp)
-    os.replace(tmp, path)
+    """`write(tmp)` writes the file at a local temporary path ending in `suffix`, which
+    then replaces `path` (e.g. `write_with(path, fig.savefig, ".tmp.png")`;
+    `paths.write_atomic`)."""
+    paths.write_atomic(path, write, suffix)
 
 
 _replace = write_with

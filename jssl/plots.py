@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from jssl import io
+from jssl import io, paths
 from jssl.metric_writer import EVAL_FILE, METRICS_FILE
 from jssl.optim import learning_rate_schedule
 
@@ -77,10 +77,10 @@ def figure(width: float, height: float, *, dpi: int = 100):
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return []
     rows = []
-    with open(path) as f:
+    with paths.open_file(path) as f:
         for line in f:
             try:
                 rows.append(json.loads(line))

@@ -39,7 +39,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 import jssl
-from jssl import checkpoint, evaluate, io, methods, models, parallel, plots
+from jssl import checkpoint, evaluate, io, methods, models, parallel, paths, plots
 from jssl.checkpoint import CONFIG_FILE
 from jssl.config import validate
 from jssl.data import pipeline, sources
@@ -182,7 +182,7 @@ def _evaluate_workdir(run: _Run, config: ml_collections.ConfigDict, workdir: str
     # The training record of the run's own results.json stays (times, resume, compilations)
     # when it describes this checkpoint's step; the evaluation is replaced.
     path = os.path.join(workdir, RESULTS_FILE)
-    previous = io.read_json(path) if os.path.exists(path) else {}
+    previous = io.read_json(path) if paths.exists(path) else {}
     same_step = previous.get("final_step") == final_step
     results = {k: v for k, v in previous.items() if same_step and k in TRAINING_RECORD}
     results.update(
@@ -206,7 +206,7 @@ def finished_results(workdir: str, config: ml_collections.ConfigDict | None = No
     when a config is given, and evaluated), else None: the one rule of "is this run done"
     that the studies and the results table use to reuse a run."""
     path = os.path.join(workdir, RESULTS_FILE)
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return None
     results = io.read_json(path)
     if "eval" not in results:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jssl import checkpoint, train
+from jssl import paths, train
 from jssl.errors import StorageError
 from tests.shared import read_metrics, smoke
 from tests.test_config import ROOT
@@ -33,7 +33,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_writing(tmp_path, monk
         calls.append(path)
         return 10**12 if len(calls) == 1 else 1000
 
-    monkeypatch.setattr(checkpoint, "_free_bytes", free)
+    monkeypatch.setattr(paths, "free_bytes", free)
     with pytest.raises(StorageError) as e:
         train.train_and_evaluate(c, workdir)
     message = str(e.value)
@@ -48,7 +48,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_writing(tmp_path, monk
     )
     assert _steps(workdir) == [2]
 
-    monkeypatch.setattr(checkpoint, "_free_bytes", lambda path: 10**12)
+    monkeypatch.setattr(paths, "free_bytes", lambda path: 10**12)
     results = train.train_and_evaluate(c, workdir)
     assert results["resumed_from_step"] == 2 and results["final_step"] == 6
     assert [r["step"] for r in read_metrics(workdir)] == [2, 4, 6]
