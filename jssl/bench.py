@@ -323,6 +323,7 @@ BENCHES = {
     "mae": bench_recipe,
     "metamask": "jssl.bench_metamask:bench",
     "kmeans": "jssl.bench_kmeans:bench",
+    "input": "jssl.bench_input:bench",
 }
 
 
@@ -387,6 +388,12 @@ def parser() -> argparse.ArgumentParser:
         help="kmeans on CPU: XLA devices to shard the points over, one per core (default: "
         "every core, as scikit-learn's and faiss's threads use); XLA_FLAGS' device count wins",
     )
+    # The input pipeline (--method input): the JPEG folder, views per image, host workers.
+    p.add_argument(
+        "--data", help="input: folder:PATH (class folders of JPEGs) or make:PATH[:N] (write N)"
+    )
+    p.add_argument("--views", type=int, default=2, help="input: random resized crops per image")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="input: host workers")
     p.add_argument("--seed", type=int, default=0)
     return p
 
