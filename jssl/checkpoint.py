@@ -341,7 +341,7 @@ class Checkpointer:
         except Exception:  # the same failure again, already being reported
             pass
         _sync("jssl-failed-save")
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and paths.isdir(self.directory):
             for name in paths.listdir(self.directory):
                 if ".orbax-checkpoint-tmp" in name:
                     paths.rmtree(os.path.join(self.directory, name), ignore_errors=True)

@@ -53,13 +53,9 @@ class MetricWriter:
         # (no step shown twice after a resume).
         logdir = os.path.join(workdir, "tensorboard")
         if paths.is_remote(workdir):
+            # This writer's event file goes up whole after each write; a resumed run's
+            # earlier files stay in the bucket (TensorBoard reads every file of the dir).
             self._tb_local = tempfile.mkdtemp(prefix="jssl-tensorboard-")
-            if paths.isdir(logdir):  # a resumed run: its event files, to append to
-                for name in paths.listdir(logdir):
-                    with paths.open_file(os.path.join(logdir, name), "rb") as f:
-                        data = f.read()
-                    with open(os.path.join(self._tb_local, name), "wb") as f:
-                        f.write(data)
         self._tb = SummaryWriter(
             logdir=self._tb_local or logdir,
             purge_step=resume_step + 1 if resume_step else None,

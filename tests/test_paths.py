@@ -93,11 +93,13 @@ def test_metrics_tensorboard_lock_and_guard_on_a_bucket_workdir(bucket, capsys):
     assert [r["loss"] for r in read_metrics(bucket(workdir))] == [1.0, 0.5, 1.0 / 3]
     events = os.listdir(bucket("gs://b/run/tensorboard"))
     assert len(events) == 1 and os.path.getsize(bucket(f"gs://b/run/tensorboard/{events[0]}"))
-    # A resumed run keeps the lines up to its checkpoint and appends to the same events.
+    # A resumed run keeps the lines up to its checkpoint; its events go to a second file.
     writer = MetricWriter(workdir, resume_step=2)
     writer.write(3, {"loss": 0.25})
     writer.close()
     assert [r["loss"] for r in read_metrics(bucket(workdir))] == [1.0, 0.5, 0.25]
+    logdir = bucket("gs://b/run/tensorboard")
+    assert all(os.path.getsize(os.path.join(logdir, name)) for name in os.listdir(logdir))
 
     lock = checkpoint.WorkdirLock(workdir, say=print).acquire()
     assert json.load(open(bucket("gs://b/run/run.lock")))["pid"] == os.getpid()
