@@ -87,3 +87,26 @@ def test_resumed_stream_equals_uninterrupted(start):
     resumed = [np.asarray(b["image"]) for b in make(start, 6)]
     for a, b in zip(full[start:], resumed):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_next_batch_is_on_the_devices_before_the_current_one_is_handed_out(monkeypatch):
+    """When the loop receives batch k (and dispatches step k), batch k + 1 has already
+    been placed on the devices: its transfer overlaps the step. The last batch comes too."""
+    src = ArraySource()
+    mesh = parallel.make_mesh()
+    placed = []
+    to_global = parallel.to_global
+
+    def recording(host, mesh):
+        placed.append(host["label"].copy())
+        return to_global(host, mesh)
+
+    monkeypatch.setattr(parallel, "to_global", recording)
+    stream = pipeline.TrainBatches(src, batch_size=8, seed=1, mesh=mesh)(0, 3)
+    got = []
+    for batch in stream:
+        got.append(np.asarray(batch["label"]))
+        assert len(placed) == min(len(got) + 1, 3), (len(got), len(placed))
+    assert len(got) == 3
+    for a, b in zip(got, placed):
+        np.testing.assert_array_equal(a, b)

@@ -71,19 +71,28 @@ class TrainBatches:
         return {"image": images, "label": labels.astype(np.int32)}
 
     def __call__(self, start_step: int, end_step: int) -> Iterator[dict]:
-        """Batches for steps start_step .. end_step - 1."""
+        """Batches for steps start_step .. end_step - 1: read `prefetch` steps ahead on a
+        host thread, and placed on the devices one step ahead, so that the transfer of
+        batch k + 1 is under way while step k runs (the consumer dispatches step k
+        asynchronously right after receiving batch k)."""
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             pending = [
                 pool.submit(self.host_batch, s)
                 for s in range(start_step, min(end_step, start_step + self.prefetch))
             ]
             next_step = start_step + len(pending)
+            placed = None
             while pending:
                 host = pending.pop(0).result()
                 if next_step < end_step:
                     pending.append(pool.submit(self.host_batch, next_step))
                     next_step += 1
-                yield parallel.to_global(host, self.mesh)
+                ahead = parallel.to_global(host, self.mesh)
+                if placed is not None:
+                    yield placed
+                placed = ahead
+            if placed is not None:
+                yield placed
 
 
 class JointBatches(TrainBatches):
