@@ -253,8 +253,8 @@ def standardization(x) -> tuple[jax.Array, jax.Array]:
     within 1e-6 of its scale): (x - mean) / std is the standardisation of the linear probe
     and of the fusion heads' inputs."""
     x = jnp.asarray(x, jnp.float32)
-    mean, std = jnp.mean(x, axis=0), jnp.std(x, axis=0)
-    return mean, jnp.where(std > 1e-6 * jnp.maximum(jnp.abs(mean), 1.0), std, 1.0)
+    mean = jnp.mean(x, axis=0)
+    return mean, evaluate_sharded.safe_std(mean, jnp.std(x, axis=0))
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
@@ -355,11 +355,7 @@ def linear_probe(
     for name, (x, y) in splits.items():
         n, _ = _check_features(f"{name}_x", x, dim)
         _check_labels(f"{name}_y", y, n, num_classes)
-    weight_decays = tuple(float(w) for w in weight_decays)
-    if not weight_decays or min(weight_decays) < 0:
-        raise ValueError(
-            f"weight_decays must be a non-empty list of values >= 0, got {weight_decays}"
-        )
+    weight_decays = evaluate_sharded.check_weight_decays(weight_decays)
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
 
@@ -376,16 +372,8 @@ def linear_probe(
         / np.shape(y)[0]
         for name, (x, y) in splits.items()
     }
-    select = acc.get("val", acc["train"])
-    best = int(np.argmax(select))  # first maximum: ties go to the earlier weight decay
-    out = {
-        "val_accuracy": float(select[best]),
-        "test_accuracy": float(acc["test"][best]),
-        "train_accuracy": float(acc["train"][best]),
-        "weight_decay": weight_decays[best],
-        "val_accuracy_per_wd": {str(wd): float(a) for wd, a in zip(weight_decays, select)},
-        "steps_per_wd": {str(wd): int(s) for wd, s in zip(weight_decays, np.asarray(steps))},
-    }
+    best, out = evaluate_sharded.select_weight_decay(acc, weight_decays)
+    out["steps_per_wd"] = {str(wd): int(s) for wd, s in zip(weight_decays, np.asarray(steps))}
     if return_probe:
         out["probe"] = LinearProbe(
             np.asarray(mean), np.asarray(std), np.asarray(w[best]), np.asarray(b[best])
@@ -406,26 +394,13 @@ def extract_features(
     padding dropped afterwards), so `embed_fn` compiles once; each process reads only the
     rows of each batch that its devices hold, and every process gets all features.
     """
-    n = len(source) if not max_examples else min(len(source), max_examples)
-    # A capped split is a fixed random subset (in index order), not its first rows: splits
-    # may be sorted by class (the embedded MNIST is), and the first rows would be a few classes.
-    rows = (
-        np.arange(n)
-        if n == len(source)
-        else np.sort(np.random.default_rng(0).choice(len(source), n, replace=False))
-    )
-    batch_size = -(-batch_size // mesh.size) * mesh.size
-    mine = parallel.process_rows(mesh, batch_size)  # this process's rows of every batch
+    rows = evaluate_sharded.split_rows(len(source), max_examples)
     features, labels = [], []
-    for start in range(0, n, batch_size):
-        idx = rows[start : start + batch_size]
-        valid = len(idx)
-        idx = np.concatenate([idx, np.full(batch_size - valid, idx[-1])])
-        images, y = source.read(idx[mine])
-        batch = parallel.to_global({"image": images, "label": y.astype(np.int32)}, mesh)
-        f = embed_fn(state, batch["image"])
+    for valid, f, y in evaluate_sharded.embed_batches(
+        embed_fn, state, source, rows, batch_size=batch_size, mesh=mesh
+    ):
         features.append(parallel.to_host(f)[:valid])
-        labels.append(parallel.to_host(batch["label"])[:valid])
+        labels.append(parallel.to_host(y)[:valid])
     return np.concatenate(features), np.concatenate(labels)
 
 

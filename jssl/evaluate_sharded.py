@@ -50,6 +50,11 @@ __all__ = [
     "linear_probe_sgd",
     "gather",
     "shard_arrays",
+    "split_rows",
+    "embed_batches",
+    "safe_std",
+    "check_weight_decays",
+    "select_weight_decay",
     "knn_program",
     "KNN_CHUNK",
     "LBFGS_MAX_BYTES",
@@ -92,10 +97,14 @@ def _spec():
 
 
 @functools.partial(jax.jit, donate_argnums=(0, 1))
-def _store(features, labels, f, y, k):
-    """Batch k's features (B, D) and labels (B,) written in place into the buffers."""
-    features = lax.dynamic_update_index_in_dim(features, f.astype(features.dtype), k, 0)
-    labels = lax.dynamic_update_index_in_dim(labels, y.astype(labels.dtype), k, 0)
+def _store(features, labels, f, y, k, valid):
+    """Batch k's features (B, D) and labels (B,) written in place into the buffers, the
+    rows from `valid` on (padding, repeating the last example) as zeros."""
+    real = jnp.arange(f.shape[0]) < valid
+    f = jnp.where(real[:, None], f, 0).astype(features.dtype)
+    y = jnp.where(real, y, 0).astype(labels.dtype)
+    features = lax.dynamic_update_index_in_dim(features, f, k, 0)
+    labels = lax.dynamic_update_index_in_dim(labels, y, k, 0)
     return features, labels
 
 
@@ -130,40 +139,47 @@ def extract_sharded(
     of the k-NN's chunk (`KNN_CHUNK` rows per device, at most the batches there are);
     padding rows are zeros. Each process reads only the rows its devices hold.
     """
-    n = len(source) if not max_examples else min(len(source), max_examples)
-    # The subset `evaluate.extract_features` takes (a capped split: the same examples),
-    # then a seeded order over it.
-    rows = (
-        np.arange(n)
-        if n == len(source)
-        else np.sort(np.random.default_rng(0).choice(len(source), n, replace=False))
-    )
-    rows = rows[np.random.default_rng([seed, 7]).permutation(n)]
+    rows = split_rows(len(source), max_examples)
+    n = len(rows)
+    rows = rows[np.random.default_rng([seed, 7]).permutation(n)]  # the seeded order
     batch_size = -(-batch_size // mesh.size) * mesh.size
     num_batches = -(-n // batch_size)
     chunk_batches = min(num_batches, max(1, KNN_CHUNK // (batch_size // mesh.size)))
     num_batches = -(-num_batches // chunk_batches) * chunk_batches
-    mine = parallel.process_rows(mesh, batch_size)
     features = labels = None
-    for k in range(-(-n // batch_size)):
-        idx = rows[k * batch_size : (k + 1) * batch_size]
-        valid = len(idx)
-        idx = np.concatenate([idx, np.full(batch_size - valid, idx[-1])])
-        images, y = source.read(idx[mine])
-        y = np.where(np.arange(batch_size)[mine] < valid, y, 0).astype(np.int32)
-        batch = parallel.to_global({"image": images, "label": y}, mesh)
-        f = embed_fn(state, batch["image"])
-        if valid < batch_size:  # zero the padding rows (they repeat the last example)
-            f = _zero_rows(f, valid)
+    batches = embed_batches(embed_fn, state, source, rows, batch_size=batch_size, mesh=mesh)
+    for k, (valid, f, y) in enumerate(batches):
         if features is None:
             features, labels = _buffers(mesh, num_batches, batch_size, int(f.shape[1]))
-        features, labels = _store(features, labels, f, batch["label"], k)
+        features, labels = _store(features, labels, f, y, k, valid)
     return ShardedFeatures(features=features, labels=labels, n=n, mesh=mesh)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _zero_rows(f, valid: int):
-    return jnp.where((jnp.arange(f.shape[0]) < valid)[:, None], f, 0.0)
+def split_rows(num_examples: int, max_examples: int = 0) -> np.ndarray:
+    """The rows of a split that an evaluation reads, in index order: all of them, or with
+    `max_examples` a fixed random subset of that many (not the first rows: splits may be
+    sorted by class, as the embedded MNIST is)."""
+    n = num_examples if not max_examples else min(num_examples, max_examples)
+    if n == num_examples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(num_examples, n, replace=False))
+
+
+def embed_batches(embed_fn, state, source, rows: np.ndarray, *, batch_size: int, mesh):
+    """(valid, features, labels) for each batch of `rows` of `source`, in order: the
+    global (B, D) `embed_fn(state, images)` and (B,) int32 labels, batch-sharded, of which
+    the first `valid` rows are real (the last batch is padded by repeating its final
+    index). One batch size (rounded up to the devices), so `embed_fn` compiles once; each
+    process reads only the rows its devices hold."""
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    mine = parallel.process_rows(mesh, batch_size)
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start : start + batch_size]
+        valid = len(idx)
+        idx = np.concatenate([idx, np.full(batch_size - valid, idx[-1])])
+        images, y = source.read(idx[mine])
+        batch = parallel.to_global({"image": images, "label": y.astype(np.int32)}, mesh)
+        yield valid, embed_fn(state, batch["image"]), batch["label"]
 
 
 def shard_arrays(features, labels, *, mesh, batch_size: int) -> ShardedFeatures:
@@ -334,8 +350,40 @@ def _moments(features, n):
 
     zero = jnp.zeros((features.shape[2],), jnp.float32)
     mean = lax.scan(first, zero, (features, ks))[0] / n
-    std = jnp.sqrt(lax.scan(second, zero, (features, ks))[0] / n)
-    return mean, jnp.where(std > 1e-6 * jnp.maximum(jnp.abs(mean), 1.0), std, 1.0)
+    return mean, safe_std(mean, jnp.sqrt(lax.scan(second, zero, (features, ks))[0] / n))
+
+
+def safe_std(mean, std):
+    """`std` with 1 where a feature is constant (to within 1e-6 of its scale): what the
+    linear probes divide by."""
+    return jnp.where(std > 1e-6 * jnp.maximum(jnp.abs(mean), 1.0), std, 1.0)
+
+
+def check_weight_decays(weight_decays) -> tuple[float, ...]:
+    """The probes' weight decays as floats; ValueError unless a non-empty list of values
+    >= 0."""
+    weight_decays = tuple(float(w) for w in weight_decays)
+    if not weight_decays or min(weight_decays) < 0:
+        raise ValueError(
+            f"weight_decays must be a non-empty list of values >= 0, got {weight_decays}"
+        )
+    return weight_decays
+
+
+def select_weight_decay(acc: dict, weight_decays: Sequence[float]) -> tuple[int, dict]:
+    """The probes' choice: `acc` maps "train", "test" and optionally "val" to accuracies
+    per weight decay; the decay with the best validation accuracy (on training accuracy
+    without "val"; the first on ties) is chosen. Returns (its index, the reported fields:
+    val/test/train_accuracy, weight_decay, val_accuracy_per_wd)."""
+    select = acc.get("val", acc["train"])
+    best = int(np.argmax(select))  # first maximum: ties go to the earlier weight decay
+    return best, {
+        "val_accuracy": float(select[best]),
+        "test_accuracy": float(acc["test"][best]),
+        "train_accuracy": float(acc["train"][best]),
+        "weight_decay": weight_decays[best],
+        "val_accuracy_per_wd": {str(wd): float(a) for wd, a in zip(weight_decays, select)},
+    }
 
 
 @functools.partial(jax.jit, static_argnames=("n", "num_classes", "epochs"))
@@ -417,11 +465,7 @@ def linear_probe_sgd(
                 f"{name} features have {split.dim} dimensions, the training ones "
                 f"{train.dim}; extract both with the same encoder"
             )
-    weight_decays = tuple(float(w) for w in weight_decays)
-    if not weight_decays or min(weight_decays) < 0:
-        raise ValueError(
-            f"weight_decays must be a non-empty list of values >= 0, got {weight_decays}"
-        )
+    weight_decays = check_weight_decays(weight_decays)
     if not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not (lr > 0 and math.isfinite(lr)):
@@ -446,14 +490,5 @@ def linear_probe_sgd(
         name: np.asarray(_correct_per_wd(s.features, s.labels, mean, std, w, b, n=s.n)) / s.n
         for name, s in splits.items()
     }
-    select = acc.get("val", acc["train"])
-    best = int(np.argmax(select))
-    return {
-        "val_accuracy": float(select[best]),
-        "test_accuracy": float(acc["test"][best]),
-        "train_accuracy": float(acc["train"][best]),
-        "weight_decay": weight_decays[best],
-        "val_accuracy_per_wd": {str(wd): float(a) for wd, a in zip(weight_decays, select)},
-        "epochs": int(epochs),
-        "lr": float(lr),
-    }
+    _, out = select_weight_decay(acc, weight_decays)
+    return {**out, "epochs": int(epochs), "lr": float(lr)}
