@@ -111,6 +111,12 @@ def test_threads_give_the_same_batch_and_steps_differ():
     two.close()
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         HostCropper(specs, seed=0, workers=0)
+    with pytest.raises(ValueError, match=r"specs\[1\]\.scale must be 0 < lo <= hi <= 1"):
+        HostCropper([CropSpec(64), CropSpec(32, (0.5, 0.1))], seed=0, workers=1)
+    with pytest.raises(ValueError, match=r"specs\[0\]\.size must be a positive integer"):
+        HostCropper([CropSpec(0)], seed=0, workers=1)
+    with pytest.raises(ValueError, match="3 images but 2 example indices"):
+        one(datas, [1, 2], 0)
 
 
 def test_benchmark_jpegs_and_the_input_benchmark(tmp_path):
@@ -153,3 +159,14 @@ def test_benchmark_jpegs_and_the_input_benchmark(tmp_path):
     row = json.loads(open(out).read())
     assert row["method"] == "input" and row["workers"] == 1 and row["img_per_s"] > 0
     assert {"img_per_s_per_core", "backend", "views"} <= set(row)
+
+
+def test_the_input_benchmark_names_its_missing_or_bad_flags(tmp_path):
+    from jssl import bench
+
+    with pytest.raises(SystemExit, match="--method input needs --data folder:PATH"):
+        bench.main(["--method", "input"])
+    with pytest.raises(SystemExit, match="--workers 0: give at least 1"):
+        bench.main(["--method", "input", "--data", f"folder:{tmp_path}", "--workers", "0"])
+    with pytest.raises(SystemExit, match="no images in its class folders"):
+        bench.main(["--method", "input", "--data", f"folder:{tmp_path}"])

@@ -119,6 +119,15 @@ class HostCropper:
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.specs = tuple(CropSpec(*s) for s in specs)
+        for i, spec in enumerate(self.specs):
+            lo, hi = spec.scale
+            rlo, rhi = spec.ratio
+            if not (isinstance(spec.size, int) and spec.size > 0):
+                raise ValueError(f"specs[{i}].size must be a positive integer, got {spec.size!r}")
+            if not (0 < lo <= hi <= 1):
+                raise ValueError(f"specs[{i}].scale must be 0 < lo <= hi <= 1, got {spec.scale}")
+            if not (0 < rlo <= rhi):
+                raise ValueError(f"specs[{i}].ratio must be 0 < lo <= hi, got {spec.ratio}")
         self.seed = int(seed)
         self.workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
