@@ -471,16 +471,23 @@ def view_uniforms(key: jax.Array, view: Mapping[str, Any]) -> dict[str, jax.Arra
     return out
 
 
-def augment_image(key: jax.Array, image: jax.Array, view: Mapping[str, Any]) -> jax.Array:
+def augment_image(
+    key: jax.Array, image: jax.Array, view: Mapping[str, Any], *, cropped: bool = False
+) -> jax.Array:
     """One view of one float image (H, W, 3) in [0, 1] -> normalised (S, S, 3), S = crop_size.
 
     solo-learn's order: crop, colour jitter, grayscale, blur, solarize, flip, normalise. An op
     with probability 0 is left out of the trace (solo-learn leaves it out of the pipeline).
-    The ops' random numbers come from one draw of `key` (`view_uniforms`).
+    The ops' random numbers come from one draw of `key` (`view_uniforms`). `cropped`: the
+    image is already this view's random resized crop (cut on the host,
+    `jssl.data.crops`); the crop is skipped and every other op draws the same numbers.
     """
     v = _check_view(view)
     u = view_uniforms(key, v)
-    x = random_resized_crop(u["crop"], image, size=v["crop_size"], scale=v["crop_scale"])
+    if cropped:
+        x = image
+    else:
+        x = random_resized_crop(u["crop"], image, size=v["crop_size"], scale=v["crop_scale"])
     if "color_jitter" in u:
         x = color_jitter(
             u["color_jitter"],
@@ -515,7 +522,12 @@ def _to_rgb_float(images: jax.Array, dtype=jnp.float32) -> jax.Array:
 
 
 def augment_view(
-    key: jax.Array, images: jax.Array, view: Mapping[str, Any], *, dtype=jnp.float32
+    key: jax.Array,
+    images: jax.Array,
+    view: Mapping[str, Any],
+    *,
+    dtype=jnp.float32,
+    cropped: bool = False,
 ) -> jax.Array:
     """One augmented view of a batch: uint8 (N, H, W, C) -> (N, S, S, 3) of `dtype` (float32;
     float64 for float64 runs), normalised.
@@ -526,11 +538,18 @@ def augment_view(
     batch of 256 on one device and of 32 on each of eight differently, and about a third of
     the float32 pixels then differ in the last bit (measured on CPU). The random numbers
     are float32 in every dtype, so a float64 view is the same view, rounded less.
+    `cropped`: `images` are this view's crops already (S x S, cut on the host); the rest
+    of the view is applied to them (`augment_image`).
     """
     v = _check_view(view)
     x = _to_rgb_float(images, dtype)
+    if cropped and x.shape[1:3] != (v["crop_size"], v["crop_size"]):
+        raise ValueError(
+            f"cropped images must be crop_size x crop_size = {v['crop_size']}, got "
+            f"{x.shape[1]}x{x.shape[2]}"
+        )
     keys = jax.random.split(key, x.shape[0])
-    return jax.vmap(lambda k, im: augment_image(k, im, v))(keys, x)
+    return jax.vmap(lambda k, im: augment_image(k, im, v, cropped=cropped))(keys, x)
 
 
 def center_view(

@@ -196,6 +196,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.data_dir = config_dict.placeholder(str)
     c.data.train_split = "train+validation"  # the unlabelled pretraining split
     c.data.image_size = 28  # crop size fed to the model
+    # Where each view's random resized crop is cut: "host" (decoding the stored file, from
+    # the original image: data sets of varying image size such as imagenet2012), "device"
+    # (from the images as `read` returns them: every fixed-size set), or "auto" (host for
+    # a data set of varying size when the method crops there, else device).
+    c.data.crop_on = "auto"
+    c.data.workers = 0  # host decoding threads; 0: one per CPU core of the process
+    # Images of varying size are evaluated at Resize(floor(image_size / crop_pct)) +
+    # CenterCrop(image_size): 0.875 is the 256 -> 224 of the ImageNet protocols.
+    c.data.crop_pct = 0.875
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "resnet18"
@@ -294,6 +303,8 @@ def pretrain_config() -> ml_collections.ConfigDict:
     return c
 
 
+CROP_ON = ("auto", "host", "device")
+
 # Fields that do not change the numbers a run produces: a run may resume with different
 # values of these. Everything else identifies the experiment (see checkpoint.py).
 _RUN_CONTROL = (
@@ -305,6 +316,7 @@ _RUN_CONTROL = (
     "plots",
     "eval",
     "data.data_dir",
+    "data.workers",
     "model.conv_impl",
 )
 
@@ -445,6 +457,21 @@ def validate(
         _is_int(config.data.image_size) and config.data.image_size >= 8,
         "data.image_size",
         f"must be an integer >= 8, got {config.data.image_size!r}",
+    )
+    _require(
+        config.data.crop_on in CROP_ON,
+        "data.crop_on",
+        f"must be one of {', '.join(CROP_ON)}, got {config.data.crop_on!r}",
+    )
+    _require(
+        _is_int(config.data.workers) and config.data.workers >= 0,
+        "data.workers",
+        f"must be an integer >= 0 (0: one per CPU core), got {config.data.workers!r}",
+    )
+    _require(
+        _is_number(config.data.crop_pct) and 0.0 < config.data.crop_pct <= 1.0,
+        "data.crop_pct",
+        f"must be in (0, 1], got {config.data.crop_pct!r}",
     )
     backbone_class = BACKBONES.get(config.model.backbone, (None,))[0]
     if "patch_size" in CONFIG_FIELDS.get(backbone_class, ()):  # a ViT's own fields

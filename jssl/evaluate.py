@@ -462,10 +462,10 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
     the training features fit `evaluate_sharded.LBFGS_MAX_BYTES`), reported as
     "linear_path".
     """
-    ev, name, data_dir = config.eval, config.data.name, config.data.data_dir
+    ev = config.eval
     feats = {}
     for key, split in (("train", ev.train_split), ("val", ev.val_split), ("test", ev.test_split)):
-        src = sources.get_source(name, split, data_dir=data_dir)
+        src = sources.config_source(config, split)
         feats[key] = evaluate_sharded.extract_sharded(
             embed_fn,
             state,
@@ -536,7 +536,7 @@ def evaluate_classifier(
     for key, split in zip(names, (ev.val_split, ev.test_split)):
         if key is None:
             continue
-        src = sources.get_source(config.data.name, split, data_dir=config.data.data_dir)
+        src = sources.config_source(config, split)
         logits, labels = extract_features(
             predict_fn,
             state,

@@ -202,13 +202,13 @@ def process_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
 
 
 def to_global(local_batch: dict, mesh: Mesh) -> dict:
-    """This process's rows of a batch (numpy, `process_rows` order) -> global arrays sharded
-    on "data" (`jax.make_array_from_process_local_data`)."""
+    """This process's rows of a batch (numpy, `process_rows` order; a dict whose values are
+    arrays or tuples of arrays, such as the host-cut crops of each view) -> global arrays
+    sharded on "data" (`jax.make_array_from_process_local_data`)."""
     sharding = batch_sharding(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-        for k, v in local_batch.items()
-    }
+    return jax.tree_util.tree_map(
+        lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), local_batch
+    )
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -43,6 +43,7 @@ from jssl import checkpoint, evaluate, io, methods, models, parallel, paths, plo
 from jssl.checkpoint import CONFIG_FILE
 from jssl.config import validate
 from jssl.data import pipeline, sources
+from jssl.data.crops import HostCropper, default_workers
 from jssl.errors import ConfigError, Stopped
 from jssl.metric_writer import EVAL_FILE, MetricWriter
 
@@ -78,16 +79,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None):
             f"{jax.process_count()} processes"
         )
     resume = checkpoint.check_workdir(workdir, config)
-    source = sources.get_source(
-        config.data.name, config.data.train_split, data_dir=config.data.data_dir
-    )
+    source = sources.config_source(config, config.data.train_split)
     if len(source) < config.batch_size:
         raise ConfigError(
             f"config.batch_size: {config.batch_size} is larger than the "
             f"{len(source)} examples of {config.data.name}:{config.data.train_split}"
         )
     ev = config.eval
-    bank = len(sources.get_source(config.data.name, ev.train_split, data_dir=config.data.data_dir))
+    bank = len(sources.config_source(config, ev.train_split))
     if ev.max_examples:
         bank = min(bank, ev.max_examples)
     if ev.knn_k > bank:
@@ -112,6 +111,19 @@ class _Run:
             num_classes=self.source.num_classes, image_shape=self.source.image_shape
         )
         self.method = methods.build(config, data_info, self.mesh)
+        # Each view's random resized crop cut on the host (images of varying size) or not.
+        self.crop_specs = pipeline.crop_specs(config, self.source, self.method.host_views)
+        if (
+            self.crop_specs is None
+            and getattr(self.source, "variable_size", False)
+            and jax.process_index() == 0
+        ):
+            print(
+                f"data: {config.data.name} has images of varying size; the {config.method} "
+                f"method crops them on the device, from their centre {config.data.image_size} "
+                "px view (data.crop_pct)",
+                flush=True,
+            )
         # Shapes first; parameters are born replicated.
         self.rng = jax.random.PRNGKey(config.seed)
         abstract = jax.eval_shape(self.method.init, self.rng)
@@ -399,11 +411,16 @@ def _train_and_evaluate(run: _Run, config: ml_collections.ConfigDict, workdir: s
         out_shardings=(repl, repl),
         donate_argnums=0,
     )
+    cropper = None
+    if run.crop_specs is not None:
+        cropper = HostCropper(
+            run.crop_specs, seed=config.seed, workers=config.data.workers or default_workers()
+        )
     if method.batches is not None:
-        batches = method.batches(run.source, mesh)
+        batches = method.batches(run.source, mesh, **({"cropper": cropper} if cropper else {}))
     else:
         batches = pipeline.TrainBatches(
-            run.source, batch_size=config.batch_size, seed=config.seed, mesh=mesh
+            run.source, batch_size=config.batch_size, seed=config.seed, mesh=mesh, cropper=cropper
         )
     writer = MetricWriter(workdir, resume_step=start_step)
     results = {"workdir": workdir, "resumed_from_step": start_step}
@@ -467,6 +484,8 @@ def _train_and_evaluate(run: _Run, config: ml_collections.ConfigDict, workdir: s
     finally:
         if progress is not None:
             progress.close()
+        if cropper is not None:
+            cropper.close()
         ckpt.close()
     results["train_time_s"] = time.perf_counter() - train_start
     results["environment"] = environment()
@@ -499,9 +518,7 @@ def _plots(run: _Run, state, config, workdir: str, writer: MetricWriter, step: i
         return
     features = labels = None
     if plots.can_embed(warn=is_main):
-        test = sources.get_source(
-            config.data.name, config.eval.test_split, data_dir=config.data.data_dir
-        )
+        test = sources.config_source(config, config.eval.test_split)
         features, labels = evaluate.extract_features(
             run.embed_fn,
             state,

@@ -86,3 +86,68 @@ def build_shared(root: str, name: str) -> tuple:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return config, workdir
+
+
+# --- Encoded images of varying size (the ImageNet input path) -----------------------------
+
+# (height, width) of the JPEGs the tests write: portrait, landscape, square, long.
+JPEG_SIZES = ((40, 60), (64, 48), (52, 52), (90, 30), (33, 71))
+
+
+def jpeg_bytes(seed: int, height: int, width: int, quality: int = 90) -> bytes:
+    """A JPEG of smooth content (gradients and a few flat rectangles, as in photographs,
+    not noise) at height x width."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    base = rng.uniform(0, 1, 3)
+    img = np.stack(
+        [(base[c] + rng.uniform(-1, 1) * yy + rng.uniform(-1, 1) * xx) % 1.0 for c in range(3)],
+        axis=-1,
+    )
+    for _ in range(3):
+        top, left = rng.integers(0, height - 4), rng.integers(0, width - 4)
+        bottom = top + rng.integers(4, height // 2 + 5)
+        right = left + rng.integers(4, width // 2 + 5)
+        img[top:bottom, left:right] = rng.uniform(0, 1, 3)
+    out = io.BytesIO()
+    Image.fromarray((img * 255).astype(np.uint8)).save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def jpeg_record(k: int, num_classes: int) -> dict:
+    """TFDS record k of the mock sets: {"image": JPEG bytes, "label": k % num_classes}."""
+    h, w = JPEG_SIZES[k % len(JPEG_SIZES)]
+    return {"image": jpeg_bytes(k, h, w), "label": k % num_classes}
+
+
+def mock_jpeg_tfds(num_examples: int = 40, num_classes: int = 10):
+    """`tfds.testing.mock_data` whose data sources hold `num_examples` real JPEG records of
+    the `JPEG_SIZES` (every split the same records). It answers only a read that skips the
+    image decoding, as jssl's encoded path asks: any other read is a test failure."""
+    import tensorflow_datasets as tfds
+
+    records = [jpeg_record(k, num_classes) for k in range(num_examples)]
+
+    def as_data_source(builder, split, decoders=None, **kwargs):
+        assert decoders is not None and isinstance(
+            decoders.get("image"), tfds.decode.SkipDecoding
+        ), f"{builder.name}:{split} was read decoded: {decoders}"
+        return records
+
+    return tfds.testing.mock_data(as_data_source_fn=as_data_source)
+
+
+def write_jpeg_folder(root, per_class: int = 6, classes: int = 3) -> str:
+    """<root>/<class>/<i>.jpg: JPEGs of the `JPEG_SIZES`, `per_class` in each class."""
+    for c in range(classes):
+        os.makedirs(os.path.join(root, f"c{c}"), exist_ok=True)
+        for i in range(per_class):
+            h, w = JPEG_SIZES[(c + i) % len(JPEG_SIZES)]
+            with open(os.path.join(root, f"c{c}", f"{i}.jpg"), "wb") as f:
+                f.write(jpeg_bytes(100 * c + i, h, w))
+    return str(root)

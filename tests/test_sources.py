@@ -329,7 +329,7 @@ def test_tfds_feature_key_messages(tiny_dir):
     with pytest.raises(
         DataError,
         match=r"score is float32 of shape \(2,\); jssl reads "
-        r"fixed-size uint8 images",
+        r"uint8 images \(fixed-size, or encoded images of any size\)$",
     ):
         get_source("jssl_tiny_test_set", "train", data_dir=tiny_dir, image_key="score")
     with pytest.raises(DataError, match=r"gray is not a ClassLabel feature"):

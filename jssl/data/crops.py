@@ -19,12 +19,16 @@ blur, solarisation) stays on the device as for every other source.
   releases the GIL while it decodes and resizes, so threads use every core without the
   copies of worker processes (measured against PyTorch's DataLoader by
   `python -m jssl.bench --method input`).
+* `decode_center` is the evaluation transform of such images, torchvision's
+  `Resize(floor(size / crop_pct))` + `CenterCrop(size)` (crop_pct 0.875: 256 -> 224), cut
+  in one resize from the decoded image, and `decode_many` runs it over a thread pool.
 """
 
 from __future__ import annotations
 
 import io as _io
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Sequence
 
@@ -36,6 +40,9 @@ __all__ = [
     "crop_window",
     "decode_crops",
     "HostCropper",
+    "decode_center",
+    "decode_many",
+    "default_workers",
 ]
 
 
@@ -87,9 +94,9 @@ def decode_crops(
 ) -> list[np.ndarray]:
     """The views (size, size, 3) uint8 of one encoded image, one per spec, each window
     drawn from its generator on the original image's size."""
-    from PIL import Image  # Pillow: a dependency of jssl (image folders)
+    from PIL import Image
 
-    img = Image.open(_io.BytesIO(data))
+    img = _open(data)
     width, height = img.size
     windows = [crop_window(r, height, width, s.scale, s.ratio) for s, r in zip(specs, rngs)]
     # The coarsest decode that keeps every window at least its output size on both sides.
@@ -103,6 +110,65 @@ def decode_crops(
         box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
         view = img.resize((spec.size, spec.size), Image.Resampling.BILINEAR, box=box)
         out.append(np.asarray(view, np.uint8))
+    return out
+
+
+def _open(data: bytes):
+    from PIL import Image  # Pillow: a dependency of jssl (image folders)
+
+    return Image.open(_io.BytesIO(data))
+
+
+def decode_center(data: bytes, size: int, crop_pct: float = 0.875) -> np.ndarray:
+    """The evaluation view (size, size, 3) uint8 of one encoded image: torchvision's
+    `Resize(floor(size / crop_pct))` (the shorter side to that, the longer to
+    int(that x long / short)) then `CenterCrop(size)` (offsets rounded as torchvision
+    rounds them), cut as ONE antialiased bilinear resize of the matching window of the
+    original, decoded at the coarsest JPEG scale that keeps it (timm's `crop_pct`)."""
+    from PIL import Image
+
+    img = _open(data)
+    width, height = img.size
+    short = math.floor(size / crop_pct)
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    left, top = int(round((new_w - size) / 2)), int(round((new_h - size) / 2))
+    # The crop's window in the original's pixels.
+    fx, fy = width / new_w, height / new_h
+    window = (left * fx, top * fy, (left + size) * fx, (top + size) * fy)
+    f = min(fx, fy)
+    if f >= 2 and img.format == "JPEG":
+        img.draft("RGB", (math.ceil(width / f), math.ceil(height / f)))
+    img = img.convert("RGB")
+    sx, sy = width / img.size[0], height / img.size[1]
+    box = (window[0] / sx, window[1] / sy, window[2] / sx, window[3] / sy)
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box), np.uint8)
+
+
+def default_workers() -> int:
+    """One decoding thread per CPU core this process may run on (`data.workers = 0`)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def decode_many(
+    datas: Sequence[bytes], size: int, crop_pct: float, pool: ThreadPoolExecutor | None
+) -> np.ndarray:
+    """(N, size, size, 3) uint8: `decode_center` of each image, over `pool` if given."""
+    out = np.empty((len(datas), size, size, 3), np.uint8)
+
+    def fill(i):
+        out[i] = decode_center(datas[i], size, crop_pct)
+
+    if pool is None:
+        for i in range(len(datas)):
+            fill(i)
+    else:
+        list(pool.map(fill, range(len(datas))))
     return out
 
 

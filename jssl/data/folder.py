@@ -17,17 +17,21 @@ order), so a slice holds every class in about its share and complementary slices
 disjoint.
 
 Classes are the sorted sub-folder names (label = index), the same for every split: a split
-that lacks a class still numbers the others as the full list does. Images are stored at one
-size: the common size when every image of the data set has the same one (read from the
-file headers only), else the centre `DEFAULT_SIZE` square (shorter side resized with an
-antialiasing filter, then centre-cropped). Channels: 3 (RGB), or 1 when every image is
-grayscale. Splits up to `PRELOAD_BYTES` are decoded once into memory; larger ones are
-decoded per batch.
+that lacks a class still numbers the others as the full list does. `read` returns images
+at one size: the common size when every image of the data set has the same one (read from
+the file headers only), else the centre `image_size` square of each (`DEFAULT_SIZE` unless
+given: the shorter side resized with an antialiasing filter to floor(image_size /
+crop_pct), then the centre square; the config passes data.image_size and data.crop_pct).
+Channels: 3 (RGB), or 1 when every image is grayscale. Splits up to `PRELOAD_BYTES` are
+decoded once into memory; larger ones are decoded per batch. `read_encoded` hands out the
+files themselves, for crops cut on the host from the original images
+(`jssl.data.crops`); `variable_size` says whether the sizes differ.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 
@@ -133,8 +137,8 @@ def _select(root: str, split: str, splits: dict) -> tuple[tuple[str, int], ...]:
 
 
 @functools.cache
-def _storage(root: str) -> tuple[int, int, int]:
-    """(H, W, C) every image of the data set is stored at (see the module docstring)."""
+def _storage(root: str) -> tuple[tuple[int, int] | None, int]:
+    """((H, W) of every image, or None when the sizes differ; C) (module docstring)."""
     from PIL import Image
 
     _, splits = _layout(root)
@@ -150,18 +154,22 @@ def _storage(root: str) -> tuple[int, int, int]:
                     f"data.name folder:{root}: cannot read image {path} ({e}); "
                     "remove or replace the file"
                 ) from None
-    w, h = sizes.pop() if len(sizes) == 1 else (DEFAULT_SIZE, DEFAULT_SIZE)
-    return h, w, 1 if gray else 3
+    if len(sizes) == 1:
+        w, h = sizes.pop()
+        return (h, w), 1 if gray else 3
+    return None, 1 if gray else 3
 
 
-def _decode(path: str, shape: tuple[int, int, int]) -> np.ndarray:
+def _decode(path: str, shape: tuple[int, int, int], crop_pct: float = 1.0) -> np.ndarray:
     from PIL import Image
 
     h, w, c = shape
     with Image.open(path) as im:
         im = im.convert("L" if c == 1 else "RGB")
-        if im.size != (w, h):  # shorter side to the target, then the centre square
-            scale = max(w / im.size[0], h / im.size[1])
+        if im.size != (w, h):  # shorter side to floor(side / crop_pct), then the centre
+            scale = max(
+                math.floor(w / crop_pct) / im.size[0], math.floor(h / crop_pct) / im.size[1]
+            )
             new = (max(w, round(im.size[0] * scale)), max(h, round(im.size[1] * scale)))
             im = im.resize(new, Image.BILINEAR, reducing_gap=None)
             left, top = (new[0] - w) // 2, (new[1] - h) // 2
@@ -173,7 +181,9 @@ def _decode(path: str, shape: tuple[int, int, int]) -> np.ndarray:
 class FolderSource:
     """One split of an image-folder data set (see the module docstring)."""
 
-    def __init__(self, root: str, split: str):
+    def __init__(
+        self, root: str, split: str, image_size: int = DEFAULT_SIZE, crop_pct: float = 1.0
+    ):
         self.root = root
         self.name, self.split = f"folder:{root}", split
         classes, splits = _layout(root)
@@ -182,11 +192,16 @@ class FolderSource:
         self._files = _select(root, split, splits)
         if not self._files:
             raise DataError(f"data split {split!r} of folder:{root} holds no images")
-        self._shape = _storage(root)
+        size, channels = _storage(root)
+        self.variable_size = size is None
+        self._shape = (*(size or (image_size, image_size)), channels)
+        self._crop_pct = float(crop_pct) if self.variable_size else 1.0
         self._labels = np.array([label for _, label in self._files], np.int32)
         self._images = None
         if len(self._files) * int(np.prod(self._shape)) <= PRELOAD_BYTES:
-            self._images = np.stack([_decode(p, self._shape) for p, _ in self._files])
+            self._images = np.stack(
+                [_decode(p, self._shape, self._crop_pct) for p, _ in self._files]
+            )
             self._images.flags.writeable = False
 
     @property
@@ -205,19 +220,34 @@ class FolderSource:
         if self._images is not None:
             return self._images[idx], self._labels[idx]
         images = (
-            np.stack([_decode(self._files[i][0], self._shape) for i in idx])
+            np.stack([_decode(self._files[i][0], self._shape, self._crop_pct) for i in idx])
             if idx.size
             else np.zeros((0,) + self._shape, np.uint8)
         )
         return images, self._labels[idx]
 
+    def read_encoded(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        """The image files' bytes, undecoded, and the labels (host crops)."""
+        idx = check_indices(indices, len(self), self.name + ":" + self.split)
+        datas = []
+        for i in idx:
+            with open(self._files[i][0], "rb") as f:
+                datas.append(f.read())
+        return datas, self._labels[idx]
 
-def folder_source(root: str, split: str) -> FolderSource:
-    """The `split` of the image folder at `root` (`data.name=folder:<root>`)."""
+
+def folder_source(
+    root: str, split: str, *, image_size: int = DEFAULT_SIZE, crop_pct: float = 1.0
+) -> FolderSource:
+    """The `split` of the image folder at `root` (`data.name=folder:<root>`); images of
+    mixed sizes are read at their centre `image_size` square (module docstring)."""
     root = os.path.abspath(os.path.expanduser(root))
-    return _cached(root, split)
+    size, _ = _storage(root)
+    if size is not None:  # one size: the view arguments do not matter, share one source
+        image_size, crop_pct = DEFAULT_SIZE, 1.0
+    return _cached(root, split, int(image_size), float(crop_pct))
 
 
 @functools.cache
-def _cached(root: str, split: str) -> FolderSource:
-    return FolderSource(root, split)
+def _cached(root: str, split: str, image_size: int, crop_pct: float) -> FolderSource:
+    return FolderSource(root, split, image_size, crop_pct)

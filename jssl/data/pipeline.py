@@ -7,6 +7,11 @@ Every process computes the same global indices; process p of P reads only the ro
 devices hold (`parallel.process_rows`: rows [p*B/P, (p+1)*B/P) on the usual mesh) and
 `jax.make_array_from_process_local_data` assembles the global array. Images stay uint8
 until they are on the device (augmentation happens there).
+
+With a `cropper` (`jssl.data.crops.HostCropper`, for sources of encoded images of varying
+size), a batch is {"crops": one uint8 (B, S_v, S_v, 3) array per view, "label"}: each
+view's random resized crop cut on the host from the original image, its window a function
+of (seed, step, example index, view), so resume and any process count read the same crops.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from typing import Iterator
 import numpy as np
 
 from jssl import parallel
+from jssl.data.crops import CropSpec, HostCropper
+from jssl.data.subsets import is_encoded
+from jssl.errors import ConfigError
 
-__all__ = ["batch_indices", "TrainBatches", "JointBatches"]
+__all__ = ["batch_indices", "crop_specs", "TrainBatches", "JointBatches"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -48,15 +56,44 @@ def batch_indices(
     return out
 
 
-class TrainBatches:
-    """Global training batches {"image": uint8, "label": int32}, read ahead in a thread."""
+def crop_specs(config, source, views) -> list[CropSpec] | None:
+    """The host crops `config.data.crop_on` asks for: one `CropSpec` per view of `views`
+    (the method's `host_views`), or None when the views are cropped on the device. "auto"
+    crops on the host when the source's images vary in size and the method takes host
+    crops; "host" insists (ConfigError, one line, for a source of decoded arrays)."""
+    mode = config.data.crop_on
+    variable = bool(getattr(source, "variable_size", False))
+    if mode == "device" or (mode == "auto" and not (variable and views)):
+        return None
+    if not is_encoded(source):
+        raise ConfigError(
+            f"config.data.crop_on: 'host' needs stored image files (TFDS images of varying "
+            f"size such as imagenet2012, or an image folder); {config.data.name} is read as "
+            "decoded arrays; set 'device' or 'auto'"
+        )
+    return [CropSpec(int(v.crop_size), tuple(float(x) for x in v.crop_scale)) for v in views]
 
-    def __init__(self, source, *, batch_size: int, seed: int, mesh, prefetch: int = 2):
+
+class TrainBatches:
+    """Global training batches {"image": uint8, "label": int32} (or {"crops", "label"} with
+    a host `cropper`), read ahead in a thread."""
+
+    def __init__(
+        self,
+        source,
+        *,
+        batch_size: int,
+        seed: int,
+        mesh,
+        prefetch: int = 2,
+        cropper: HostCropper | None = None,
+    ):
         self.source = source
         self.batch_size = batch_size
         self.seed = seed
         self.mesh = mesh
         self.prefetch = prefetch
+        self.cropper = cropper
 
     @functools.cached_property
     def rows(self) -> np.ndarray:
@@ -67,6 +104,10 @@ class TrainBatches:
         idx = batch_indices(
             step, batch_size=self.batch_size, num_examples=len(self.source), seed=self.seed
         )[self.rows]
+        if self.cropper is not None:
+            datas, labels = self.source.read_encoded(idx)
+            crops = tuple(self.cropper(datas, idx, step))
+            return {"crops": crops, "label": labels.astype(np.int32)}
         images, labels = self.source.read(idx)
         return {"image": images, "label": labels.astype(np.int32)}
 

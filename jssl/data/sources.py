@@ -53,7 +53,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from jssl.data.folder import folder_source
+from jssl.data.encoded import EncodedSource
+from jssl.data.folder import DEFAULT_SIZE, folder_source
 from jssl.data.subsets import check_indices, stratified_split
 from jssl.errors import DataError
 
@@ -66,6 +67,7 @@ __all__ = [
     "TfdsSource",
     "embedded_split_indices",
     "get_source",
+    "config_source",
 ]
 
 EMBEDDED = ("mnist_embedded", "digits_embedded", "mnistm_embedded")
@@ -365,8 +367,15 @@ def _pick_key(
 
 
 def _tfds_source(
-    name: str, split: str, data_dir: str | None, image_key: str | None, label_key: str | None
-) -> TfdsSource:
+    name: str,
+    split: str,
+    data_dir: str | None,
+    image_key: str | None,
+    label_key: str | None,
+    image_size: int,
+    crop_pct: float,
+    workers: int,
+) -> TfdsSource | EncodedSource:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
@@ -395,11 +404,19 @@ def _tfds_source(
     if len(shape) == 2:  # a 2-D grayscale tensor: store it with C = 1
         shape = (*shape, 1)
     dtype = np.dtype(image.np_dtype)
-    if len(shape) != 3 or any(d is None for d in shape) or dtype != np.uint8:
+    # Images of varying size (imagenet2012, imagenette, food101 ...) are read undecoded:
+    # the host crops them (`jssl.data.encoded`).
+    variable = (
+        isinstance(image, tfds.features.Image)
+        and len(shape) == 3
+        and shape[2] in (None, 1, 3)
+        and any(d is None for d in shape[:2])
+        and dtype == np.uint8
+    )
+    if not variable and (len(shape) != 3 or any(d is None for d in shape) or dtype != np.uint8):
         raise DataError(
-            f"{name}:{image_key} is {dtype} of shape {tuple(image.shape)}; "
-            f"jssl reads fixed-size uint8 images, e.g. a resized variant such as "
-            f"imagenet_resized/64x64"
+            f"{name}:{image_key} is {dtype} of shape {tuple(image.shape)}; jssl reads "
+            "uint8 images (fixed-size, or encoded images of any size)"
         )
     if not isinstance(label, tfds.features.ClassLabel):
         raise DataError(
@@ -408,7 +425,13 @@ def _tfds_source(
         )
 
     try:
-        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        records = tfds.data_source(
+            name,
+            split=split,
+            data_dir=data_dir,
+            download=False,
+            decoders={image_key: tfds.decode.SkipDecoding()} if variable else None,
+        )
     except Exception as err:  # classify on the builder's state; the TFDS text is long
         root = builder.data_dir_root
         if not builder.is_prepared():
@@ -432,6 +455,35 @@ def _tfds_source(
             ) from None
         raise
     names = getattr(label, "names", None)
+    if variable:
+        reader = TfdsSource(
+            name,
+            split,
+            records,
+            image_key=image_key,
+            label_key=label_key,
+            image_shape=(0, 0, 0),
+            num_classes=int(label.num_classes),
+            class_names=None,
+        )
+
+        def fetch(idx: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+            got = reader._gather(idx.tolist()) if idx.size else []
+            return [bytes(r[image_key]) for r in got], np.array(
+                [r[label_key] for r in got], np.int32
+            )
+
+        return EncodedSource(
+            name,
+            split,
+            fetch,
+            len(records),
+            num_classes=int(label.num_classes),
+            class_names=tuple(names) if names else None,
+            image_size=image_size,
+            crop_pct=crop_pct,
+            workers=workers,
+        )
     return TfdsSource(
         name,
         split,
@@ -454,20 +506,28 @@ def get_source(
     *,
     image_key: str | None = None,
     label_key: str | None = None,
+    image_size: int = DEFAULT_SIZE,
+    crop_pct: float = 1.0,
+    workers: int = 0,
 ) -> Source:
     """The source for `split` of data set `name` (config fields data.name, data.data_dir).
 
     Args:
-      name: an embedded set (``"mnist_embedded"`` / ``"embedded"``, ``"digits_embedded"``),
-        ``"folder:<path>"`` (class sub-folders of image files, `jssl.data.folder`), or a
-        registered TFDS builder name, optionally with config/version (``"cifar10"``,
-        ``"imagenet_resized/64x64"``).
+      name: an embedded set (``"mnist_embedded"`` / ``"embedded"``, ``"digits_embedded"``,
+        ``"mnistm_embedded"``), ``"folder:<path>"`` (class sub-folders of image files,
+        `jssl.data.folder`), or a registered TFDS builder name, optionally with
+        config/version (``"cifar10"``, ``"imagenet_resized/64x64"``, ``"imagenet2012"``).
       split: for embedded sets one of `EMBEDDED_SPLITS`; for TFDS any split string TFDS
         accepts, passed through unchanged (``"train[:90%]"``).
       data_dir: where prepared TFDS data sets live (TFDS's default when None); ignored
         by embedded sets.
       image_key, label_key: TFDS feature names; by default ``"image"``/``"label"`` or the
         only Image/ClassLabel feature.
+      image_size, crop_pct: for images of varying size (TFDS sets such as imagenet2012,
+        folders of mixed sizes): `read` returns the centre view, Resize(floor(image_size /
+        crop_pct)) + CenterCrop(image_size); such sources also answer `read_encoded`
+        (`jssl.data.encoded`). Ignored by fixed-size sets.
+      workers: decoding threads of those sources (0: one per CPU core).
 
     Raises:
       DataError: unknown name or split, TFDS data set not prepared, unusable features.
@@ -482,5 +542,21 @@ def get_source(
     if name.startswith("folder:"):
         if not name[len("folder:") :]:
             raise DataError("data.name 'folder:': give the path, e.g. folder:/data/intel_image")
-        return folder_source(name[len("folder:") :], split)
-    return _tfds_source(name, split, data_dir, image_key, label_key)
+        return folder_source(
+            name[len("folder:") :], split, image_size=image_size, crop_pct=crop_pct
+        )
+    return _tfds_source(name, split, data_dir, image_key, label_key, image_size, crop_pct, workers)
+
+
+def config_source(config, split: str) -> Source:
+    """`get_source` for `split` of the config's data set (`config.data`: name, data_dir,
+    image_size, crop_pct, workers)."""
+    d = config.data
+    return get_source(
+        d.name,
+        split,
+        data_dir=d.data_dir,
+        image_size=int(d.image_size),
+        crop_pct=float(d.crop_pct),
+        workers=int(d.workers),
+    )

@@ -15,6 +15,7 @@ from jssl.errors import DataError
 
 __all__ = [
     "check_indices",
+    "is_encoded",
     "check_num_classes",
     "stratified_split",
     "few_label_subset",
@@ -139,6 +140,9 @@ class SubsetSource:
         self.name = getattr(source, "name", "source")
         self.split = getattr(source, "split", "")
         self.class_names = getattr(source, "class_names", None)
+        self.variable_size = bool(getattr(source, "variable_size", False))
+        if is_encoded(source):  # forward the encoded reads of an encoded source only
+            self.read_encoded = self._read_encoded
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -149,6 +153,15 @@ class SubsetSource:
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.source.read(self.indices[check_indices(indices, len(self), self.name)])
+
+    def _read_encoded(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        return self.source.read_encoded(self.indices[check_indices(indices, len(self), self.name)])
+
+
+def is_encoded(source) -> bool:
+    """Whether `source` hands out its stored image files (`read_encoded`), as the sources
+    of `jssl.data.encoded` and image folders do, for crops cut on the host."""
+    return callable(getattr(source, "read_encoded", None))
 
 
 class PseudoLabelSource:

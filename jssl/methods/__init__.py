@@ -59,8 +59,15 @@ def validate(config) -> None:
     checks the fields every config has. Stochastic depth (`model.drop_path`) needs a
     method that hands the model a "dropout" PRNG stream (`STOCHASTIC_DEPTH = True`), a
     frozen patch embedding a ViT and a method that keeps it (`FREEZE_PATCH_EMBED = True`),
-    the online linear probe a method that trains it (`ONLINE_PROBE = True`)."""
+    the online linear probe a method that trains it (`ONLINE_PROBE = True`), crops cut on
+    the host (`data.crop_on="host"`) a method that takes them (`HOST_CROPS = True`)."""
     m = module(config.method)
+    if config.data.crop_on == "host" and not getattr(m, "HOST_CROPS", False):
+        driven = ", ".join(n for n in REGISTRY if getattr(module(n), "HOST_CROPS", False))
+        raise ConfigError(
+            f"config.data.crop_on: the {config.method} method crops on the device only "
+            f"(methods that take host crops: {driven}); set 'device' or 'auto'"
+        )
     if config.online_probe.enabled and not getattr(m, "ONLINE_PROBE", False):
         driven = ", ".join(n for n in REGISTRY if getattr(module(n), "ONLINE_PROBE", False))
         raise ConfigError(

@@ -105,8 +105,13 @@ class Method:
     probe(state, images) -> (B, C) logits         optional: the online linear probe on the
                                                   frozen features (`online_probe_*`);
                                                   evaluation adds online/linear_acc
-    batches(source, mesh) -> TrainBatches-like    optional: the training stream (default: one
-                                                  stream of config.batch_size from the split)
+    batches(source, mesh, cropper=None)           optional: the training stream (default: one
+        -> TrainBatches-like                      stream of config.batch_size from the split);
+                                                  `cropper` passed on to `TrainBatches`
+    host_views                                    the augmentation views whose random resized
+                                                  crops the host may cut (`data.crop_on`), in
+                                                  the order of batch["crops"]; () for a
+                                                  method that crops on the device only
     """
 
     init: Callable[[jax.Array], TrainState]
@@ -116,7 +121,8 @@ class Method:
     calibrate: Callable[[TrainState, jax.Array], TrainState]
     predict: Callable[[TrainState, jax.Array], jax.Array] | None = None
     probe: Callable[[TrainState, jax.Array], jax.Array] | None = None
-    batches: Callable[[Any, Any], Any] | None = None
+    batches: Callable[..., Any] | None = None
+    host_views: tuple = ()
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         return self.update(state, self.make_inputs(state, batch))
@@ -130,6 +136,7 @@ def method_of(
     update: Callable,
     embed: Callable | None = None,
     calibrate: Callable | None = None,
+    host_views: tuple = (),
     **optional: Callable,
 ) -> Method:
     """The Method of a static record `s` whose model has a backbone: each function here is a
@@ -147,6 +154,7 @@ def method_of(
         calibrate=functools.partial(calibrate, s)
         if calibrate is not None
         else functools.partial(calibrate_backbone, s.model, transform=s.transform),
+        host_views=tuple(host_views),
         **bound,
     )
 
@@ -270,6 +278,30 @@ def make_views(
     keys = jax.random.split(step_key(state), len(views))
     dtype = state_float_dtype(state)
     return [augment.augment_view(k, images, v, dtype=dtype) for k, v in zip(keys, views)]
+
+
+def batch_views(
+    state: TrainState, batch: dict, views: Sequence[Mapping[str, Any]]
+) -> list[jax.Array]:
+    """`make_views` of batch["image"]; or, when the host has cut each view's random resized
+    crop (batch["crops"], `jssl.data.pipeline`), the rest of each view applied to its crop
+    with the same key, so the two paths draw the same colour, blur and flip numbers."""
+    if "crops" not in batch:
+        return make_views(state, batch["image"], views)
+    keys = jax.random.split(step_key(state), len(views))
+    dtype = state_float_dtype(state)
+    return [
+        augment.augment_view(k, crops, v, dtype=dtype, cropped=True)
+        for k, crops, v in zip(keys, batch["crops"], views)
+    ]
+
+
+def batch_view(key: jax.Array, batch: dict, view: Mapping[str, Any], *, dtype=jnp.float32):
+    """One augmented view of the batch with `key`: of batch["image"], or of the host's crop
+    batch["crops"][0] (`batch_views`)."""
+    if "crops" in batch:
+        return augment.augment_view(key, batch["crops"][0], view, dtype=dtype, cropped=True)
+    return augment.augment_view(key, batch["image"], view, dtype=dtype)
 
 
 def state_float_dtype(state: TrainState):

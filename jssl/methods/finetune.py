@@ -45,6 +45,7 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    batch_view,
     check_labelled,
     check_view_sizes,
     dropout_key,
@@ -62,6 +63,8 @@ from jssl.optim import build_optimizer, scale_updates
 
 # The model gets a "dropout" PRNG stream in training: model.drop_path works here.
 STOCHASTIC_DEPTH = True
+# The view's random resized crop may be cut on the host (`data.crop_on`).
+HOST_CROPS = True
 
 __all__ = [
     "finetune_config",
@@ -242,7 +245,7 @@ def make_inputs(s: Setup, state: TrainState, batch: dict) -> dict:
     labels (N, C), "labels": the integer labels, "lam": the batch's mixing ratio}."""
     f = s.config.finetune
     view_key, mix_key = jax.random.split(step_key(state))
-    x = augment.augment_view(view_key, batch["image"], s.view, dtype=state_float_dtype(state))
+    x = batch_view(view_key, batch, s.view, dtype=state_float_dtype(state))
     targets = augment.smooth_labels(batch["label"], s.num_classes, f.label_smoothing)
     x, targets, lam = augment.mix_batch(
         mix_key,
@@ -292,7 +295,7 @@ def predict(s: Setup, state: TrainState, images: jax.Array) -> jax.Array:
     return s.model.apply(variables(state), x, train=False).astype(jnp.float32)
 
 
-def batches(s: Setup, source, mesh):
+def batches(s: Setup, source, mesh, cropper=None):
     """The labelled stream: `config.batch_size` per step from the seeded class-balanced
     fraction of the split, a function of (seed, step)."""
     f = s.config.finetune
@@ -302,16 +305,19 @@ def batches(s: Setup, source, mesh):
         batch_size=s.config.batch_size,
         seed=s.config.seed,
         mesh=mesh,
+        cropper=cropper,
     )
 
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """Fine-tuning's pure functions for this config."""
+    s = setup(config, data)
     return method_of(
-        setup(config, data),
+        s,
         init=init,
         make_inputs=make_inputs,
         update=update,
         predict=predict,
         batches=batches,
+        host_views=(s.view,),
     )

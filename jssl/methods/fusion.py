@@ -296,9 +296,7 @@ def build(
         encoders = load_encoders(tuple(f.encoders), tuple(f.names))
     k = len(encoders)
     s = setup(config, data.num_classes, encoders.widths)
-    source = sources.get_source(
-        config.data.name, config.data.train_split, data_dir=config.data.data_dir
-    )
+    source = sources.config_source(config, config.data.train_split)
     labelled, _ = labelled_split(source, f.labelled_fraction, f.subset_seed)
     cached, cached_labels = encode_source(
         encoders.modules,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jssl import augment, losses, models
+from jssl import losses, models
 from jssl.config import compute_dtype, config_group, eval_transform
 from jssl.errors import ConfigError
 from jssl.methods import puzzle
@@ -32,6 +32,7 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    batch_view,
     check_view_sizes,
     dropout_key,
     init_state,
@@ -46,6 +47,8 @@ from jssl.optim import build_optimizer
 
 # The model gets a "dropout" PRNG stream in training: model.drop_path works here.
 STOCHASTIC_DEPTH = True
+# The view's random resized crop may be cut on the host (`data.crop_on`).
+HOST_CROPS = True
 
 __all__ = ["mae_config", "MAEModel", "Setup", "setup", "init", "make_inputs", "update", "build"]
 
@@ -176,7 +179,7 @@ def make_inputs(s: Setup, state: TrainState, batch: dict) -> dict:
     """{"x": the augmented view (normalised), "ids_keep", "mask", "ids_restore"}: the view
     and the mask from the step's key (one mask per example)."""
     view_key, mask_key = jax.random.split(step_key(state))
-    x = augment.augment_view(view_key, batch["image"], s.view)
+    x = batch_view(view_key, batch, s.view)
     ids_keep, mask, ids_restore = losses.random_masking(
         mask_key, x.shape[0], _num_patches(s, x.shape[1]), s.config.mae.mask_ratio
     )
@@ -210,4 +213,5 @@ def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]
 
 def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Method:
     """MAE's pure functions for this config."""
-    return method_of(setup(config), init=init, make_inputs=make_inputs, update=update)
+    s = setup(config)
+    return method_of(s, init=init, make_inputs=make_inputs, update=update, host_views=(s.view,))

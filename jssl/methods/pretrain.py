@@ -40,12 +40,12 @@ from jssl.methods.common import (
     DataInfo,
     Method,
     TrainState,
+    batch_views,
     check_view_sizes,
     dropout_key,
     embed_features,
     init_state,
     load_init_from,
-    make_views,
     method_of,
     online_probe_init,
     online_probe_logits,
@@ -64,6 +64,9 @@ STOCHASTIC_DEPTH = True
 # `config.online_probe` (a linear classifier on the stop-gradient features of the two large
 # crops, its own optimizer) is trained here when the data has labels.
 ONLINE_PROBE = True
+# Every view's random resized crop may be cut on the host (`data.crop_on`, images of
+# varying size): batch["crops"] then holds one array per entry of `Setup.views`.
+HOST_CROPS = True
 
 __all__ = [
     "SSLModel",
@@ -485,7 +488,7 @@ def init(s: Setup, rng: jax.Array) -> TrainState:
 
 def make_inputs(s: Setup, state: TrainState, batch: dict) -> dict:
     """{"views": the augmented crops (float32, normalised; large first), "labels"}."""
-    return {"views": make_views(state, batch["image"], s.views), "labels": batch.get("label")}
+    return {"views": batch_views(state, batch, s.views), "labels": batch.get("label")}
 
 
 def update(s: Setup, state: TrainState, inputs: dict) -> tuple[TrainState, dict]:
@@ -602,4 +605,6 @@ def build(config: ml_collections.ConfigDict, data: DataInfo, mesh=None) -> Metho
     `config.online_probe.enabled` and the data has classes)."""
     s = setup(config, num_classes=data.num_classes)
     optional = {"probe": probe} if s.probe else {}
-    return method_of(s, init=init, make_inputs=make_inputs, update=update, **optional)
+    return method_of(
+        s, init=init, make_inputs=make_inputs, update=update, host_views=s.views, **optional
+    )

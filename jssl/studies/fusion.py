@@ -152,7 +152,7 @@ def cached_features(config, encoders, info: dict, workdir: str, mesh) -> dict:
         if stored is None:
             stored = {"key": np.asarray(key)}
             for s, split in splits.items():
-                src = sources.get_source(config.data.name, split, data_dir=config.data.data_dir)
+                src = sources.config_source(config, split)
                 (x,), y = encode_source(
                     encoders.modules[i : i + 1],
                     encoders.variables[i : i + 1],

@@ -547,9 +547,7 @@ def verdict(rows: list) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume) every stage for every teacher, the baselines, and the report."""
-    source = sources.get_source(
-        config.data.name, config.data.train_split, data_dir=config.data.data_dir
-    )
+    source = sources.config_source(config, config.data.train_split)
     _validate(config, len(source), jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh()
