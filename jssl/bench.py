@@ -394,6 +394,27 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--views", type=int, default=2, help="input: random resized crops per image")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="input: host workers")
+    p.add_argument(
+        "--grain",
+        action="store_true",
+        help="input: also time grain's DataLoader (worker processes) doing the same crops",
+    )
+    p.add_argument(
+        "--step",
+        action="store_true",
+        help="input: also time the train step fed by the pipeline against a resident batch",
+    )
+    p.add_argument(
+        "--step-config",
+        default="barlow_twins",
+        help="input --step: the config file whose imagenet preset is timed",
+    )
+    p.add_argument(
+        "--step-backbone", default="", help="input --step: another backbone (default: the preset's)"
+    )
+    p.add_argument(
+        "--step-proj", type=int, default=0, help="input --step: head width (0: the preset's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 

@@ -11,6 +11,14 @@ untimed batches, then `--steps` timed ones, `--repeats` times; medians are repor
 `img_per_s` counts source images (each gives `--views` crops); `img_per_s_per_core`
 divides by the cores the workers can use (min(workers, cores)).
 
+`--step` adds the training step fed by this pipeline: the `imagenet` preset of
+`--step-config` (Barlow Twins' ResNet-50 by default; `--step-backbone` and `--width` may
+shrink it) at `--image-size` and `--batch`, each step's views cut on the host
+(`jssl.data.pipeline.TrainBatches` with a `HostCropper` of `--workers` threads, one batch
+in flight on the devices) against the same step on one device-resident batch, in one run:
+`step_img_per_s_fed`, `step_img_per_s_resident` and their ratio `fed_vs_resident` (1.0:
+the host keeps the accelerator busy).
+
 `--data make:PATH[:N]` first writes N (default 2,000) JPEGs of ImageNet-like sizes into
 PATH (`make_jpeg_folder`): crops and rescales of the photographs that ship inside the
 scikit-image wheel, real content (noise decodes at another speed).
@@ -117,6 +125,84 @@ def _jssl_run(files, args, sharding):
         cropper.close()
 
 
+class _FileBytes:
+    """A grain data source: record i is the bytes of file i (picklable for its workers)."""
+
+    def __init__(self, files):
+        self.files = list(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        with open(self.files[i], "rb") as f:
+            return f.read()
+
+
+class _GrainCrops:
+    """The jssl crop of one record inside a grain worker: `decode_crops` with the windows of
+    (seed, 0, record, view), the same work as `HostCropper` does per example."""
+
+    def __init__(self, size: int, views: int, seed: int):
+        self.specs = [CropSpec(size)] * views
+        self.seed = seed
+
+    def map_with_index(self, index, data):
+        from jssl.data.crops import decode_crops, window_rng
+
+        rngs = [window_rng(self.seed, 0, index, v) for v in range(len(self.specs))]
+        return tuple(decode_crops(data, self.specs, rngs))
+
+
+try:  # grain's transform base class, when grain is installed (the optional comparison)
+    import grain.python as _gp
+
+    class _GrainMap(_gp.MapWithIndexTransform):
+        def __init__(self, crops: _GrainCrops):
+            self.crops = crops
+
+        def map_with_index(self, index, element):
+            return self.crops.map_with_index(index, element)
+
+except ImportError:  # pragma: no cover - grain absent
+    _GrainMap = None
+
+
+def _grain_loader(files, args):
+    """grain's dataset pipeline over the same files (shuffled, the same crops per record,
+    batched) with `--workers` worker processes (`mp_prefetch`); None without grain."""
+    if _GrainMap is None:
+        return None
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags
+        flags.FLAGS.mark_as_parsed()
+    crops = _GrainCrops(args.image_size, args.views, args.seed)
+    ds = (
+        _gp.MapDataset.source(_FileBytes(files))
+        .shuffle(seed=args.seed)
+        .repeat()
+        .map_with_index(_GrainMap(crops))
+        .batch(args.batch, drop_remainder=True)
+    )
+    return ds.to_iter_dataset().mp_prefetch(_gp.MultiprocessingOptions(num_workers=args.workers))
+
+
+def _grain_run(loader, args, sharding) -> float:
+    it = iter(loader)
+
+    def nxt():
+        views = next(it)
+        return [jax.device_put(np.asarray(v), sharding) for v in views]
+
+    for _ in range(args.warmup):
+        jax.block_until_ready(nxt())
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        jax.block_until_ready(nxt())
+    return time.perf_counter() - t
+
+
 class _TorchViews:
     """`views` crops of one PIL image (picklable: the DataLoader's worker processes are
     spawned, not forked from this process, which runs JAX's threads)."""
@@ -195,13 +281,18 @@ def bench(args) -> dict:
         loader = _torch_loader(root, args)
     except ImportError:
         pass
+    grain_loader = _grain_loader(files, args) if args.grain else None
     times: dict[str, list[float]] = {"jssl": []}
     if loader is not None:
         times["torch"] = []
+    if grain_loader is not None:
+        times["grain"] = []
     for _ in range(args.repeats):
         times["jssl"].append(_jssl_run(files, args, sharding))
         if loader is not None:
             times["torch"].append(_torch_run(loader, args))
+        if grain_loader is not None:
+            times["grain"].append(_grain_run(grain_loader, args, sharding))
     cores = min(args.workers, os.cpu_count() or 1)
     images = args.steps * args.batch
     out = {
@@ -236,8 +327,109 @@ def bench(args) -> dict:
             torch=torch.__version__,
             torchvision=torchvision.__version__,
         )
+    if "grain" in times:
+        import grain
+
+        g = statistics.median(times["grain"])
+        out.update(
+            grain_img_per_s=round(images / g, 1),
+            grain_img_per_s_per_core=round(images / g / cores, 1),
+            ratio_vs_grain=round(g / s, 3),
+            grain=getattr(grain, "__version__", "?"),
+        )
     out["times_s"] = {k: [round(v, 3) for v in vs] for k, vs in times.items()}
+    if args.step:
+        out.update(_step_run(root, args))
     return out
+
+
+def _step_config(root: str, args):
+    """The `imagenet` preset of `--step-config` reading the benchmark folder at the bench's
+    sizes (small multi-crop views scaled as 96 of 224 px)."""
+    from jssl import config as jc
+
+    c = jc.load_file(args.step_config, "imagenet")
+    c.data.name = f"folder:{root}"
+    c.data.train_split = "train+validation"
+    c.data.workers = args.workers
+    c.data.crop_on = "host"
+    c.batch_size = args.batch
+    c.dtype = args.dtype
+    c.data.image_size = args.image_size
+    c.augment.view1.crop_size = c.augment.view2.crop_size = args.image_size
+    if c.augment.num_small_crops:
+        c.augment.small_view.crop_size = max(8, round(args.image_size * 96 / 224))
+    if args.step_backbone:
+        c.model.backbone = args.step_backbone
+    c.model.num_filters = args.width
+    if args.step_proj:
+        c.model.projector_hidden_dims = (args.step_proj,) * len(c.model.projector_hidden_dims)
+        c.model.projector_dim = args.step_proj
+    c.total_steps = args.warmup + args.steps + 1
+    c.optimizer.warmup_steps = 0
+    return c
+
+
+def _step_run(root: str, args) -> dict:
+    """Images per second of the train step fed by the host pipeline and on a resident
+    batch, alternating `--repeats` times; medians."""
+    from jssl import methods, parallel
+    from jssl.data import pipeline, sources
+
+    config = _step_config(root, args)
+    source = sources.config_source(config, config.data.train_split)
+    mesh = parallel.make_mesh()
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    info = methods.DataInfo(num_classes=source.num_classes, image_shape=source.image_shape)
+    method = methods.build(config, info, mesh)
+    specs = pipeline.crop_specs(config, source, method.host_views)
+    cropper = HostCropper(specs, seed=args.seed, workers=args.workers)
+    stream = pipeline.TrainBatches(
+        source, batch_size=args.batch, seed=args.seed, mesh=mesh, cropper=cropper
+    )
+    step = jax.jit(
+        method.train_step,
+        in_shardings=(repl, data),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
+    state = jax.jit(method.init, out_shardings=repl)(jax.random.PRNGKey(args.seed))
+    resident = next(iter(stream(0, 1)))
+    state, _ = step(state, resident)  # compile
+    jax.block_until_ready(state)
+    fed, res = [], []
+    try:
+        for r in range(args.repeats):
+            start = 1 + r * (args.warmup + args.steps)
+            batches = stream(start, start + args.warmup + args.steps)
+            for _ in range(args.warmup):
+                state, _ = step(state, next(batches))
+            jax.block_until_ready(state)
+            t = time.perf_counter()
+            for b in batches:
+                state, _ = step(state, b)
+            jax.block_until_ready(state)
+            fed.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                state, _ = step(state, resident)
+            jax.block_until_ready(state)
+            res.append(time.perf_counter() - t)
+    finally:
+        cropper.close()
+    images = args.steps * args.batch
+    fed_s, res_s = statistics.median(fed), statistics.median(res)
+    return {
+        "step_config": f"{args.step_config}:imagenet",
+        "step_backbone": config.model.backbone,
+        "step_width": config.model.num_filters,
+        "step_dtype": config.dtype,
+        "step_views": len(specs),
+        "step_img_per_s_fed": round(images / fed_s, 2),
+        "step_img_per_s_resident": round(images / res_s, 2),
+        "fed_vs_resident": round(res_s / fed_s, 3),
+        "step_times_s": {"fed": [round(v, 3) for v in fed], "resident": [round(v, 3) for v in res]},
+    }
 
 
 def _pillow_jpeg() -> str:

@@ -792,6 +792,90 @@ def imagenet_preset(c: ml_collections.ConfigDict, *, batch_size: int, epochs: in
     return steps_per_epoch
 
 
+IMAGENETTE_TRAIN_IMAGES = 9469  # TFDS imagenette (full-size-v2): 9,469 train, 3,925 validation
+
+
+def resnet50_preset(
+    c: ml_collections.ConfigDict, preset: str, *, batch_size: int, epochs: int
+) -> int:
+    """The ResNet recipes' data, backbone and schedule; returns the steps per epoch.
+
+    "imagenet": `imagenet_preset` (ImageNet-1k from TFDS at 224 px) with a ResNet-50
+    (ImageNet stem), the recipe's global `batch_size` and `epochs`, a 10-epoch warm-up and
+    LARS's trust coefficient 0.001 (every ImageNet recipe's; the CIFAR presets use
+    solo-learn's 0.02). "imagenette": the same recipe on one accelerator: TFDS
+    `imagenette` (10 classes, 9,469 training images at full size), ResNet-18 with the
+    ImageNet stem at 224 px, batch 256, 200 epochs (a checkpoint every 10), model selection
+    on the last 10% of train, its validation split as the test set."""
+    if preset == "imagenet":
+        steps_per_epoch = imagenet_preset(c, batch_size=batch_size, epochs=epochs)
+        c.model.backbone = "resnet50"
+    elif preset == "imagenette":
+        batch_size, epochs = 256, 200
+        steps_per_epoch = IMAGENETTE_TRAIN_IMAGES // batch_size
+        c.data.name = "imagenette"
+        c.data.train_split = "train"
+        c.data.image_size = 224
+        c.eval.train_split, c.eval.val_split = "train[:90%]", "train[90%:]"
+        c.eval.test_split = "validation"
+        c.batch_size = batch_size
+        c.total_steps = epochs * steps_per_epoch
+        c.log_every = 50
+        c.checkpoint_every = 10 * steps_per_epoch
+        c.eval_every = 0
+        c.model.backbone = "resnet18"
+    else:
+        raise ValueError(f"resnet50_preset: preset {preset!r} is not imagenet or imagenette")
+    c.model.stem = "imagenet"
+    c.model.num_filters = 64
+    c.optimizer.warmup_steps = 10 * steps_per_epoch
+    c.optimizer.trust_coefficient = 0.001
+    return steps_per_epoch
+
+
+def imagenet_views(
+    c: ml_collections.ConfigDict,
+    recipe: str,
+    *,
+    crop_scale=(0.08, 1.0),
+    num_small: int = 0,
+    small_scale=(0.05, 0.14),
+    small_size: int = 96,
+) -> None:
+    """The ImageNet augmentations at `c.data.image_size` (crops cut on the host for
+    imagenet2012, `data.crop_on`), ImageNet's mean and std, flips 0.5, grayscale 0.2:
+
+    * "asymmetric" (BYOL, Barlow Twins, VICReg, MoCo v3, DINO): colour jitter (0.4, 0.4,
+      0.2, 0.1) p 0.8, blur 1.0 in the first view and 0.1 in the second, solarization 0.2
+      in the second only (BYOL's augmentations.py);
+    * "simclr" (SimCLR, SwAV): jitter strength 1.0, (0.8, 0.8, 0.8, 0.2) p 0.8, blur 0.5
+      in every view, no solarization.
+
+    `num_small` crops of `small_size` px at `small_scale` (SwAV, DINO) take the first
+    view's colour and blur 0.5 (DINO's local crops, SwAV's every crop)."""
+    jitter = {
+        "asymmetric": dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1),
+        "simclr": dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2),
+    }[recipe]
+    blur = (1.0, 0.1) if recipe == "asymmetric" else (0.5, 0.5)
+    solarize = (0.0, 0.2) if recipe == "asymmetric" else (0.0, 0.0)
+    common = dict(
+        crop_size=c.data.image_size,
+        crop_scale=crop_scale,
+        flip_prob=0.5,
+        color_jitter_prob=0.8,
+        grayscale_prob=0.2,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        **jitter,
+    )
+    c.augment.view1 = view_config(**common, blur_prob=blur[0], solarize_prob=solarize[0])
+    c.augment.view2 = view_config(**common, blur_prob=blur[1], solarize_prob=solarize[1])
+    c.augment.num_small_crops = num_small
+    small = dict(common, crop_size=small_size, crop_scale=small_scale)
+    c.augment.small_view = view_config(**small, blur_prob=0.5, solarize_prob=0.0)
+
+
 def crop_view(size: int, mean, std, *, flip: float, scale=(0.08, 1.0)) -> ml_collections.ConfigDict:
     """A view of random resized crops and flips only (no colour jitter): MAE's pretraining
     and fine-tuning views."""

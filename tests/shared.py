@@ -125,13 +125,17 @@ def jpeg_record(k: int, num_classes: int) -> dict:
     return {"image": jpeg_bytes(k, h, w), "label": k % num_classes}
 
 
-def mock_jpeg_tfds(num_examples: int = 40, num_classes: int = 10):
+def mock_jpeg_tfds(num_examples: int = 40, num_classes: int = 10, distinct: int = 40):
     """`tfds.testing.mock_data` whose data sources hold `num_examples` real JPEG records of
-    the `JPEG_SIZES` (every split the same records). It answers only a read that skips the
-    image decoding, as jssl's encoded path asks: any other read is a test failure."""
+    the `JPEG_SIZES` (every split the same records; record k's image is the one of record
+    k % `distinct`, label k % num_classes). It answers only a read that skips the image
+    decoding, as jssl's encoded path asks: any other read is a test failure."""
     import tensorflow_datasets as tfds
 
-    records = [jpeg_record(k, num_classes) for k in range(num_examples)]
+    images = [jpeg_record(k, num_classes)["image"] for k in range(min(distinct, num_examples))]
+    records = [
+        {"image": images[k % len(images)], "label": k % num_classes} for k in range(num_examples)
+    ]
 
     def as_data_source(builder, split, decoders=None, **kwargs):
         assert decoders is not None and isinstance(

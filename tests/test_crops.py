@@ -147,6 +147,13 @@ def test_benchmark_jpegs_and_the_input_benchmark(tmp_path):
             "1",
             "--workers",
             "1",
+            "--step",  # the train step fed by the pipeline, at test sizes
+            "--step-backbone",
+            "convnet",
+            "--width",
+            "8",
+            "--step-proj",
+            "32",
             "--out",
             out,
         ],
@@ -159,6 +166,9 @@ def test_benchmark_jpegs_and_the_input_benchmark(tmp_path):
     row = json.loads(open(out).read())
     assert row["method"] == "input" and row["workers"] == 1 and row["img_per_s"] > 0
     assert {"img_per_s_per_core", "backend", "views"} <= set(row)
+    assert row["step_config"] == "barlow_twins:imagenet" and row["step_backbone"] == "convnet"
+    assert row["step_views"] == 2 and row["step_img_per_s_fed"] > 0
+    assert row["step_img_per_s_resident"] > 0 and row["fed_vs_resident"] > 0
 
 
 def test_the_input_benchmark_names_its_missing_or_bad_flags(tmp_path):

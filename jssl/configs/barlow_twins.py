@@ -11,7 +11,7 @@ from jssl import config as jc
 # The pretext zoo (jssl.config.zoo, launch/results_table.py): solo-learn's published CIFAR-10
 # top-1 (ResNet-18, 1000 epochs) as the reference column.
 ZOO = {"reference": 92.1}
-PRESETS = ("smoke", "cifar10", "mnistm")
+PRESETS = ("smoke", "cifar10", "mnistm", "imagenet", "imagenette")
 
 
 def get_config(preset: str = ""):
@@ -40,6 +40,15 @@ def get_config(preset: str = ""):
     elif preset == "cifar10":
         jc.cifar10_preset(c)
         jc.solo_cifar_augment(c, "asymmetric")
+    elif preset in ("imagenet", "imagenette"):
+        # solo-learn imagenet/barlow.yaml (67.18% online linear, 100 epochs): batch 256, LARS
+        # lr 0.8 x batch / 256, weight decay 1.5e-6, projector 4096 x 3, lambda 0.0051, loss
+        # scale 0.048, BYOL's augmentations.
+        jc.resnet50_preset(c, preset, batch_size=256, epochs=100)
+        jc.imagenet_views(c, "asymmetric")
+        c.loss.scale = 0.048
+        c.model.projector_hidden_dims, c.model.projector_dim = (4096, 4096), 4096
+        c.optimizer.lr, c.optimizer.weight_decay = 0.8, 1.5e-6
     else:
         raise jc.unknown_preset("configs/barlow_twins.py", preset, PRESETS)
     return c

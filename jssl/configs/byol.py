@@ -12,6 +12,9 @@ from jssl import config as jc
 ZOO = {"reference": 92.58}
 
 
+PRESETS = (*jc.PRESETS, "imagenet", "imagenette")
+
+
 def get_config(preset: str = ""):
     c = jc.pretrain_config()
     c.loss.name = "byol"
@@ -38,6 +41,12 @@ def get_config(preset: str = ""):
     elif preset == "cifar10":
         jc.cifar10_preset(c)
         jc.solo_cifar_augment(c, "asymmetric")
+    elif preset in ("imagenet", "imagenette"):
+        # solo-learn imagenet/byol.yaml (68.63% online linear, 100 epochs): batch 2048, LARS
+        # lr 0.45 x batch / 256, weight decay 1e-6, tau 0.99 -> 1, BYOL's augmentations.
+        jc.resnet50_preset(c, preset, batch_size=2048, epochs=100)
+        jc.imagenet_views(c, "asymmetric")
+        c.optimizer.lr, c.optimizer.weight_decay = 0.45, 1e-6
     else:
-        raise jc.unknown_preset("configs/byol.py", preset)
+        raise jc.unknown_preset("configs/byol.py", preset, PRESETS)
     return c

@@ -108,6 +108,21 @@ def get_config(preset: str = ""):
         # along; its last layer is frozen for the first epoch (freeze_last_layer 1).
         c.loss.teacher_temp = 0.07
         c.model.freeze_prototypes_steps = 50000 // 256
+    elif preset in ("imagenet", "imagenette"):
+        # The ResNet-50 command of facebookresearch/dino's README: batch 512, 100 epochs,
+        # SGD lr 0.03 x batch / 256 (momentum 0.9), weight decay 1e-4 (none on biases and
+        # norms), gradients clipped at 3.0, head 2048-2048-256 (GELU, no BN) to 65,536
+        # weight-normalised prototypes frozen for the first epoch, teacher T 0.04 (no
+        # warm-up), tau 0.996 -> 1, 2 x 224 (scale 0.14-1) + 8 x 96 (0.05-0.14). The README
+        # gives no top-1 for this command.
+        steps = jc.resnet50_preset(c, preset, batch_size=512, epochs=100)
+        jc.imagenet_views(c, "asymmetric", crop_scale=(0.14, 1.0), num_small=8)
+        c.model.num_prototypes = 65536
+        c.model.freeze_prototypes_steps = steps
+        c.ema.base_momentum = 0.996
+        c.optimizer.name = "sgd"
+        c.optimizer.lr, c.optimizer.weight_decay = 0.03, 1e-4
+        c.optimizer.clip_grad_norm = 3.0
     elif preset == "imagenet_vit":
         # ImageNet-1k from TFDS; ViT-S/16 at 224 px, 100 epochs at batch 1024 (the paper's
         # ViT-S/16 100-epoch row).
@@ -154,6 +169,15 @@ def get_config(preset: str = ""):
         raise jc.unknown_preset(
             "configs/dino.py",
             preset,
-            ("smoke", "cifar10", "vit", "cifar10_vit", "smoke_vit", "imagenet_vit"),
+            (
+                "smoke",
+                "cifar10",
+                "vit",
+                "cifar10_vit",
+                "smoke_vit",
+                "imagenet_vit",
+                "imagenet",
+                "imagenette",
+            ),
         )
     return c

@@ -80,8 +80,18 @@ def get_config(preset: str = ""):
         c.optimizer.name = "adamw"
         c.optimizer.lr = 1.5e-4
         c.optimizer.weight_decay = 0.1
+    elif preset in ("imagenet", "imagenette"):
+        # facebookresearch/moco-v3 CONFIG.md, ResNet-50 100 epochs (68.9%): batch 4096, LARS
+        # lr 0.6 x batch / 256, weight decay 1e-6, m 0.99 -> 1 (cosine), T = 1.0, crops of
+        # scale 0.2-1, projector 4096 -> 256 (affine-free output BN), predictor 4096 -> 256.
+        jc.resnet50_preset(c, preset, batch_size=4096, epochs=100)
+        jc.imagenet_views(c, "asymmetric", crop_scale=(0.2, 1.0))
+        c.loss.temperature = 1.0
+        c.optimizer.lr, c.optimizer.weight_decay = 0.6, 1e-6
     else:
         raise jc.unknown_preset(
-            "configs/mocov3.py", preset, ("smoke", "cifar10", "vit", "cifar10_vit", "smoke_vit")
+            "configs/mocov3.py",
+            preset,
+            ("smoke", "cifar10", "vit", "cifar10_vit", "smoke_vit", "imagenet", "imagenette"),
         )
     return c

@@ -12,6 +12,9 @@ from jssl import config as jc
 ZOO = {"reference": 90.74}
 
 
+PRESETS = (*jc.PRESETS, "imagenet", "imagenette")
+
+
 def get_config(preset: str = ""):
     c = jc.pretrain_config()
     c.loss.name = "nt_xent"
@@ -34,6 +37,16 @@ def get_config(preset: str = ""):
     elif preset == "cifar10":
         jc.cifar10_preset(c)
         jc.solo_cifar_augment(c, "symmetric")
+    elif preset in ("imagenet", "imagenette"):
+        # google-research/simclr v1 (README's ImageNet command): batch 4096, 100 epochs,
+        # LARS lr 0.3 x batch / 256, weight decay 1e-6, T = 0.1, projector 2048 -> 128 with
+        # BatchNorm (its output BN affine-free here), jitter strength 1.0, blur 0.5.
+        jc.resnet50_preset(c, preset, batch_size=4096, epochs=100)
+        jc.imagenet_views(c, "simclr")
+        c.loss.temperature = 0.1
+        c.model.projector_hidden_dims, c.model.projector_dim = (2048,), 128
+        c.model.projector_bn = c.model.projector_last_bn = True
+        c.optimizer.lr, c.optimizer.weight_decay = 0.3, 1e-6
     else:
-        raise jc.unknown_preset("configs/simclr.py", preset)
+        raise jc.unknown_preset("configs/simclr.py", preset, PRESETS)
     return c

@@ -12,6 +12,9 @@ from jssl import config as jc
 ZOO = {"reference": 89.17}
 
 
+PRESETS = (*jc.PRESETS, "imagenet", "imagenette")
+
+
 def get_config(preset: str = ""):
     c = jc.pretrain_config()
     c.loss.name = "swav"
@@ -45,6 +48,17 @@ def get_config(preset: str = ""):
         jc.cifar10_preset(c)
         jc.solo_cifar_augment(c, "symmetric")
         c.model.freeze_prototypes_steps = 2 * (50000 // 256)  # 2 epochs
+    elif preset in ("imagenet", "imagenette"):
+        # facebookresearch/swav scripts/swav_800ep_pretrain.sh (75.3%): batch 4096, 800
+        # epochs, LARS (LARC) lr 4.8 at 4096 (0.3 x batch / 256 here), weight decay 1e-6 on
+        # every parameter, multi-crop 2 x 224 (scale 0.14-1) + 6 x 96 (0.05-0.14), jitter
+        # strength 1.0 and blur 0.5 in every crop, 3000 prototypes frozen for the first
+        # epoch (313 steps at 4096), no queue.
+        steps = jc.resnet50_preset(c, preset, batch_size=4096, epochs=800)
+        jc.imagenet_views(c, "simclr", crop_scale=(0.14, 1.0), num_small=6)
+        c.optimizer.lr = 0.3
+        c.optimizer.exclude_bias_and_norm = False
+        c.model.freeze_prototypes_steps = steps
     else:
-        raise jc.unknown_preset("configs/swav.py", preset)
+        raise jc.unknown_preset("configs/swav.py", preset, PRESETS)
     return c

@@ -12,6 +12,9 @@ from jssl import config as jc
 ZOO = {"reference": 92.07}
 
 
+PRESETS = (*jc.PRESETS, "imagenet", "imagenette")
+
+
 def get_config(preset: str = ""):
     c = jc.pretrain_config()
     c.loss.name = "vicreg"
@@ -36,6 +39,14 @@ def get_config(preset: str = ""):
     elif preset == "cifar10":
         jc.cifar10_preset(c)
         jc.solo_cifar_augment(c, "asymmetric", crop_scale=(0.2, 1.0), solarize_prob=0.1)
+    elif preset in ("imagenet", "imagenette"):
+        # facebookresearch/vicreg (73.2%): batch 2048, 1000 epochs, LARS lr 0.2 x batch /
+        # 256, weight decay 1e-6, expander 8192 x 3, coefficients 25 / 25 / 1, BYOL's
+        # augmentations.
+        jc.resnet50_preset(c, preset, batch_size=2048, epochs=1000)
+        jc.imagenet_views(c, "asymmetric")
+        c.model.projector_hidden_dims, c.model.projector_dim = (8192, 8192), 8192
+        c.optimizer.lr, c.optimizer.weight_decay = 0.2, 1e-6
     else:
-        raise jc.unknown_preset("configs/vicreg.py", preset)
+        raise jc.unknown_preset("configs/vicreg.py", preset, PRESETS)
     return c
