@@ -395,9 +395,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=2, help="input: random resized crops per image")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="input: host workers")
     p.add_argument(
-        "--grain",
-        action="store_true",
-        help="input: also time grain's DataLoader (worker processes) doing the same crops",
+        "--backend",
+        default="threads",
+        choices=["grain", "threads"],
+        help="input: the host crops' workers (data.backend)",
+    )
+    p.add_argument(
+        "--other-backend", action="store_true", help="input: also time the other backend"
     )
     p.add_argument(
         "--step",

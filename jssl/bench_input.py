@@ -1,21 +1,28 @@
 """Input benchmark: `python -m jssl.bench --method input --data folder:PATH --image-size 224
 --batch 256 --views 2 --steps 20 --workers N`.
 
-Times the host half of the JPEG input path alone (reading the files, decoding, each view's
-random resized crop, batch assembly, the transfer to the devices) and, in the same run,
-alternating, the same work in PyTorch: `torchvision.datasets.ImageFolder` with two views
-of `RandomResizedCrop(size)` + `RandomHorizontalFlip()` + `PILToTensor()` (uint8, as
-jssl's views leave the host) in a `DataLoader` with the same number of workers (worker
-processes there, threads here: `jssl.data.crops.HostCropper`). Each side runs `--warmup`
-untimed batches, then `--steps` timed ones, `--repeats` times; medians are reported.
-`img_per_s` counts source images (each gives `--views` crops); `img_per_s_per_core`
-divides by the cores the workers can use (min(workers, cores)).
+Times the host half of the JPEG input path alone, as training runs it: `TrainBatches` over
+the folder with each view's random resized crop cut on the host (reading the files,
+decoding, the crops, batch assembly, the transfer to the devices, one batch ahead) by the
+decoding workers of `--backend` (`threads`: `HostCropper`'s pool, the training default;
+`grain`: grain's worker processes), and with `--other-backend` the other one too. In the
+same run, in turn, the same work in PyTorch: `torchvision.datasets.ImageFolder` with two
+views of `RandomResizedCrop(size)` + `RandomHorizontalFlip()` + `PILToTensor()` (uint8, as
+jssl's views leave the host) in a `DataLoader` with the same number of worker processes,
+its batches left in host memory (jssl's arm also places each batch on the devices). Each
+implementation starts its workers for its turn and stops them after it, so none
+prefetches or takes the cores while another is timed. A turn is the steady-state time of
+`--steps` batches: a fresh pipeline run to `--warmup` batches subtracted from one run to
+warmup + steps (`_steady`: start-up, and whatever a pipeline prefetched before its first
+batch was asked for, cancel); `--repeats` rounds, medians reported. `img_per_s` counts
+source images (each gives `--views` crops); `img_per_s_per_core` divides by the cores the
+workers can use (min(workers, cores)).
 
 `--step` adds the training step fed by this pipeline: the `imagenet` preset of
 `--step-config` (Barlow Twins' ResNet-50 by default; `--step-backbone` and `--width` may
 shrink it) at `--image-size` and `--batch`, each step's views cut on the host
-(`jssl.data.pipeline.TrainBatches` with a `HostCropper` of `--workers` threads, one batch
-in flight on the devices) against the same step on one device-resident batch, in one run:
+(`jssl.data.pipeline.TrainBatches` with `--workers` decoding workers of `--backend`, one
+batch in flight on the devices) against the same step on one device-resident batch, in one run:
 `step_img_per_s_fed`, `step_img_per_s_resident` and their ratio `fed_vs_resident` (1.0:
 the host keeps the accelerator busy).
 
@@ -26,6 +33,7 @@ scikit-image wheel, real content (noise decodes at another speed).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
 import time
@@ -33,8 +41,10 @@ import time
 import jax
 import numpy as np
 
+from jssl import parallel
 from jssl.data.crops import CropSpec, HostCropper
-from jssl.data.folder import IMAGE_EXTENSIONS
+from jssl.data.folder import IMAGE_EXTENSIONS, folder_source
+from jssl.data.pipeline import GrainCrops, TrainBatches
 
 __all__ = ["bench", "make_jpeg_folder", "PHOTOS"]
 
@@ -98,109 +108,43 @@ def _files(root: str) -> list[str]:
     return files
 
 
-def _jssl_run(files, args, sharding):
-    """Seconds for `--steps` batches after `--warmup` (reading, decoding, crops, transfer)."""
-    specs = [CropSpec(args.image_size)] * args.views
-    cropper = HostCropper(specs, seed=args.seed, workers=args.workers)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(files))
+def _cropper(backend: str, args):
+    specs = (CropSpec(args.image_size),) * args.views
+    if backend == "grain":
+        return GrainCrops(specs, args.seed, args.workers)
+    return HostCropper(specs, seed=args.seed, workers=args.workers)
 
-    def batch(step):
-        idx = order[(np.arange(args.batch) + step * args.batch) % len(files)]
-        datas = []
-        for i in idx:
-            with open(files[i], "rb") as f:
-                datas.append(f.read())
-        views = cropper(datas, idx, step)
-        return [jax.device_put(v, sharding) for v in views]
 
-    try:
-        for step in range(args.warmup):
-            jax.block_until_ready(batch(step))
+def _steady(run, args) -> float:
+    """Seconds for `--steps` batches in the steady state: a fresh pipeline run to its
+    `--warmup`-th batch, another to its (warmup + steps)-th, the difference. Start-up
+    (worker processes, imports) cancels, and so does whatever a pipeline prefetched
+    before its first batch was asked for (grain's processes can finish many batches
+    before handing over the first)."""
+    return run(args.warmup + args.steps) - run(args.warmup)
+
+
+def _jssl_run(root: str, args, mesh, backend: str) -> float:
+    """Steady-state seconds of the training input path itself: `TrainBatches` over the
+    folder with host crops of `backend` (workers started for each run, stopped after it),
+    each batch placed on the devices."""
+    source = folder_source(root, "train+validation+test")
+
+    def run(n: int) -> float:
+        cropper = _cropper(backend, args)
+        stream = TrainBatches(
+            source, batch_size=args.batch, seed=args.seed, mesh=mesh, cropper=cropper
+        )
         t = time.perf_counter()
-        for step in range(args.warmup, args.warmup + args.steps):
-            jax.block_until_ready(batch(step))
-        return time.perf_counter() - t
-    finally:
+        it = stream(0, n)
+        for batch in it:
+            jax.block_until_ready(batch)
+        took = time.perf_counter() - t
+        it.close()
         cropper.close()
+        return took
 
-
-class _FileBytes:
-    """A grain data source: record i is the bytes of file i (picklable for its workers)."""
-
-    def __init__(self, files):
-        self.files = list(files)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i):
-        with open(self.files[i], "rb") as f:
-            return f.read()
-
-
-class _GrainCrops:
-    """The jssl crop of one record inside a grain worker: `decode_crops` with the windows of
-    (seed, 0, record, view), the same work as `HostCropper` does per example."""
-
-    def __init__(self, size: int, views: int, seed: int):
-        self.specs = [CropSpec(size)] * views
-        self.seed = seed
-
-    def map_with_index(self, index, data):
-        from jssl.data.crops import decode_crops, window_rng
-
-        rngs = [window_rng(self.seed, 0, index, v) for v in range(len(self.specs))]
-        return tuple(decode_crops(data, self.specs, rngs))
-
-
-try:  # grain's transform base class, when grain is installed (the optional comparison)
-    import grain.python as _gp
-
-    class _GrainMap(_gp.MapWithIndexTransform):
-        def __init__(self, crops: _GrainCrops):
-            self.crops = crops
-
-        def map_with_index(self, index, element):
-            return self.crops.map_with_index(index, element)
-
-except ImportError:  # pragma: no cover - grain absent
-    _GrainMap = None
-
-
-def _grain_loader(files, args):
-    """grain's dataset pipeline over the same files (shuffled, the same crops per record,
-    batched) with `--workers` worker processes (`mp_prefetch`); None without grain."""
-    if _GrainMap is None:
-        return None
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags
-        flags.FLAGS.mark_as_parsed()
-    crops = _GrainCrops(args.image_size, args.views, args.seed)
-    ds = (
-        _gp.MapDataset.source(_FileBytes(files))
-        .shuffle(seed=args.seed)
-        .repeat()
-        .map_with_index(_GrainMap(crops))
-        .batch(args.batch, drop_remainder=True)
-    )
-    return ds.to_iter_dataset().mp_prefetch(_gp.MultiprocessingOptions(num_workers=args.workers))
-
-
-def _grain_run(loader, args, sharding) -> float:
-    it = iter(loader)
-
-    def nxt():
-        views = next(it)
-        return [jax.device_put(np.asarray(v), sharding) for v in views]
-
-    for _ in range(args.warmup):
-        jax.block_until_ready(nxt())
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        jax.block_until_ready(nxt())
-    return time.perf_counter() - t
+    return _steady(run, args)
 
 
 class _TorchViews:
@@ -234,29 +178,36 @@ def _torch_loader(root: str, args):
         batch_size=args.batch,
         shuffle=True,
         num_workers=args.workers,
+        # Kept across the epochs of one run (2,000 files are 7 batches of 256): without it
+        # every epoch would start the worker processes again.
         persistent_workers=True,
         multiprocessing_context="spawn",
         drop_last=True,
     )
 
 
-def _torch_run(loader, args) -> float:
-    it = iter(loader)
+def _torch_run(root: str, args, sharding) -> float:
+    """Steady-state seconds of a fresh DataLoader per run (`_steady`). Its batches stay in
+    host memory, where the DataLoader leaves them: sending them to the device the way
+    jssl's are sent (`jax.device_put` of the tensors' numpy views) cost PyTorch 2 s a
+    batch here, a cost of the interoperation, not of its pipeline."""
 
-    def nxt():
-        nonlocal it
-        try:
-            return next(it)
-        except StopIteration:
-            it = iter(loader)
-            return next(it)
+    def run(n: int) -> float:
+        loader = _torch_loader(root, args)
+        t = time.perf_counter()
+        done, it = 0, iter(loader)
+        while done < n:
+            try:
+                views, _ = next(it)
+            except StopIteration:
+                it = iter(loader)
+                continue
+            done += 1
+        took = time.perf_counter() - t
+        del it, loader  # stops the worker processes
+        return took
 
-    for _ in range(args.warmup):
-        nxt()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        nxt()
-    return time.perf_counter() - t
+    return _steady(run, args)
 
 
 def bench(args) -> dict:
@@ -274,31 +225,27 @@ def bench(args) -> dict:
     if args.workers < 1:
         raise SystemExit(f"jssl.bench: --workers {args.workers}: give at least 1")
     files = _files(root)
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    loader = None
-    try:
-        loader = _torch_loader(root, args)
-    except ImportError:
-        pass
-    grain_loader = _grain_loader(files, args) if args.grain else None
+    mesh = parallel.make_mesh()
+    other = {"grain": "threads", "threads": "grain"}[args.backend]
     times: dict[str, list[float]] = {"jssl": []}
-    if loader is not None:
+    if args.other_backend:
+        times[other] = []
+    if importlib.util.find_spec("torchvision") is not None:
         times["torch"] = []
-    if grain_loader is not None:
-        times["grain"] = []
+    # In turn, each implementation alone on the cores while it is timed.
+    sharding = parallel.batch_sharding(mesh)
     for _ in range(args.repeats):
-        times["jssl"].append(_jssl_run(files, args, sharding))
-        if loader is not None:
-            times["torch"].append(_torch_run(loader, args))
-        if grain_loader is not None:
-            times["grain"].append(_grain_run(grain_loader, args, sharding))
+        times["jssl"].append(_jssl_run(root, args, mesh, args.backend))
+        if args.other_backend:
+            times[other].append(_jssl_run(root, args, mesh, other))
+        if "torch" in times:
+            times["torch"].append(_torch_run(root, args, sharding))
     cores = min(args.workers, os.cpu_count() or 1)
     images = args.steps * args.batch
     out = {
         "impl": "jssl",
         "method": "input",
-        "backend": "threads+pillow",
+        "backend": f"{args.backend}+pillow",
         "pillow_jpeg": _pillow_jpeg(),
         "data": root,
         "files": len(files),
@@ -327,15 +274,13 @@ def bench(args) -> dict:
             torch=torch.__version__,
             torchvision=torchvision.__version__,
         )
-    if "grain" in times:
-        import grain
-
-        g = statistics.median(times["grain"])
+    if args.other_backend:
+        o = statistics.median(times[other])
         out.update(
-            grain_img_per_s=round(images / g, 1),
-            grain_img_per_s_per_core=round(images / g / cores, 1),
-            ratio_vs_grain=round(g / s, 3),
-            grain=getattr(grain, "__version__", "?"),
+            other_backend=other,
+            other_img_per_s=round(images / o, 1),
+            other_img_per_s_per_core=round(images / o / cores, 1),
+            ratio_vs_other=round(o / s, 3),
         )
     out["times_s"] = {k: [round(v, 3) for v in vs] for k, vs in times.items()}
     if args.step:
@@ -383,7 +328,11 @@ def _step_run(root: str, args) -> dict:
     info = methods.DataInfo(num_classes=source.num_classes, image_shape=source.image_shape)
     method = methods.build(config, info, mesh)
     specs = pipeline.crop_specs(config, source, method.host_views)
-    cropper = HostCropper(specs, seed=args.seed, workers=args.workers)
+    cropper = (
+        GrainCrops(tuple(specs), args.seed, args.workers)
+        if args.backend == "grain"
+        else HostCropper(specs, seed=args.seed, workers=args.workers)
+    )
     stream = pipeline.TrainBatches(
         source, batch_size=args.batch, seed=args.seed, mesh=mesh, cropper=cropper
     )

@@ -413,9 +413,11 @@ def _train_and_evaluate(run: _Run, config: ml_collections.ConfigDict, workdir: s
     )
     cropper = None
     if run.crop_specs is not None:
-        cropper = HostCropper(
-            run.crop_specs, seed=config.seed, workers=config.data.workers or default_workers()
-        )
+        workers = config.data.workers or default_workers()
+        if config.data.backend == "grain":
+            cropper = pipeline.GrainCrops(tuple(run.crop_specs), config.seed, workers)
+        else:
+            cropper = HostCropper(run.crop_specs, seed=config.seed, workers=workers)
     if method.batches is not None:
         batches = method.batches(run.source, mesh, **({"cropper": cropper} if cropper else {}))
     else:

@@ -170,14 +170,24 @@ def test_folder_of_one_size_is_not_variable(tmp_path):
 # --- The training stream with host crops ---
 
 
+class _Records:
+    """An encoded reader over `jpeg_record`s (picklable, for grain's workers)."""
+
+    def __init__(self, n):
+        self.records = [jpeg_record(k, 4) for k in range(n)]
+
+    def __len__(self):
+        return len(self.records)
+
+    def read_encoded(self, idx):
+        return [self.records[i]["image"] for i in idx], np.array(
+            [self.records[i]["label"] for i in idx]
+        )
+
+
 def _encoded_source(n=24):
-    records = [jpeg_record(k, 4) for k in range(n)]
-
-    def fetch(idx):
-        return [records[i]["image"] for i in idx], np.array([records[i]["label"] for i in idx])
-
     return EncodedSource(
-        "mock", "train", fetch, n, num_classes=4, class_names=None, image_size=16, crop_pct=1.0
+        "mock", "train", _Records(n), num_classes=4, class_names=None, image_size=16, crop_pct=1.0
     )
 
 
@@ -185,13 +195,18 @@ def test_host_crops_are_a_function_of_seed_step_example_view_on_any_mesh():
     src = _encoded_source()
     specs = [CropSpec(16, (0.2, 1.0)), CropSpec(16, (0.2, 1.0)), CropSpec(8, (0.05, 0.3))]
     out = {}
-    for n in (1, 8):
-        mesh = parallel.make_mesh(jax.devices()[:n])
-        stream = pipeline.TrainBatches(
-            src, batch_size=16, seed=5, mesh=mesh, cropper=HostCropper(specs, seed=5, workers=3)
-        )
+    for n, cropper in (
+        (1, HostCropper(specs, seed=5, workers=3)),
+        (8, HostCropper(specs, seed=5, workers=1)),
+        ("grain", pipeline.GrainCrops(tuple(specs), 5, 2)),  # worker processes
+    ):
+        mesh = parallel.make_mesh(jax.devices()[: 8 if n == "grain" else n])
+        stream = pipeline.TrainBatches(src, batch_size=16, seed=5, mesh=mesh, cropper=cropper)
         out[n] = [jax.tree_util.tree_map(np.asarray, b) for b in stream(2, 5)]
-    for a, b in zip(out[1], out[8]):
+        cropper.close()
+    assert len(out["grain"]) == 3
+    for a, b, g in zip(out[1], out[8], out["grain"]):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, a, g)
         assert set(a) == {"crops", "label"}
         assert [c.shape for c in a["crops"]] == [(16, 16, 16, 3), (16, 16, 16, 3), (16, 8, 8, 3)]
         jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
@@ -280,8 +295,8 @@ def test_pretraining_on_encoded_images_crops_on_the_host_and_resumes_exactly(tmp
         shutil.copytree(tmp_path / "full", tmp_path / "part")
         shutil.rmtree(tmp_path / "part" / "checkpoints" / "4")
         r2 = train.train_and_evaluate(c, str(tmp_path / "part"))
-        # On one device: the same crops feed the same step.
-        c1 = _imagenette_smoke(**{"eval.random_init_baseline": False})
+        # On one device, decoded in grain's worker processes: the same crops, the same step.
+        c1 = _imagenette_smoke(**{"eval.random_init_baseline": False, "data.backend": "grain"})
         train.train_and_evaluate(c1, str(tmp_path / "one"), devices=jax.devices()[:1])
     assert r["train_step_compilations"] == 1 and r2["resumed_from_step"] == 2
     assert r2["train_step_compilations"] == 1

@@ -11,26 +11,37 @@ Such a source answers two reads:
   and plots read these sets as they read any fixed-size one.
 
 ``variable_size`` tells the training loop that a crop on the device would only see this
-centre view, not the original (`data.crop_on`).
+centre view, not the original (`data.crop_on`). ``encoded_reader()`` is the small picklable
+object behind ``read_encoded`` that the loader's worker processes take with them
+(`jssl.data.pipeline`; image folders and subsets have one too).
 """
 
 from __future__ import annotations
 
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from jssl.data.crops import decode_many, default_workers
 from jssl.data.subsets import check_indices, is_encoded
 
-__all__ = ["EncodedSource", "is_encoded"]
+__all__ = ["EncodedSource", "EncodedReader", "is_encoded"]
+
+
+class EncodedReader(Protocol):
+    """Picklable: `read_encoded(indices)` -> (list of bytes, labels int32) for checked
+    indices, and `len()`."""
+
+    def __len__(self) -> int: ...
+
+    def read_encoded(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]: ...
 
 
 class EncodedSource:
-    """One split of encoded images; `fetch(indices) -> (list of bytes, labels)` reads the
-    stored records (indices already checked), the rest is shared by every such source."""
+    """One split of encoded images read through `reader` (an `EncodedReader`: the stored
+    records); the rest is shared by every such source."""
 
     variable_size = True
 
@@ -38,8 +49,7 @@ class EncodedSource:
         self,
         name: str,
         split: str,
-        fetch: Callable[[np.ndarray], tuple[Sequence[bytes], np.ndarray]],
-        length: int,
+        reader: EncodedReader,
         *,
         num_classes: int,
         class_names: tuple[str, ...] | None,
@@ -51,14 +61,17 @@ class EncodedSource:
         self.num_classes, self.class_names = int(num_classes), class_names
         self.image_size, self.crop_pct = int(image_size), float(crop_pct)
         self.workers = int(workers) or default_workers()
-        self._fetch, self._length = fetch, int(length)
+        self._reader = reader
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.image_size, self.image_size, 3)
 
     def __len__(self) -> int:
-        return self._length
+        return len(self._reader)
+
+    def encoded_reader(self) -> EncodedReader:
+        return self._reader
 
     @functools.cached_property
     def _pool(self) -> ThreadPoolExecutor | None:
@@ -66,7 +79,7 @@ class EncodedSource:
 
     def read_encoded(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         idx = check_indices(indices, len(self), f"{self.name}:{self.split}")
-        datas, labels = self._fetch(idx)
+        datas, labels = self._reader.read_encoded(idx)
         return list(datas), np.asarray(labels, np.int32).reshape(idx.size)
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

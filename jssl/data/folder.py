@@ -229,11 +229,28 @@ class FolderSource:
     def read_encoded(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         """The image files' bytes, undecoded, and the labels (host crops)."""
         idx = check_indices(indices, len(self), self.name + ":" + self.split)
+        return self.encoded_reader().read_encoded(idx)
+
+    def encoded_reader(self) -> FileReader:
+        """The picklable reader of the files (no decoded images inside)."""
+        return FileReader(tuple(p for p, _ in self._files), self._labels)
+
+
+class FileReader:
+    """Image files by index: their bytes and labels (an `EncodedReader`, picklable)."""
+
+    def __init__(self, paths: tuple[str, ...], labels: np.ndarray):
+        self.paths, self.labels = paths, labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read_encoded(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         datas = []
-        for i in idx:
-            with open(self._files[i][0], "rb") as f:
+        for i in indices:
+            with open(self.paths[i], "rb") as f:
                 datas.append(f.read())
-        return datas, self._labels[idx]
+        return datas, self.labels[np.asarray(indices, np.int64)]
 
 
 def folder_source(

@@ -346,6 +346,32 @@ class TfdsSource:
         return f"TfdsSource({self.name!r}, {self.split!r}, n={len(self)})"
 
 
+class TfdsRecords:
+    """The undecoded records of a TFDS split (an `EncodedReader`): the image feature's
+    stored bytes and the label; picklable, as TFDS's data sources are."""
+
+    def __init__(self, records: Sequence[Any], image_key: str, label_key: str):
+        self.records, self.image_key, self.label_key = records, image_key, label_key
+        self._batched = True
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def read_encoded(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        keys = [int(i) for i in indices]
+        got: Sequence[dict] = []
+        if keys and self._batched:
+            try:
+                got = self.records.__getitems__(keys)  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):  # see TfdsSource._gather
+                self._batched = False
+        if keys and not self._batched:
+            got = [self.records[k] for k in keys]
+        return [bytes(r[self.image_key]) for r in got], np.array(
+            [r[self.label_key] for r in got], np.int32
+        )
+
+
 def _pick_key(
     features: Any, wanted: str | None, default: str, kind: type, what: str, name: str, arg: str
 ) -> str:
@@ -456,28 +482,10 @@ def _tfds_source(
         raise
     names = getattr(label, "names", None)
     if variable:
-        reader = TfdsSource(
-            name,
-            split,
-            records,
-            image_key=image_key,
-            label_key=label_key,
-            image_shape=(0, 0, 0),
-            num_classes=int(label.num_classes),
-            class_names=None,
-        )
-
-        def fetch(idx: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-            got = reader._gather(idx.tolist()) if idx.size else []
-            return [bytes(r[image_key]) for r in got], np.array(
-                [r[label_key] for r in got], np.int32
-            )
-
         return EncodedSource(
             name,
             split,
-            fetch,
-            len(records),
+            TfdsRecords(records, image_key, label_key),
             num_classes=int(label.num_classes),
             class_names=tuple(names) if names else None,
             image_size=image_size,

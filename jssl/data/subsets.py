@@ -143,6 +143,7 @@ class SubsetSource:
         self.variable_size = bool(getattr(source, "variable_size", False))
         if is_encoded(source):  # forward the encoded reads of an encoded source only
             self.read_encoded = self._read_encoded
+            self.encoded_reader = self._encoded_reader
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -156,6 +157,22 @@ class SubsetSource:
 
     def _read_encoded(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         return self.source.read_encoded(self.indices[check_indices(indices, len(self), self.name)])
+
+    def _encoded_reader(self):
+        return SubsetReader(self.source.encoded_reader(), self.indices)
+
+
+class SubsetReader:
+    """The encoded reader of a subset (picklable): position i reads reader[indices[i]]."""
+
+    def __init__(self, reader, indices: np.ndarray):
+        self.reader, self.indices = reader, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read_encoded(self, indices: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        return self.reader.read_encoded(self.indices[np.asarray(indices, np.int64)])
 
 
 def is_encoded(source) -> bool:
