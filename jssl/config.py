@@ -204,7 +204,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.workers = 0  # host decoding workers; 0: one per CPU core of the process
     # Who decodes the host crops: "threads" (a thread pool in the training process; Pillow
     # releases the GIL while it decodes and resizes) or "grain" (grain's worker
-    # processes). Same bytes either way; threads were 1.4x grain's steady throughput with
+    # processes). Same bytes either way; threads were 1.17x grain's steady throughput with
     # 2 workers on a 2-core host (`python -m jssl.bench --method input --other-backend`).
     c.data.backend = "threads"
     # Images of varying size are evaluated at Resize(floor(image_size / crop_pct)) +

@@ -19,10 +19,13 @@ from tests.test_config import ROOT
 # Files of an orbax step directory (checkpoints/<step>/) and what is done to them: each
 # makes the restore fail (measured: damage to the other files, such as the commit markers
 # or _CHECKPOINT_METADATA, still restores the same arrays).
+# Not in the list: the process-local copies under default/ocdbt.process_0/d/. Whether the
+# restore reads them depends on how far orbax's merge into default/d/ got when the step was
+# written (CI at 9ff3c38 restored step 4 through them truncated once in several runs); the
+# array data is damaged through default/d/ instead.
 DAMAGES = [
     ("default/d/*", "truncate"),  # the array data
     ("default/d/*", "delete"),
-    ("default/ocdbt.process_0/d/*", "truncate"),
     ("default/manifest.ocdbt", "delete"),
     ("default/_METADATA", "truncate"),  # the tree structure
     ("default/array_metadatas/process_0", "truncate"),

@@ -14,7 +14,7 @@ the host from the original image, its window a function of (seed, step, example 
 view), so resume and any process count read the same crops. Two croppers give the same
 bytes: `HostCropper`'s thread pool (`data.backend="threads"`, the default) and
 `GrainCrops`, grain's worker processes (`mp_prefetch`, each worker a whole batch at a
-time, the order kept). On a 2-core host the threads' steady throughput was 1.4x grain's
+time, the order kept). On a 2-core host the threads' steady throughput was 1.17x grain's
 (`python -m jssl.bench --method input --other-backend`); processes may scale further on
 hosts of many cores, where the part of each decode that holds the GIL would cap threads:
 measure there with the same command.
