@@ -789,16 +789,44 @@ def imagenet_preset(c: ml_collections.ConfigDict, *, batch_size: int, epochs: in
     selection on its last 1%, ImageNet's validation split as the test set; `epochs` at the
     global `batch_size`, a checkpoint per epoch, evaluation at the end. Returns the steps
     per epoch (for the recipe's warm-up and schedules)."""
-    steps_per_epoch = IMAGENET_TRAIN_IMAGES // batch_size
-    c.data.name = "imagenet2012"
+    return _tfds_224_preset(
+        c,
+        "imagenet2012",
+        IMAGENET_TRAIN_IMAGES,
+        batch_size=batch_size,
+        epochs=epochs,
+        train_percent=99,
+        log_every=100,
+        checkpoint_epochs=1,
+    )
+
+
+def _tfds_224_preset(
+    c,
+    name: str,
+    train_images: int,
+    *,
+    batch_size: int,
+    epochs: int,
+    train_percent: int,
+    log_every: int,
+    checkpoint_epochs: int,
+) -> int:
+    """TFDS `name` at 224 px: pretraining on `train`, the probe on its first
+    `train_percent`%, model selection on the rest, `validation` as the test set; `epochs`
+    at the global `batch_size`, a checkpoint every `checkpoint_epochs`, evaluation at the
+    end. Returns the steps per epoch."""
+    steps_per_epoch = train_images // batch_size
+    c.data.name = name
     c.data.train_split = "train"
     c.data.image_size = 224
-    c.eval.train_split, c.eval.val_split = "train[:99%]", "train[99%:]"
+    c.eval.train_split = f"train[:{train_percent}%]"
+    c.eval.val_split = f"train[{train_percent}%:]"
     c.eval.test_split = "validation"
     c.batch_size = batch_size
     c.total_steps = epochs * steps_per_epoch
-    c.log_every = 100
-    c.checkpoint_every = steps_per_epoch
+    c.log_every = log_every
+    c.checkpoint_every = checkpoint_epochs * steps_per_epoch
     c.eval_every = 0
     return steps_per_epoch
 
@@ -822,18 +850,16 @@ def resnet50_preset(
         steps_per_epoch = imagenet_preset(c, batch_size=batch_size, epochs=epochs)
         c.model.backbone = "resnet50"
     elif preset == "imagenette":
-        batch_size, epochs = 256, 200
-        steps_per_epoch = IMAGENETTE_TRAIN_IMAGES // batch_size
-        c.data.name = "imagenette"
-        c.data.train_split = "train"
-        c.data.image_size = 224
-        c.eval.train_split, c.eval.val_split = "train[:90%]", "train[90%:]"
-        c.eval.test_split = "validation"
-        c.batch_size = batch_size
-        c.total_steps = epochs * steps_per_epoch
-        c.log_every = 50
-        c.checkpoint_every = 10 * steps_per_epoch
-        c.eval_every = 0
+        steps_per_epoch = _tfds_224_preset(
+            c,
+            "imagenette",
+            IMAGENETTE_TRAIN_IMAGES,
+            batch_size=256,
+            epochs=200,
+            train_percent=90,
+            log_every=50,
+            checkpoint_epochs=10,
+        )
         c.model.backbone = "resnet18"
     else:
         raise ValueError(f"resnet50_preset: preset {preset!r} is not imagenet or imagenette")

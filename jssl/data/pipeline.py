@@ -191,24 +191,23 @@ class TrainBatches:
             finally:
                 hosts.close()
             return
+        yield from self._placed(self._read_ahead(start_step, end_step))
+
+    def _read_ahead(self, start_step: int, end_step: int) -> Iterator[dict]:
+        """Host batches of steps start_step .. end_step - 1, read `prefetch` steps ahead on a
+        host thread."""
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             pending = [
                 pool.submit(self.host_batch, s)
                 for s in range(start_step, min(end_step, start_step + self.prefetch))
             ]
             next_step = start_step + len(pending)
-            placed = None
             while pending:
                 host = pending.pop(0).result()
                 if next_step < end_step:
                     pending.append(pool.submit(self.host_batch, next_step))
                     next_step += 1
-                ahead = parallel.to_global(host, self.mesh)
-                if placed is not None:
-                    yield placed
-                placed = ahead
-            if placed is not None:
-                yield placed
+                yield host
 
     def _placed(self, hosts: Iterator[dict]) -> Iterator[dict]:
         """Host batches placed on the devices one step ahead."""

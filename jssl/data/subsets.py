@@ -109,9 +109,11 @@ def source_labels(source, chunk: int = 4096) -> np.ndarray:
     labels = getattr(source, "labels", None)
     if labels is not None:
         return np.asarray(labels).astype(np.int64)
+    # A source of encoded images hands out its labels with the undecoded files.
+    read = source.read_encoded if is_encoded(source) else source.read
     out = []
     for start in range(0, len(source), chunk):
-        _, y = source.read(np.arange(start, min(start + chunk, len(source))))
+        _, y = read(np.arange(start, min(start + chunk, len(source))))
         out.append(np.asarray(y))
     return np.concatenate(out).astype(np.int64)
 
