@@ -455,7 +455,8 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
 
     Features of `config.eval.train_split` are the k-NN memory bank and the probe's training
     set; the probe's weight decay is chosen on `config.eval.val_split`; accuracies are
-    reported on `config.eval.test_split`. Nothing is selected on test. The features stay
+    reported on `config.eval.test_split` ("knn_val_accuracy": the k-NN on the validation
+    split, for model selection). Nothing is selected on test. The features stay
     sharded over the devices (`jssl.evaluate_sharded`): the k-NN streams the test batches
     against the sharded bank; the probe is the L-BFGS fit of `linear_probe` on gathered
     features or minibatch SGD on the sharded ones (`eval.linear_path`; "auto": L-BFGS while
@@ -481,6 +482,14 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
         "knn_accuracy": evaluate_sharded.knn_accuracy_sharded(
             train,
             test,
+            num_classes=num_classes,
+            k=min(ev.knn_k, train.n),
+            temperature=ev.knn_temperature,
+        ),
+        # The same k-NN on the validation split: what studies select hyperparameters on.
+        "knn_val_accuracy": evaluate_sharded.knn_accuracy_sharded(
+            train,
+            val,
             num_classes=num_classes,
             k=min(ev.knn_k, train.n),
             temperature=ev.knn_temperature,

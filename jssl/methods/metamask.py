@@ -90,6 +90,9 @@ MODES = ("exact", "first_order", "finite_difference")
 PRETEXTS = ("barlow_twins+nt_xent",)
 # Logged every step (metrics "mask_q00" ... "mask_q100"): the mask's profile over training.
 MASK_QUANTILES = (0, 5, 10, 25, 50, 75, 90, 95, 100)
+# Folded into the init key for a random initial mask (`metamask.init_std`): the network's
+# initialisation and the run's keys stay those of the same seed without it.
+MASK_INIT_SALT = 0x6D61736B
 
 
 # --- The hypergradient --------------------------------------------------------------------
@@ -225,6 +228,11 @@ def metamask_config(**overrides) -> ml_collections.ConfigDict:
             weight_decay=5e-4,
             sigmoid=True,  # M = sigmoid(m), m = 0 at init; False: M = m, m = 1 (--disable-sigmoid)
             fd_radius=0.01,  # finite_difference mode: step length along the gradient
+            # Controls (jssl/studies/metamask.py): learn=False keeps the mask at its initial
+            # value (no meta update: a fixed mask); init_std > 0 draws the initial logits
+            # from N(init, init_std) (a random mask) with a key folded from the init key.
+            learn=True,
+            init_std=0.0,
         ),
         overrides,
     )
@@ -258,6 +266,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(mm.weight_decay >= 0, "metamask.weight_decay", f"must be >= 0, got {mm.weight_decay!r}")
     check_view_sizes(config, ("view1", "view2"))
     require(mm.fd_radius > 0, "metamask.fd_radius", f"must be > 0, got {mm.fd_radius!r}")
+    require(
+        isinstance(mm.learn, bool), "metamask.learn", f"must be True or False, got {mm.learn!r}"
+    )
+    require(
+        isinstance(mm.init_std, (int, float)) and mm.init_std >= 0,
+        "metamask.init_std",
+        f"must be a number >= 0 (0: every logit at its initial value), got {mm.init_std!r}",
+    )
     require(
         config.loss.name in PRETEXTS,
         "loss.name",
@@ -443,7 +459,11 @@ def init(s: Setup, rng: jax.Array) -> TrainState:
     def extras(params, batch_stats, keys):
         if not s.enabled:
             return {}
-        logits = jnp.full((feature_dim,), 0.0 if s.config.metamask.sigmoid else 1.0, jnp.float32)
+        mm = s.config.metamask
+        logits = jnp.full((feature_dim,), 0.0 if mm.sigmoid else 1.0, jnp.float32)
+        if mm.init_std:  # a random mask (the fixed-random-mask control)
+            noise = jax.random.normal(jax.random.fold_in(rng, MASK_INIT_SALT), (feature_dim,))
+            logits = logits + float(mm.init_std) * noise
         return {"mask_logits": logits, "mask_opt_state": s.mask_tx.init(logits)}
 
     return init_state(
@@ -578,7 +598,7 @@ def meta_update(s: Setup, state: TrainState, inputs: Sequence[jax.Array], lr):
 def update(s: Setup, state: TrainState, inputs: Sequence[jax.Array]):
     """The whole step on augmented views: network update, then the mask's meta update."""
     new, metrics = network_update(s, state, inputs)
-    if s.enabled:
+    if s.enabled and s.config.metamask.learn:
         new, meta_metrics = meta_update(s, new, inputs, s.schedule(state.step))
         metrics.update(meta_metrics)
     return new.replace(step=state.step + 1), metrics
