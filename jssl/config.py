@@ -285,6 +285,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.linear_sgd_lr = 0.1  # on standardised features, cosine to 0, momentum 0.9
     c.eval.random_init_baseline = True  # also evaluate a randomly initialised encoder
     c.eval.max_examples = 0  # 0: whole splits; >0 caps each split (quick evaluations)
+    # < 1: validate on a seeded, class-balanced fraction of val_split (what a few-label
+    # user would have: docs/studies.md rule 4); val_subset_seed draws it.
+    c.eval.val_fraction = 1.0
+    c.eval.val_subset_seed = 0
 
     # The online linear probe (solo-learn's and lightly's): a linear classifier on the
     # stop-gradient backbone features of the training crops, trained on their labels with
@@ -610,6 +614,16 @@ def validate(
         _is_number(ev.knn_temperature) and ev.knn_temperature > 0,
         "eval.knn_temperature",
         f"must be a number > 0, got {ev.knn_temperature!r}",
+    )
+    _require(
+        _is_number(ev.get("val_fraction", 1.0)) and 0 < ev.get("val_fraction", 1.0) <= 1,
+        "eval.val_fraction",
+        f"must be in (0, 1] (1: the whole validation split), got {ev.get('val_fraction')!r}",
+    )
+    _require(
+        _is_int(ev.get("val_subset_seed", 0)),
+        "eval.val_subset_seed",
+        f"must be an integer, got {ev.get('val_subset_seed')!r}",
     )
     _require(
         _is_int(ev.max_examples) and ev.max_examples >= 0,

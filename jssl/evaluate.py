@@ -19,7 +19,7 @@ import optax
 
 from jssl import evaluate_sharded, parallel
 from jssl.data import pipeline, sources
-from jssl.data.subsets import check_num_classes
+from jssl.data.subsets import SubsetSource, check_num_classes, few_label_subset, source_labels
 from jssl.losses import l2_normalize
 
 __all__ = [
@@ -450,6 +450,23 @@ def calibrate_batch_stats(method, state, source, config, mesh, *, num_batches: i
     return state
 
 
+def split_source(config, split: str):
+    """The source of an evaluation split; the validation split reduced to a seeded,
+    class-balanced `eval.val_fraction` of it (`eval.val_subset_seed`) when that is < 1."""
+    src = sources.config_source(config, split)
+    ev = config.eval
+    fraction = float(ev.get("val_fraction", 1.0))
+    if split != ev.val_split or fraction >= 1.0:
+        return src
+    rows = few_label_subset(
+        source_labels(src),
+        fraction,
+        seed=int(ev.get("val_subset_seed", 0)),
+        num_classes=src.num_classes,
+    )
+    return SubsetSource(src, rows)
+
+
 def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
     """k-NN and linear-probe accuracy of the frozen encoder on the config's eval splits.
 
@@ -466,7 +483,7 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
     ev = config.eval
     feats = {}
     for key, split in (("train", ev.train_split), ("val", ev.val_split), ("test", ev.test_split)):
-        src = sources.config_source(config, split)
+        src = split_source(config, split)
         feats[key] = evaluate_sharded.extract_sharded(
             embed_fn,
             state,
@@ -545,7 +562,7 @@ def evaluate_classifier(
     for key, split in zip(names, (ev.val_split, ev.test_split)):
         if key is None:
             continue
-        src = sources.config_source(config, split)
+        src = split_source(config, split)
         logits, labels = extract_features(
             predict_fn,
             state,

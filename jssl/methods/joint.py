@@ -10,7 +10,9 @@ one backward pass and one optimizer step per train step, nothing frozen. The lab
 (`config.joint.labelled_batch_size`) comes from a seeded, class-balanced
 `config.joint.labelled_fraction` of the train split; the unlabelled batch
 (`config.batch_size`) from the rest of it (the whole split when the fraction is 1).
-`lambda = 0` is supervised training alone. The pretext is any `pretrain.PRETEXTS` entry that
+`config.joint.ssl_on = "labelled"` puts the pretext on the labelled batch instead, the same
+images as the cross-entropy (the paper's setting, with every label). `lambda = 0` is
+supervised training alone. The pretext is any `pretrain.PRETEXTS` entry that
 needs no method state (no momentum target, queue or prototypes); the paper's is SimCLR's
 NT-Xent at temperature 0.5, and `config.loss.normalize=False` feeds raw projections as the
 official code does. Evaluation adds the classifier's validation and test accuracy
@@ -66,6 +68,7 @@ __all__ = [
 ]
 
 PRETEXTS = {name: p for name, p in pretrain.PRETEXTS.items() if not p.needs}
+SSL_ON = ("unlabelled", "labelled")  # config.joint.ssl_on
 
 
 def joint_config(**overrides) -> ml_collections.ConfigDict:
@@ -77,6 +80,10 @@ def joint_config(**overrides) -> ml_collections.ConfigDict:
             labelled_fraction=1.0,  # 0.01, 0.1, 1.0: seeded class-balanced subset of train
             labelled_batch_size=64,  # global
             subset_seed=0,  # the labelled subset's seed (fixed across training seeds)
+            # "unlabelled": the pretext on the unlabelled batch (the rest of the split);
+            # "labelled": on the labelled batch, the same images as the cross-entropy (the
+            # paper's setting, with every label)
+            ssl_on="unlabelled",
         ),
         overrides,
     )
@@ -138,6 +145,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"config.joint.labelled_batch_size: {b!r} must be a positive multiple "
             f"of the {num_devices} devices"
         )
+    if j.get("ssl_on", "unlabelled") not in SSL_ON:
+        raise ConfigError(
+            f"config.joint.ssl_on: must be one of {', '.join(SSL_ON)}, got {j.ssl_on!r}"
+        )
     check_labelled(config, "joint")
     check_view_sizes(config, ("view1", "view2"))
 
@@ -198,10 +209,12 @@ def init(s: Setup, rng: jax.Array) -> TrainState:
 
 
 def make_inputs(s: Setup, state: TrainState, batch: dict) -> dict:
-    """{"views": the two augmented views of the unlabelled batch ([] when lambda = 0),
-    "clean": the labelled images in the evaluation transform, "labels"}."""
+    """{"views": the two augmented views of the unlabelled batch, or of the labelled one
+    (`joint.ssl_on`; [] when lambda = 0), "clean": the labelled images in the evaluation
+    transform, "labels"}."""
     clean = augment.center_view(batch["labelled_image"], **s.transform)
-    views = make_views(state, batch["image"], s.views) if s.ssl_weight else []
+    ssl_images = batch["labelled_image" if s.config.joint.get("ssl_on") == "labelled" else "image"]
+    views = make_views(state, ssl_images, s.views) if s.ssl_weight else []
     return {"views": views, "clean": clean, "labels": batch["labelled_label"]}
 
 

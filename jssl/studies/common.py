@@ -70,10 +70,8 @@ def paired(a: list[float], b: list[float]) -> dict:
 def fmt_diff(d: dict, scale: float = 100.0) -> str:
     """'+1.23 [-0.45, +2.91] points (higher in 3 of 5)' for a `paired` result."""
     lo, hi = d["ci"]
-    return (
-        f"{scale * d['mean']:+.2f} [{scale * lo:+.2f}, {scale * hi:+.2f}] points "
-        f"(higher in {d['higher']} of {len(d['values'])})"
-    )
+    ci = f"[{scale * lo:+.2f}, {scale * hi:+.2f}]" if math.isfinite(lo) else "[no interval]"
+    return f"{scale * d['mean']:+.2f} {ci} points (higher in {d['higher']} of {len(d['values'])})"
 
 
 def verdict(claim: str, d: dict, *, blocked: str | None = None) -> str:

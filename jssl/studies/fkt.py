@@ -1,25 +1,42 @@
-"""The comparison of Chhipa et al. (2023): functional vs representational knowledge transfer.
+"""Functional vs representational knowledge transfer (Chhipa et al. 2023), under the study
+rules of docs/studies.md.
 
-`python -m jssl.main --config configs/fkt.py:compare --workdir DIR` runs, on the same data,
-seeds, model, optimiser and step budget, for each labelled fraction of `config.compare`:
+`python -m jssl.main --config configs/fkt.py:compare --workdir DIR` runs, for each labelled
+fraction f of `compare.fractions` (N = `total_steps`):
 
-* **functional**: the joint method, `CE + lambda * L_SSL` through one backbone
-  (`config.joint.ssl_weight`, the paper's lambda = 1), from a random initialisation (or
-  `model.init_from` when the representational arm is left out);
-* **representational**: SSL pretraining alone (the same pretext, projector, augmentation and
-  optimiser; `method=pretrain` on `eval.train_split`, all of it, without labels, for
-  `compare.pretrain_steps`), then full fine-tuning of every layer on the labelled subset
-  (the joint method with lambda = 0 and `model.init_from` = the pretraining run);
-* **supervised**: the joint method with lambda = 0 from the same initialisation as
-  functional.
+* **representational**: SSL pretraining alone for N steps (`method=pretrain` on the whole
+  training split, labels unused), then full fine-tuning of every layer for N steps on the
+  labelled subset (the joint method with lambda = 0 and `model.init_from` = the pretraining
+  run): 2N optimizer updates;
+* **functional_updates**: the joint method (CE + lambda * L_SSL through one backbone) for 2N
+  steps: as many optimizer updates as representational;
+* **functional_passes**: the joint method for N steps: as many image passes as
+  representational (N unlabelled batches through the pretext and N labelled batches
+  through the classifier in both);
+* **supervised**: lambda = 0 from scratch for 2N steps.
 
-Each fine-tuning/joint run trains for `total_steps` on the seeded, class-balanced labelled
-subset (`joint.subset_seed`: the same images for every seed and arm). Reported: the
-classifier's accuracy on `eval.test_split` at the last step (nothing is selected on test;
-`classifier_val_accuracy` is reported beside it), and the backbone's k-NN and linear-probe
-accuracies. Every run is a sub-workdir of DIR, reused when its results.json exists, so an
-interrupted study resumes. Writes DIR/results.json, DIR/results.md and
-DIR/accuracy_vs_fraction.png.
+At f = 1 the functional arms put the pretext on the labelled batch itself
+(`joint.ssl_on = "labelled"`): the paper's setting, every label, the SSL loss on the same
+images as the cross-entropy. Below 1 the pretext reads the unlabelled rest of the split.
+
+Tuning, per fraction, on seed `compare.tune_seed` (outside the test seeds) and its own
+labelled subset, scored by the classifier's validation accuracy on a validation set no
+larger than the labelled set (`eval.val_fraction`, docs/studies.md rule 4): every arm gets
+two grids of 3 in turn, 5 runs, the second grid at the first one's choice:
+
+* functional arms: the learning rate (`compare.lrs`, lambda = 1), then lambda
+  (`compare.ssl_weights`);
+* representational: the pretraining learning rate (fine-tuning at the middle of
+  `compare.lrs`), then the fine-tuning learning rate;
+* supervised: the learning rate, then the weight decay (`compare.weight_decays`).
+
+Then every arm at its chosen values for each seed of `compare.seeds`, the labelled subset
+drawn with the seed (`joint.subset_seed = seed`), and the validation subset too. Reported:
+the classifier's test accuracy (nothing selected on test), the frozen backbone's k-NN and
+linear probe, a random-init encoder's, the budgets (updates, images, wall time), paired
+differences with 95% t-intervals and a Verdict line per claim. Every run is a sub-workdir
+of DIR, reused when finished, so an interrupted study resumes. Writes DIR/results.json,
+DIR/results.md and DIR/accuracy_vs_fraction.png.
 """
 
 from __future__ import annotations
@@ -30,16 +47,54 @@ import time
 import ml_collections
 
 from jssl import io, plots
+from jssl.data import sources
+from jssl.data.subsets import few_label_subset, source_labels
 from jssl.errors import ConfigError
-from jssl.studies.common import run_all, stats
+from jssl.studies.common import (
+    check_seeds,
+    choose,
+    fmt_diff,
+    paired,
+    provenance,
+    run_all,
+    stats,
+    verdict,
+)
 from jssl.train import RESULTS_FILE
 
-__all__ = ["ARMS", "run", "sub_configs"]
+__all__ = ["ARMS", "run", "arm_configs", "tuning_plan", "val_fraction"]
 
-ARMS = ("functional", "representational", "supervised")
+ARMS = ("functional_updates", "functional_passes", "representational", "supervised")
+KEYS = ("classifier_accuracy", "classifier_val_accuracy", "knn_accuracy", "linear_accuracy")
+SELECT = "classifier_val_accuracy"
 
 
-def _base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def _check(config) -> tuple:
+    cmp = config.compare
+    seeds = check_seeds(cmp.seeds)
+    if cmp.tune_seed in seeds:
+        raise ConfigError(
+            f"config.compare.tune_seed: {cmp.tune_seed} is also a test seed; "
+            "tune on a seed outside config.compare.seeds"
+        )
+    if config.model.get("init_from"):
+        raise ConfigError(
+            "config.model.init_from: the comparison starts every arm from scratch "
+            "(the pretraining run is the representational arm's init); unset it"
+        )
+    for f in cmp.fractions:
+        if not 0 < f <= 1:
+            raise ConfigError(f"config.compare.fractions: {f} is not in (0, 1]")
+    sizes = {len(tuple(cmp[k])) for k in ("lrs", "ssl_weights", "weight_decays")}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ConfigError(
+            "config.compare.lrs, ssl_weights, weight_decays: the grids must be non-empty and "
+            "of the same size (docs/studies.md rule 3)"
+        )
+    return seeds
+
+
+def _base(config) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict(config.to_dict())  # unlocked deep copy
     del c["study"]
     del c["compare"]
@@ -47,95 +102,163 @@ def _base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def _pretrain_config(base: ml_collections.ConfigDict, seed: int, steps: int):
+def val_fraction(config, fraction: float) -> float:
+    """The fraction of the validation split that holds as many examples as the labelled
+    subset at `fraction` (at most all of it): docs/studies.md rule 4."""
+    train = sources.config_source(config, config.eval.train_split)
+    val = sources.config_source(config, config.eval.val_split)
+    n = len(few_label_subset(source_labels(train), fraction, seed=0, num_classes=train.num_classes))
+    return min(1.0, n / len(val))
+
+
+def _pretrain(base, workdir, *, seed, lr, steps):
     c = ml_collections.ConfigDict(base.to_dict())
     c.method = "pretrain"
     del c["joint"]
     c.data.train_split = base.eval.train_split  # the whole training split, labels unused
-    c.seed = seed
-    c.total_steps = steps
+    c.seed = int(seed)
+    c.optimizer.lr = float(lr)
+    c.total_steps = int(steps)
     c.checkpoint_every = min(c.checkpoint_every, steps)
-    return c
+    return {
+        "arm": "pretrain",
+        "seed": int(seed),
+        "config": c,
+        "needs": None,
+        "workdir": os.path.join(workdir, f"pretrain_lr{lr:g}_s{seed}"),
+    }
 
 
-def sub_configs(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-    """Every run of the study, in order: dicts with arm, fraction, seed, workdir, config,
-    and `needs` (the workdir whose checkpoint must exist first, or None)."""
-    cmp = config.compare
-    if config.model.get("init_from") and "representational" in cmp.arms:
-        raise ConfigError(
-            "config.model.init_from: the comparison starts every arm from scratch "
-            "(the pretraining run is the representational arm's init); unset it "
-            "or drop 'representational' from config.compare.arms"
-        )
-    unknown = set(cmp.arms) - set(ARMS)
-    if unknown:
-        raise ConfigError(
-            f"config.compare.arms: unknown {sorted(unknown)}; choose from {', '.join(ARMS)}"
-        )
-    for f in cmp.fractions:
-        if not 0 < f <= 1:
-            raise ConfigError(f"config.compare.fractions: {f} is not in (0, 1]")
+def _joint(
+    base, workdir, name, *, arm, seed, fraction, vfrac, steps, lr, lam=1.0, wd=None, init_from=None
+):
+    c = ml_collections.ConfigDict(base.to_dict())
+    c.seed = int(seed)
+    c.joint.subset_seed = int(seed)
+    c.joint.labelled_fraction = float(fraction)
+    c.joint.ssl_weight = float(lam) if arm.startswith("functional") else 0.0
+    if fraction == 1:  # the paper: the pretext on the labelled batch, a full batch of it
+        c.joint.ssl_on = "labelled"
+        c.joint.labelled_batch_size = c.batch_size
+    else:
+        c.joint.ssl_on = "unlabelled"
+    c.optimizer.lr = float(lr)
+    if wd is not None:
+        c.optimizer.weight_decay = float(wd)
+    c.total_steps = int(steps)
+    c.checkpoint_every = min(c.checkpoint_every, steps)
+    c.eval.val_fraction = float(vfrac)
+    c.eval.val_subset_seed = int(seed)
+    if init_from:
+        c.model.init_from = init_from
+    return {
+        "arm": arm,
+        "seed": int(seed),
+        "fraction": float(fraction),
+        "config": c,
+        "needs": init_from,
+        "workdir": os.path.join(workdir, name),
+    }
+
+
+def arm_configs(config, workdir, arm, *, seed, fraction, vfrac, values, prefix=""):
+    """The runs of one arm at one seed and fraction with hyperparameters `values` (dict:
+    lr, and ssl_weight / pretrain_lr / weight_decay by arm): a list ending with the arm's
+    run (representational: its pretraining run first)."""
     base = _base(config)
-    steps = int(cmp.pretrain_steps or base.total_steps)
-    runs = []
-    for seed in cmp.seeds:
-        pre_dir = os.path.join(workdir, f"pretrain_s{seed}")
-        if "representational" in cmp.arms:
-            runs.append(
-                {
-                    "arm": "pretrain",
-                    "fraction": None,
-                    "seed": seed,
-                    "workdir": pre_dir,
-                    "config": _pretrain_config(base, seed, steps),
-                    "needs": None,
-                }
+    n = int(config.total_steps)
+    tag = f"{prefix}{arm}_f{fraction:g}_" + "_".join(f"{k}{v:g}" for k, v in values.items())
+    kw = dict(arm=arm, seed=seed, fraction=fraction, vfrac=vfrac, lr=values["lr"])
+    if arm == "functional_updates":
+        return [
+            _joint(base, workdir, f"{tag}_s{seed}", steps=2 * n, lam=values["ssl_weight"], **kw)
+        ]
+    if arm == "functional_passes":
+        return [_joint(base, workdir, f"{tag}_s{seed}", steps=n, lam=values["ssl_weight"], **kw)]
+    if arm == "supervised":
+        return [
+            _joint(base, workdir, f"{tag}_s{seed}", steps=2 * n, wd=values["weight_decay"], **kw)
+        ]
+    if arm == "representational":
+        pre = _pretrain(
+            base,
+            os.path.join(workdir, prefix.rstrip("/")) if prefix else workdir,
+            seed=seed,
+            lr=values["pretrain_lr"],
+            steps=n,
+        )
+        return [
+            pre,
+            _joint(base, workdir, f"{tag}_s{seed}", steps=n, init_from=pre["workdir"], **kw),
+        ]
+    raise ConfigError(f"config.compare: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+
+
+def tuning_plan(config, arm):
+    """(first grid name, its values, second grid name, its values, fixed defaults) of an
+    arm: the two grids of 3 it is tuned over, in turn (the first at the defaults)."""
+    cmp = config.compare
+    lrs = tuple(float(v) for v in cmp.lrs)
+    mid = lrs[len(lrs) // 2]
+    if arm.startswith("functional"):
+        return "lr", lrs, "ssl_weight", tuple(cmp.ssl_weights), {"lr": mid, "ssl_weight": 1.0}
+    if arm == "representational":
+        return "pretrain_lr", lrs, "lr", lrs, {"lr": mid}
+    return (
+        "lr",
+        lrs,
+        "weight_decay",
+        tuple(cmp.weight_decays),
+        {
+            "lr": mid,
+            "weight_decay": float(config.optimizer.weight_decay),
+        },
+    )
+
+
+def _label(r):
+    f = r.get("fraction")
+    return r["arm"] + ("" if f is None else f" fraction {f:g}") + f" seed {r['seed']}"
+
+
+def _tune(config, workdir, arm, fraction, vfrac) -> dict:
+    """Tune `arm` at `fraction` on validation: {"chosen": values, "grids": [...]}."""
+    seed = int(config.compare.tune_seed)
+    first, g1, second, g2, values = tuning_plan(config, arm)
+    values = dict(values)
+    log = []
+    for name, grid in ((first, g1), (second, g2)):
+        if len(grid) == 1:  # nothing to choose: no run
+            values[name] = float(grid[0])
+            log.append({"name": name, "grid": list(grid), "scores": {}, "chosen": grid[0]})
+            continue
+        runs, last = [], {}
+        for v in grid:
+            vals = {**values, name: float(v)}
+            rs = arm_configs(
+                config,
+                workdir,
+                arm,
+                seed=seed,
+                fraction=fraction,
+                vfrac=vfrac,
+                values=dict(sorted(vals.items())),
+                prefix="tune/",
             )
-        for fraction in cmp.fractions:
-            for arm in cmp.arms:
-                c = ml_collections.ConfigDict(base.to_dict())
-                c.seed = seed
-                c.joint.labelled_fraction = float(fraction)
-                needs = None
-                if arm != "functional":
-                    c.joint.ssl_weight = 0.0
-                if arm == "representational":
-                    c.model.init_from = needs = pre_dir
-                runs.append(
-                    {
-                        "arm": arm,
-                        "fraction": float(fraction),
-                        "seed": seed,
-                        "workdir": os.path.join(workdir, f"{arm}_f{fraction:g}_s{seed}"),
-                        "config": c,
-                        "needs": needs,
-                    }
-                )
-    return runs
+            runs += rs
+            last[f"{v:g}"] = rs[-1]["workdir"]
+        res = run_all(runs, _label)
+        scores = {k: res[w]["eval"][SELECT] for k, w in last.items()}
+        _, chosen = choose({f"{v:g}": float(v) for v in grid}, scores)
+        values[name] = chosen
+        log.append(
+            {"name": name, "grid": [float(v) for v in grid], "scores": scores, "chosen": chosen}
+        )
+    return {"chosen": dict(sorted(values.items())), "grids": log}
 
 
 def _cell(s: dict) -> str:
     return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
-
-
-def _verdict(summary: dict, fractions) -> list[str]:
-    lines = []
-    for f in fractions:
-        key = f"{f:g}"
-        if "functional" not in summary or "representational" not in summary:
-            break
-        fu = summary["functional"][key]["classifier_accuracy"]
-        re = summary["representational"][key]["classifier_accuracy"]
-        diffs = [a - b for a, b in zip(fu["values"], re["values"])]
-        d = stats(diffs)
-        better = sum(x > 0 for x in diffs)
-        lines.append(
-            f"labelled fraction {f:g}: functional - representational = "
-            f"{100 * d['mean']:+.1f} ± {100 * d['std']:.1f} points "
-            f"(functional higher in {better} of {len(diffs)} seeds)"
-        )
-    return lines
 
 
 def _plot(summary: dict, fractions, path: str) -> str | None:
@@ -153,102 +276,228 @@ def _plot(summary: dict, fractions, path: str) -> str | None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Functional vs representational transfer")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.savefig(path)
     return path
 
 
+def _budget(arm, config, fraction) -> dict:
+    n = int(config.total_steps)
+    b = int(config.batch_size)
+    bl = b if fraction == 1 else int(config.joint.labelled_batch_size)
+    if arm == "functional_updates":
+        return {"updates": 2 * n, "ssl_images": 2 * n * b, "labelled_images": 2 * n * bl}
+    if arm == "functional_passes":
+        return {"updates": n, "ssl_images": n * b, "labelled_images": n * bl}
+    if arm == "representational":
+        return {"updates": 2 * n, "ssl_images": n * b, "labelled_images": n * bl}
+    return {"updates": 2 * n, "ssl_images": 0, "labelled_images": 2 * n * bl}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Run (or resume) every arm x fraction x seed; write the table and the plot."""
+    """Tune every arm per fraction on validation, run every arm x fraction x seed at its
+    chosen values; write the table, the plot and results.json."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file, not a directory; choose a new path")
-    runs = sub_configs(config, workdir)
+    seeds = _check(config)
+    cmp = config.compare
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    results = run_all(
-        runs,
-        lambda r: (
-            r["arm"]
-            + ("" if r["fraction"] is None else f" fraction {r['fraction']:g}")
-            + f" seed {r['seed']}"
-        ),
-    )
+    prov = provenance()
+    fractions = [float(f) for f in cmp.fractions]
+    vfracs = {f: val_fraction(config, f) for f in fractions}
 
-    cmp = config.compare
-    summary: dict = {}
-    for arm in cmp.arms:
-        summary[arm] = {}
-        for f in cmp.fractions:
-            rs = [results[r["workdir"]] for r in runs if r["arm"] == arm and r["fraction"] == f]
-            summary[arm][f"{f:g}"] = {
-                key: stats([x["eval"][key] for x in rs])
-                for key in (
-                    "classifier_accuracy",
-                    "classifier_val_accuracy",
-                    "knn_accuracy",
-                    "linear_accuracy",
-                )
+    tuning = {
+        f"{f:g}": {arm: _tune(config, workdir, arm, f, vfracs[f]) for arm in ARMS}
+        for f in fractions
+    }
+    runs = []
+    for seed in seeds:
+        for f in fractions:
+            for arm in ARMS:
+                for r in arm_configs(
+                    config,
+                    workdir,
+                    arm,
+                    seed=seed,
+                    fraction=f,
+                    vfrac=vfracs[f],
+                    values=tuning[f"{f:g}"][arm]["chosen"],
+                ):
+                    if r["workdir"] not in {x["workdir"] for x in runs}:
+                        runs.append(r)
+    # One random-init evaluation per seed (the supervised run of the first fraction).
+    for seed in seeds:
+        first = next(r for r in runs if r["arm"] == "supervised" and r["seed"] == seed)
+        first["config"].eval.random_init_baseline = True
+    results = run_all(runs, _label)
+
+    def arm_runs(arm, f):
+        return [r for r in runs if r["arm"] == arm and r.get("fraction") == f]
+
+    summary = {
+        arm: {
+            f"{f:g}": {
+                k: stats([results[r["workdir"]]["eval"][k] for r in arm_runs(arm, f)]) for k in KEYS
             }
-    verdict = _verdict(summary, cmp.fractions)
-    pretrain = [results[r["workdir"]] for r in runs if r["arm"] == "pretrain"]
+            for f in fractions
+        }
+        for arm in ARMS
+    }
+    random_init = {
+        k: stats(
+            [
+                results[r["workdir"]]["random_init_eval"][k]
+                for r in runs
+                if r["config"].eval.random_init_baseline
+            ]
+        )
+        for k in ("knn_accuracy", "linear_accuracy")
+    }
 
+    def vals(arm, f):
+        return [results[r["workdir"]]["eval"]["classifier_accuracy"] for r in arm_runs(arm, f)]
+
+    diffs, verdicts = {}, []
+    for f in fractions:
+        key = f"{f:g}"
+        diffs[key] = {
+            f"{a}-{b}": paired(vals(a, f), vals(b, f))
+            for a, b in (
+                ("functional_updates", "representational"),
+                ("functional_passes", "representational"),
+                ("representational", "supervised"),
+                ("functional_updates", "supervised"),
+            )
+        }
+        setting = "the paper's setting, every label" if f == 1 else f"{100 * f:g}% labels"
+        for arm in ("functional_updates", "functional_passes"):
+            match = "optimizer updates" if arm.endswith("updates") else "image passes"
+            verdicts.append(
+                verdict(
+                    f"functional beats representational transfer at equal {match} ({setting})",
+                    diffs[key][f"{arm}-representational"],
+                )
+            )
+
+    train_time = {
+        arm: sum(results[r["workdir"]].get("train_time_s") or 0.0 for r in runs if r["arm"] == arm)
+        / len(seeds)
+        for arm in ARMS + ("pretrain",)
+    }
+    n_lab = {
+        f: round(vfracs[f] * len(sources.config_source(config, config.eval.val_split)))
+        for f in fractions
+    }
     lines = [
-        "| labelled fraction | " + " | ".join(f"{a} test acc. %" for a in cmp.arms) + " |",
-        "|---|" + "---|" * len(cmp.arms),
+        "| labelled fraction | " + " | ".join(f"{a} test acc. %" for a in ARMS) + " |",
+        "|---|" + "---|" * len(ARMS),
     ]
-    for f in cmp.fractions:
+    for f in fractions:
         lines.append(
             f"| {f:g} | "
-            + " | ".join(_cell(summary[a][f"{f:g}"]["classifier_accuracy"]) for a in cmp.arms)
+            + " | ".join(_cell(summary[a][f"{f:g}"]["classifier_accuracy"]) for a in ARMS)
             + " |"
         )
     lines += [
         "",
-        "Backbone k-NN / linear-probe test accuracy % (frozen features):",
+        "Frozen backbone, k-NN / linear-probe test accuracy % (probes on all training labels):",
         "",
-        "| labelled fraction | " + " | ".join(cmp.arms) + " |",
-        "|---|" + "---|" * len(cmp.arms),
+        "| labelled fraction | " + " | ".join(ARMS) + " |",
+        "|---|" + "---|" * len(ARMS),
     ]
-    for f in cmp.fractions:
+    for f in fractions:
         lines.append(
             f"| {f:g} | "
             + " | ".join(
                 f"{_cell(summary[a][f'{f:g}']['knn_accuracy'])} / "
                 f"{_cell(summary[a][f'{f:g}']['linear_accuracy'])}"
-                for a in cmp.arms
+                for a in ARMS
             )
             + " |"
         )
-    if pretrain:
-        knn = stats([p["eval"]["knn_accuracy"] for p in pretrain])
-        lin = stats([p["eval"]["linear_accuracy"] for p in pretrain])
-        lines += [
-            "",
-            f"SSL pretraining alone (representational stage 1): k-NN {_cell(knn)}, "
-            f"linear probe {_cell(lin)} (on all training labels).",
-        ]
-    steps = int(config.total_steps)
     lines += [
         "",
-        f"{len(cmp.seeds)} seeds ({', '.join(map(str, cmp.seeds))}), mean ± sample "
-        f"std; {steps} steps per run (pretraining: {int(cmp.pretrain_steps or steps)}); "
-        f"data {config.data.name}, backbone {config.model.backbone} (width "
-        f"{config.model.num_filters}), lambda = {config.joint.ssl_weight:g}.",
+        f"Random-init encoder (same architecture, untrained): k-NN "
+        f"{_cell(random_init['knn_accuracy'])}, linear probe "
+        f"{_cell(random_init['linear_accuracy'])}.",
+        "",
+        "Paired differences of the classifier's test accuracy (A - B), mean and 95% "
+        "t-interval over seeds:",
         "",
     ]
-    lines += [f"- {v}" for v in verdict]
+    for key, ds in diffs.items():
+        for name, d in ds.items():
+            lines.append(f"- fraction {key}, {name}: {fmt_diff(d)}")
+    lines += [
+        "",
+        "Budgets per run (N = total_steps; images: pretext batches x batch size, "
+        "labelled batches x labelled batch size; mean training wall time per seed, "
+        "all fractions):",
+        "",
+    ]
+    for f in fractions:
+        for arm in ARMS:
+            b = _budget(arm, config, f)
+            lines.append(
+                f"- fraction {f:g}, {arm}: {b['updates']} updates, {b['ssl_images']} pretext "
+                f"images, {b['labelled_images']} labelled images"
+            )
+    lines.append(
+        "- training wall time per seed, all fractions: "
+        + ", ".join(f"{a} {t:.0f} s" for a, t in train_time.items())
+    )
+    lines += [
+        "",
+        "Chosen on validation (tuning seed "
+        f"{cmp.tune_seed}; validation examples per fraction: "
+        + ", ".join(f"{f:g}: {n_lab[f]}" for f in fractions)
+        + "):",
+        "",
+    ]
+    for key, by_arm in tuning.items():
+        for arm, t in by_arm.items():
+            lines.append(
+                f"- fraction {key}, {arm}: "
+                + ", ".join(f"{k}={v:g}" for k, v in t["chosen"].items())
+                + " ("
+                + "; ".join(
+                    f"{g['name']}: "
+                    + ", ".join(f"{k} {100 * s:.1f}%" for k, s in g["scores"].items())
+                    for g in t["grids"]
+                    if g["scores"]
+                )
+                + ")"
+            )
+    lines += [
+        "",
+        f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), each with its own "
+        f"labelled subset, mean ± sample std; N = {int(config.total_steps)}; data "
+        f"{config.data.name}, backbone {config.model.backbone} (width "
+        f"{config.model.num_filters}), pretext {config.loss.name}.",
+        "",
+    ]
+    lines += verdicts + [""]
     table = "\n".join(lines) + "\n"
     io.write_text(os.path.join(workdir, "results.md"), table)
-    plot = _plot(summary, list(cmp.fractions), os.path.join(workdir, "accuracy_vs_fraction.png"))
+    plot = _plot(summary, fractions, os.path.join(workdir, "accuracy_vs_fraction.png"))
     out = {
         "study": "fkt",
+        "seeds": list(seeds),
+        "tuning": tuning,
+        "validation_fraction": {f"{f:g}": v for f, v in vfracs.items()},
         "summary": summary,
-        "verdict": verdict,
+        "random_init": random_init,
+        "difference": diffs,
+        "verdict": verdicts,
+        "budgets": {f"{f:g}": {a: _budget(a, config, f) for a in ARMS} for f in fractions},
+        "train_time_s_per_seed": train_time,
         "plot": plot,
+        "provenance": prov,
         "runs": {
             r["workdir"]: {
                 "arm": r["arm"],
-                "fraction": r["fraction"],
+                "fraction": r.get("fraction"),
                 "seed": r["seed"],
                 "eval": results[r["workdir"]]["eval"],
                 "train_time_s": results[r["workdir"]].get("train_time_s"),

@@ -271,18 +271,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def label(r):
         return f"{r['arm']} seed {r['seed']}" + (f" ({r['workdir']})" if "value" in r else "")
 
-    # 1. Tuning, on validation.
-    tune = tuning_configs(config, workdir)
-    res = run_all(tune, label)
-    grid_n = {f"{r['value']:g}": r["value"] for r in tune}
-    scores_n = {f"{r['value']:g}": res[r["workdir"]]["eval"][SELECT] for r in tune}
-    _, network_lr = choose(grid_n, scores_n)
-    tune = tuning_configs(config, workdir, network_lr)
-    res = run_all(tune, label)
-    mm_tune = [r for r in tune if r["arm"] == "metamask"]
-    grid_m = {f"{r['value']:g}": r["value"] for r in mm_tune}
-    scores_m = {f"{r['value']:g}": res[r["workdir"]]["eval"][SELECT] for r in mm_tune}
-    _, mask_lr = choose(grid_m, scores_m)
+    # 1. Tuning, on validation (a grid of one value has nothing to choose: no runs).
+    def tuned(runs):
+        grid = {f"{r['value']:g}": r["value"] for r in runs}
+        if len(grid) == 1:
+            return grid, {}, next(iter(grid.values()))
+        res = run_all(runs, label)
+        scores = {f"{r['value']:g}": res[r["workdir"]]["eval"][SELECT] for r in runs}
+        return grid, scores, choose(grid, scores)[1]
+
+    grid_n, scores_n, network_lr = tuned(tuning_configs(config, workdir))
+    mm_tune = [r for r in tuning_configs(config, workdir, network_lr) if r["arm"] == "metamask"]
+    grid_m, scores_m, mask_lr = tuned(mm_tune)
     tuning = {
         "seed": int(cmp.tune_seed),
         "score": SELECT,
