@@ -158,21 +158,33 @@ def test_compare_runs_differ_only_where_the_arms_do(tmp_path):
     from jssl.studies import fkt
 
     c = load("fkt", "compare")
-    runs = fkt.sub_configs(c, str(tmp_path))
-    # 3 seeds x (1 pretraining + 3 fractions x 3 arms)
-    assert len(runs) == 3 * (1 + 3 * 3)
-    by = {(r["arm"], r["fraction"], r["seed"]): r for r in runs}
-    fu = experiment_fields(by["functional", 0.01, 1]["config"])
-    sup = experiment_fields(by["supervised", 0.01, 1]["config"])
-    rep = experiment_fields(by["representational", 0.01, 1]["config"])
+    assert tuple(c.compare.seeds) == (0, 1, 2, 3, 4) and c.compare.tune_seed == 100
+    values = {"lr": 0.1, "ssl_weight": 1.0, "pretrain_lr": 0.1, "weight_decay": 5e-4}
+    kw = dict(seed=1, fraction=0.01, vfrac=0.08)
+    wd = str(tmp_path)
+    arm = {
+        a: fkt.arm_configs(c, wd, a, values=values, **kw)
+        for a in ("functional_updates", "functional_passes", "representational", "supervised")
+    }
+    pre, rep = arm["representational"]
+    fu = experiment_fields(arm["functional_updates"][0]["config"])
+    fp = experiment_fields(arm["functional_passes"][0]["config"])
+    sup = experiment_fields(arm["supervised"][0]["config"])
+    rep_f = experiment_fields(rep["config"])
     diff = lambda a, b: {k for k in set(a) | set(b) if a.get(k) != b.get(k)}  # noqa: E731
-    assert diff(fu, sup) == {"joint.ssl_weight"}
-    assert diff(sup, rep) == {"model.init_from"}
-    assert rep["model.init_from"] == by["pretrain", None, 1]["workdir"]
-    assert fu["joint.ssl_weight"] == 1.0 and fu["seed"] == 1
-    pre = experiment_fields(by["pretrain", None, 1]["config"])
-    assert pre["method"] == "pretrain" and pre["data.train_split"] == c.eval.train_split
-    # Same backbone, pretext, augmentation and optimiser as the joint runs.
+    n = c.total_steps
+    # Equal optimizer updates (2N) against equal image passes (N joint steps).
+    assert (fu["total_steps"], fp["total_steps"], rep_f["total_steps"]) == (2 * n, n, n)
+    assert diff(fu, fp) == {"total_steps"}
+    assert diff(fu, sup) == {"joint.ssl_weight"} and sup["joint.ssl_weight"] == 0.0
+    assert diff(sup, rep_f) == {"model.init_from", "total_steps"}
+    assert rep["needs"] == rep_f["model.init_from"] == pre["workdir"]
+    # The labelled subset and the validation subset are drawn with the seed.
+    assert fu["joint.subset_seed"] == fu["eval.val_subset_seed"] == fu["seed"] == 1
+    assert fu["eval.val_fraction"] == 0.08 and fu["joint.ssl_on"] == "unlabelled"
+    p = experiment_fields(pre["config"])
+    assert p["method"] == "pretrain" and p["data.train_split"] == c.eval.train_split
+    assert p["total_steps"] == n
     for k in (
         "model.backbone",
         "model.num_filters",
@@ -182,11 +194,36 @@ def test_compare_runs_differ_only_where_the_arms_do(tmp_path):
         "augment.view1.crop_scale",
         "model.projector_dim",
     ):
-        assert pre[k] == fu[k], k
+        assert p[k] == fu[k], k
     assert not any(k.startswith(("study", "compare")) for k in fu)
+    # The paper's setting: every label, the pretext on the labelled batch (a full batch).
+    paper = experiment_fields(
+        fkt.arm_configs(
+            c, wd, "functional_updates", values=values, seed=1, fraction=1.0, vfrac=1.0
+        )[0]["config"]
+    )
+    assert paper["joint.ssl_on"] == "labelled"
+    assert paper["joint.labelled_batch_size"] == paper["batch_size"]
+    # Every arm's lr over the same grid (representational: both stages'); the optional
+    # second grids (lambda, fine-tuning lr, weight decay) are all given or all empty.
+    for a in fkt.ARMS:
+        defaults, grids = fkt.tuning_plan(c, a)
+        assert len(grids) == 1 and grids[0][1] == (0.03, 0.1, 0.3) and defaults["lr"] == 0.1
+    assert fkt.tuning_plan(c, "representational")[1][0][0] == ("lr", "pretrain_lr")
+    c2 = load("fkt", "compare")
+    c2.compare.ssl_weights, c2.compare.finetune_lrs = (0.3, 1.0, 3.0), (0.03, 0.1, 0.3)
+    c2.compare.weight_decays = (5e-5, 5e-4, 5e-3)
+    assert [g[0] for g in fkt.tuning_plan(c2, "supervised")[1]] == [("lr",), ("weight_decay",)]
+    c2.compare.weight_decays = ()
+    with pytest.raises(jc.ConfigError, match="second grids must be of the same size"):
+        fkt.run(c2, str(tmp_path / "y"))
+    # A validation set no larger than the labelled set: 1% of 3,500 is 35 (here 40:
+    # one per class at least, rounded per class), 40 of the 500 validation images.
+    assert fkt.val_fraction(c, 0.01) == pytest.approx(40 / 500)
+    assert fkt.val_fraction(c, 1.0) == 1.0
     c.model.init_from = str(tmp_path)
     with pytest.raises(jc.ConfigError, match="init_from"):
-        fkt.sub_configs(c, str(tmp_path))
+        fkt.run(c, str(tmp_path / "x"))
 
 
 @pytest.mark.slow
@@ -205,16 +242,18 @@ def test_compare_smoke_writes_table_plot_and_resumes(tmp_path):
         assert os.path.getsize(os.path.join(workdir, name)) > 100, name
     with open(os.path.join(workdir, "results.json")) as f:
         saved = json.load(f)
-    assert set(saved["summary"]) == set(fkt.ARMS)
-    acc = saved["summary"]["functional"]["0.1"]["classifier_accuracy"]
+    assert set(saved["summary"]) == set(fkt.ARMS) and saved["seeds"] == [0]
+    acc = saved["summary"]["functional_updates"]["0.1"]["classifier_accuracy"]
     assert len(acc["values"]) == 1 and 0 <= acc["mean"] <= 1
     for arm in fkt.ARMS:  # 30 steps: every arm's classifier above chance (10 classes)
         assert saved["summary"][arm]["0.1"]["classifier_accuracy"]["mean"] > 0.1, arm
-    assert len(out["verdict"]) == 1 and "functional - representational" in out["verdict"][0]
+    assert len(out["verdict"]) == 2 and all(v.startswith("Verdict: ") for v in out["verdict"])
+    assert "random_init" in saved and saved["provenance"]["devices"] >= 1
     # The representational run fine-tuned the pretraining run's backbone: its results differ
     # from supervised (same seed, same subset, lambda = 0, different initialisation).
-    rep = saved["runs"][os.path.join(workdir, "representational_f0.1_s0")]["eval"]
-    sup = saved["runs"][os.path.join(workdir, "supervised_f0.1_s0")]["eval"]
+    runs = {os.path.basename(k): v for k, v in saved["runs"].items()}
+    rep = next(v for k, v in runs.items() if k.startswith("representational_"))["eval"]
+    sup = next(v for k, v in runs.items() if k.startswith("supervised_"))["eval"]
     assert rep != sup
     # A second invocation reuses every finished run (nothing retrained).
     mtimes = {
@@ -222,6 +261,6 @@ def test_compare_smoke_writes_table_plot_and_resumes(tmp_path):
         for d in os.listdir(workdir)
         if os.path.isdir(os.path.join(workdir, d))
     }
-    assert len(mtimes) == 4
+    assert len(mtimes) == 5  # pretraining + 4 arms; grids of one value: no tuning runs
     fkt.run(c, workdir)
     assert mtimes == {d: os.path.getmtime(os.path.join(workdir, d, "results.json")) for d in mtimes}

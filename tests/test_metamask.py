@@ -243,7 +243,16 @@ def test_presets():
     assert tuple(c.model.projector_hidden_dims) + (c.model.projector_dim,) == (2048,) * 3
     assert tuple(c.model.contrastive_hidden_dims) + (c.model.contrastive_dim,) == (2048, 256)
     assert c.eval.knn_k == 5 and c.metamask.mode == "exact"
-    assert tuple(load("metamask", "compare").compare.seeds) == (0, 1, 2)
+    cmp = load("metamask", "compare")
+    assert tuple(cmp.compare.seeds) == (0, 1, 2, 3, 4) and cmp.compare.tune_seed not in (
+        0,
+        1,
+        2,
+        3,
+        4,
+    )
+    assert len(cmp.compare.network_lrs) == len(cmp.compare.mask_lrs) == 3
+    assert cmp.data.name == "mnistm_embedded" and cmp.metamask.mode == "exact"
     with pytest.raises(jc.ConfigError, match="unknown preset 'nope'"):
         load("metamask", "nope")
 
@@ -408,29 +417,68 @@ def test_resume_is_exact(eight, tmp_path):
 # --- The study --------------------------------------------------------------------------------
 
 
+def test_study_runs_differ_only_where_the_arms_do(tmp_path):
+    from jssl.config import experiment_fields
+    from jssl.studies import metamask as study
+
+    c = load("metamask", "compare")
+    tune = study.tuning_configs(c, str(tmp_path))
+    assert [r["arm"] for r in tune] == ["no_mask"] * 3 and {r["seed"] for r in tune} == {100}
+    tune = study.tuning_configs(c, str(tmp_path), chosen_network_lr=1e-3)
+    mm = [r for r in tune if r["arm"] == "metamask"]
+    assert [r["config"].metamask.lr for r in mm] == [0.1, 1.0, 10.0]
+    assert {r["config"].optimizer.lr for r in mm} == {1e-3}
+    runs = study.sub_configs(c, str(tmp_path), 1e-3, 1.0, {s: 0.5 for s in c.compare.seeds})
+    assert len(runs) == 3 * 5
+    by = {(r["arm"], r["seed"]): experiment_fields(r["config"]) for r in runs}
+    diff = lambda a, b: {k for k in set(a) | set(b) if a.get(k) != b.get(k)}  # noqa: E731
+    assert diff(by["metamask", 3], by["no_mask", 3]) == {
+        "metamask.enabled",
+        "eval.random_init_baseline",
+    }
+    assert diff(by["metamask", 3], by["random_mask", 3]) == {
+        "metamask.learn",
+        "metamask.init_std",
+    }
+    assert by["random_mask", 3]["metamask.init_std"] == 0.5
+    assert by["metamask", 3]["metamask.lr"] == 1.0 and by["no_mask", 3]["optimizer.lr"] == 1e-3
+
+
 @pytest.mark.slow
 def test_study_writes_table_and_plots(eight, tmp_path):
-    """The study on one seed; its MetaMask arm is the finished smoke run (reused, as an
-    interrupted study reuses its finished runs), the no-mask arm trains here."""
+    """The study on one seed (grids of one value: no tuning runs); its MetaMask arm is the
+    finished smoke run (reused, as an interrupted study reuses its finished runs), the
+    no-mask and random-mask arms train here."""
     from jssl import studies
 
     shutil.copytree(eight[1], tmp_path / "metamask_s0")
     c = load("metamask", "compare_smoke")
     c.log_every, c.checkpoint_every = 1, 2
     out = studies.run(c, str(tmp_path))
-    assert set(out["summary"]) == {"metamask", "no_mask"}
-    for arm in ("metamask", "no_mask"):
+    assert set(out["summary"]) == {"metamask", "no_mask", "random_mask", "random_init"}
+    for arm in out["summary"]:
         assert 0 <= out["summary"][arm]["knn_accuracy"]["mean"] <= 1
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert "summary" in saved and len(saved["mask"]["0"]["sorted"]) == 4 * c.model.num_filters
+    assert saved["seeds"] == [0] and saved["provenance"]["devices"] == jax.device_count()
+    assert len(saved["mask"]["0"]["sorted"]) == 4 * c.model.num_filters
     assert saved["mask_history"]["0"]["step"] == [1, 2, 3, 4]
+    assert not os.path.exists(tmp_path / "tune")  # nothing to choose from grids of one
+    assert all(v.startswith("Verdict: ") for v in out["verdict"]) and len(out["verdict"]) == 2
     md = (tmp_path / "results.md").read_text()
-    assert "| metamask |" in md and "| no_mask |" in md and "±" in md
+    assert "| metamask |" in md and "| random_mask |" in md and "Manipulation check" in md
     for png in ("mask_sorted.png", "mask_over_training.png"):
         data = (tmp_path / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    # The no-mask arm trained without a mask; a second invocation reuses both runs.
+    # The no-mask arm trained without a mask; the random mask kept its random start (the
+    # same logits as a fresh init of that config: never updated) with the learned spread.
     assert restore_host(str(tmp_path / "no_mask_s0"))[1]["extras"] == {}
+    rm = restore_host(str(tmp_path / "random_mask_s0"))[1]["extras"]["mask_logits"]
+    learned = restore_host(str(tmp_path / "metamask_s0"))[1]["extras"]["mask_logits"]
+    assert np.std(rm) > 0 and saved["mask"]["0"]["logit_std"] == pytest.approx(np.std(learned))
+    rcfg = load("metamask", "compare_smoke")
+    rcfg.metamask.learn, rcfg.metamask.init_std = False, float(np.std(learned))
+    fresh = metamask.init(metamask.setup(rcfg), jax.random.PRNGKey(rcfg.seed))
+    np.testing.assert_allclose(rm, np.asarray(fresh.extras["mask_logits"]), rtol=1e-6)
     before = os.stat(tmp_path / "metamask_s0" / "results.json").st_mtime_ns
     studies.run(c, str(tmp_path))
     assert os.stat(tmp_path / "metamask_s0" / "results.json").st_mtime_ns == before

@@ -85,11 +85,13 @@ def _check(config) -> tuple:
     for f in cmp.fractions:
         if not 0 < f <= 1:
             raise ConfigError(f"config.compare.fractions: {f} is not in (0, 1]")
-    sizes = {len(tuple(cmp[k])) for k in ("lrs", "ssl_weights", "weight_decays")}
-    if len(sizes) != 1 or 0 in sizes:
+    if not tuple(cmp.lrs):
+        raise ConfigError("config.compare.lrs: must name at least one learning rate")
+    sizes = {len(tuple(cmp[k])) for k in SECOND_GRIDS}
+    if len(sizes) != 1:
         raise ConfigError(
-            "config.compare.lrs, ssl_weights, weight_decays: the grids must be non-empty and "
-            "of the same size (docs/studies.md rule 3)"
+            "config.compare.ssl_weights, finetune_lrs, weight_decays: the arms' second grids "
+            "must be of the same size (docs/studies.md rule 3), or all empty (not tuned)"
         )
     return seeds
 
@@ -194,26 +196,29 @@ def arm_configs(config, workdir, arm, *, seed, fraction, vfrac, values, prefix="
     raise ConfigError(f"config.compare: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
-def tuning_plan(config, arm):
-    """(first grid name, its values, second grid name, its values, fixed defaults) of an
-    arm: the two grids of 3 it is tuned over, in turn (the first at the defaults)."""
+SECOND_GRIDS = ("ssl_weights", "finetune_lrs", "weight_decays")
+
+
+def tuning_plan(config, arm) -> tuple[dict, list]:
+    """(defaults, grids) of an arm: the values it starts from and the grids it is tuned
+    over in turn, each (names, values) with `names` set to the grid's value (each grid at
+    the choices before it). First the learning rate, `compare.lrs` (representational: both
+    stages'); then, when given (all three or none, of one size), functional arms lambda
+    (`compare.ssl_weights`), representational the fine-tuning lr (`compare.finetune_lrs`),
+    supervised the weight decay (`compare.weight_decays`)."""
     cmp = config.compare
     lrs = tuple(float(v) for v in cmp.lrs)
-    mid = lrs[len(lrs) // 2]
+    defaults = {"lr": lrs[len(lrs) // 2]}
     if arm.startswith("functional"):
-        return "lr", lrs, "ssl_weight", tuple(cmp.ssl_weights), {"lr": mid, "ssl_weight": 1.0}
-    if arm == "representational":
-        return "pretrain_lr", lrs, "lr", lrs, {"lr": mid}
-    return (
-        "lr",
-        lrs,
-        "weight_decay",
-        tuple(cmp.weight_decays),
-        {
-            "lr": mid,
-            "weight_decay": float(config.optimizer.weight_decay),
-        },
-    )
+        defaults["ssl_weight"] = float(config.joint.ssl_weight)
+        grids = [(("lr",), lrs), (("ssl_weight",), tuple(cmp.ssl_weights))]
+    elif arm == "representational":
+        defaults["pretrain_lr"] = defaults["lr"]
+        grids = [(("lr", "pretrain_lr"), lrs), (("lr",), tuple(cmp.finetune_lrs))]
+    else:
+        defaults["weight_decay"] = float(config.optimizer.weight_decay)
+        grids = [(("lr",), lrs), (("weight_decay",), tuple(cmp.weight_decays))]
+    return defaults, [(names, tuple(float(v) for v in g)) for names, g in grids if g]
 
 
 def _label(r):
@@ -222,19 +227,21 @@ def _label(r):
 
 
 def _tune(config, workdir, arm, fraction, vfrac) -> dict:
-    """Tune `arm` at `fraction` on validation: {"chosen": values, "grids": [...]}."""
+    """Tune `arm` at `fraction` on validation: {"chosen": values, "grids": [...]}; a grid of
+    one value has nothing to choose and runs nothing."""
     seed = int(config.compare.tune_seed)
-    first, g1, second, g2, values = tuning_plan(config, arm)
-    values = dict(values)
+    values, grids = tuning_plan(config, arm)
     log = []
-    for name, grid in ((first, g1), (second, g2)):
-        if len(grid) == 1:  # nothing to choose: no run
-            values[name] = float(grid[0])
-            log.append({"name": name, "grid": list(grid), "scores": {}, "chosen": grid[0]})
+    for names, grid in grids:
+        if len(grid) == 1:
+            values.update({n: grid[0] for n in names})
+            log.append(
+                {"name": "+".join(names), "grid": list(grid), "scores": {}, "chosen": grid[0]}
+            )
             continue
         runs, last = [], {}
         for v in grid:
-            vals = {**values, name: float(v)}
+            vals = {**values, **{n: v for n in names}}
             rs = arm_configs(
                 config,
                 workdir,
@@ -249,10 +256,10 @@ def _tune(config, workdir, arm, fraction, vfrac) -> dict:
             last[f"{v:g}"] = rs[-1]["workdir"]
         res = run_all(runs, _label)
         scores = {k: res[w]["eval"][SELECT] for k, w in last.items()}
-        _, chosen = choose({f"{v:g}": float(v) for v in grid}, scores)
-        values[name] = chosen
+        _, chosen = choose({f"{v:g}": v for v in grid}, scores)
+        values.update({n: chosen for n in names})
         log.append(
-            {"name": name, "grid": [float(v) for v in grid], "scores": scores, "chosen": chosen}
+            {"name": "+".join(names), "grid": list(grid), "scores": scores, "chosen": chosen}
         )
     return {"chosen": dict(sorted(values.items())), "grids": log}
 
