@@ -180,8 +180,9 @@ def test_compare_runs_differ_only_where_the_arms_do(tmp_path):
     assert diff(sup, rep_f) == {"model.init_from", "total_steps"}
     assert rep["needs"] == rep_f["model.init_from"] == pre["workdir"]
     # The labelled subset and the validation subset are drawn with the seed.
-    assert fu["joint.subset_seed"] == fu["eval.val_subset_seed"] == fu["seed"] == 1
-    assert fu["eval.val_fraction"] == 0.08 and fu["joint.ssl_on"] == "unlabelled"
+    ev = arm["functional_updates"][0]["config"].eval  # run control: not in experiment_fields
+    assert fu["joint.subset_seed"] == ev.val_subset_seed == fu["seed"] == 1
+    assert ev.val_fraction == 0.08 and fu["joint.ssl_on"] == "unlabelled"
     p = experiment_fields(pre["config"])
     assert p["method"] == "pretrain" and p["data.train_split"] == c.eval.train_split
     assert p["total_steps"] == n

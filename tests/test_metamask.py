@@ -432,13 +432,13 @@ def test_study_runs_differ_only_where_the_arms_do(tmp_path):
     assert len(runs) == 3 * 5
     by = {(r["arm"], r["seed"]): experiment_fields(r["config"]) for r in runs}
     diff = lambda a, b: {k for k in set(a) | set(b) if a.get(k) != b.get(k)}  # noqa: E731
-    assert diff(by["metamask", 3], by["no_mask", 3]) == {
-        "metamask.enabled",
-        "eval.random_init_baseline",
-    }
+    # (eval fields are run control; the mask lr is unused without a mask)
+    assert diff(by["metamask", 3], by["no_mask", 3]) == {"metamask.enabled", "metamask.lr"}
+    # (the random mask is never updated: its mask lr is left at the config's)
     assert diff(by["metamask", 3], by["random_mask", 3]) == {
         "metamask.learn",
         "metamask.init_std",
+        "metamask.lr",
     }
     assert by["random_mask", 3]["metamask.init_std"] == 0.5
     assert by["metamask", 3]["metamask.lr"] == 1.0 and by["no_mask", 3]["optimizer.lr"] == 1e-3

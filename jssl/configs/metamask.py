@@ -98,7 +98,7 @@ def get_config(preset: str = ""):
                 tune_seed=100,  # the tuning runs' seed, outside `seeds`
                 # Grids of the same size (docs/studies.md rule 3), chosen by the k-NN on
                 # validation: the pretext's network lr, then MetaMask's mask lr at it.
-                network_lrs=(3e-4, 1e-3, 3e-3) if full else (1e-3,),
+                network_lrs=(1e-4, 3e-4, 1e-3) if full else (1e-3,),
                 mask_lrs=(0.1, 1.0, 10.0) if full else (1.0,),
                 # The manipulation check: std / mean of M over dimensions at the end.
                 min_relative_spread=0.05,
