@@ -314,13 +314,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     fractions = [float(f) for f in cmp.fractions]
     vfracs = {f: val_fraction(config, f) for f in fractions}
 
-    tuning = {
-        f"{f:g}": {arm: _tune(config, workdir, arm, f, vfracs[f]) for arm in ARMS}
-        for f in fractions
-    }
-    runs = []
-    for seed in seeds:
-        for f in fractions:
+    # Fraction by fraction: tune every arm, then run the seeds (an interrupted study has
+    # whole fractions done first).
+    tuning, runs, results = {}, [], {}
+    for i, f in enumerate(fractions):
+        tuning[f"{f:g}"] = {arm: _tune(config, workdir, arm, f, vfracs[f]) for arm in ARMS}
+        these = []
+        for seed in seeds:
             for arm in ARMS:
                 for r in arm_configs(
                     config,
@@ -331,13 +331,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     vfrac=vfracs[f],
                     values=tuning[f"{f:g}"][arm]["chosen"],
                 ):
-                    if r["workdir"] not in {x["workdir"] for x in runs}:
-                        runs.append(r)
-    # One random-init evaluation per seed (the supervised run of the first fraction).
-    for seed in seeds:
-        first = next(r for r in runs if r["arm"] == "supervised" and r["seed"] == seed)
-        first["config"].eval.random_init_baseline = True
-    results = run_all(runs, _label)
+                    if r["workdir"] not in {x["workdir"] for x in runs + these}:
+                        these.append(r)
+            if i == 0:  # one random-init evaluation per seed (its first supervised run)
+                next(r for r in these if r["arm"] == "supervised" and r["seed"] == seed)[
+                    "config"
+                ].eval.random_init_baseline = True
+        results.update(run_all(these, _label))
+        runs += these
 
     def arm_runs(arm, f):
         return [r for r in runs if r["arm"] == arm and r.get("fraction") == f]
