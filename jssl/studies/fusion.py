@@ -21,7 +21,8 @@ the negative-transfer check of every fused variant against pretext matching, the
 attention weight per pretext; "verdict": one line per fraction, which the CLI prints;
 "attention_per_class"; "runs": every record), DIR/results.md and DIR/attention.png.
 Negative transfer is the mean paired (same seed) difference fused - pretext matching in
-test accuracy; "worse beyond noise" means it is more than two standard errors below zero.
+test accuracy; "worse beyond noise" means its t-based 95% interval lies below zero
+(docs/studies.md rule 5; with 3 seeds that is mean + 4.30 standard errors < 0).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from jssl.export import load_encoders
 from jssl.methods import fusion
 from jssl.methods.common import TrainState
 from jssl.models.fusion import MODES, WEIGHTED_MODES
-from jssl.studies.common import stats
+from jssl.studies.common import stats, t_interval
 
 __all__ = ["HeadTrainer", "cached_features", "pretrain_encoders", "run", "summarize", "verdict"]
 
@@ -344,13 +345,16 @@ def summarize(runs: dict, names, fused: list[str], reference: str) -> tuple[dict
         for v in fused:
             d = np.asarray([by_seed[s]["variants"][v]["test_accuracy"] for s in seeds]) - matching
             # One seed: no spread to judge the difference by (diff_se None, neither flag).
+            # "Beyond noise": the t-based 95% interval excludes 0 (docs/studies.md rule 5).
             se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+            lo, hi = t_interval(d.tolist()) if se is not None else (None, None)
             transfer[v] = {
                 "diff_mean": float(d.mean()),
                 "diff_se": se,
+                "diff_ci95": None if se is None else [lo, hi],
                 "diff_per_seed": d.tolist(),
-                "worse_beyond_noise": se is not None and bool(d.mean() + 2 * se < 0),
-                "better_beyond_noise": se is not None and bool(d.mean() - 2 * se > 0),
+                "worse_beyond_noise": se is not None and bool(hi < 0),
+                "better_beyond_noise": se is not None and bool(lo > 0),
             }
         weights, per_class = {}, {}
         for v in variants:
@@ -416,7 +420,8 @@ def _judged(t: dict) -> str:
 def _diff(t: dict) -> str:
     if t["diff_se"] is None:
         return f"{100 * t['diff_mean']:+.1f}"
-    return f"{100 * t['diff_mean']:+.1f} ± {100 * t['diff_se']:.1f}"
+    lo, hi = t["diff_ci95"]
+    return f"{100 * t['diff_mean']:+.1f} [95% t-interval {100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def _pct(ms: dict) -> str:
