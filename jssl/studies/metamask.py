@@ -237,7 +237,7 @@ def _plot_sorted(masks: dict[int, np.ndarray], init: float, path: str) -> str | 
     return path
 
 
-def _plot_history(histories: dict[int, dict], path: str) -> str | None:
+def _plot_history(histories: dict[int, dict], threshold: float, path: str) -> str | None:
     histories = {s: h for s, h in histories.items() if h.get("step")}
     if not histories or not plots.available(warn=False):
         return None
@@ -246,6 +246,7 @@ def _plot_history(histories: dict[int, dict], path: str) -> str | None:
     for seed, h in sorted(histories.items()):
         rel = [s / m for s, m in zip(h["mask_std"], h["mask_mean"])]
         ax.plot(h["step"], rel, label=f"seed {seed}")
+    ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold ({threshold:g})")
     ax.set_xlabel("training step")
     ax.set_ylabel("std / mean of M over dimensions")
     ax.set_title("Manipulation check: the mask's relative spread")
@@ -410,7 +411,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         p
         for p in (
             _plot_sorted(learned, init, os.path.join(workdir, "mask_sorted.png")),
-            _plot_history(histories, os.path.join(workdir, "mask_over_training.png")),
+            _plot_history(histories, threshold, os.path.join(workdir, "mask_over_training.png")),
         )
         if p
     ]
