@@ -450,13 +450,13 @@ def calibrate_batch_stats(method, state, source, config, mesh, *, num_batches: i
     return state
 
 
-def split_source(config, split: str):
-    """The source of an evaluation split; the validation split reduced to a seeded,
+def split_source(config, split: str, role: str = ""):
+    """The source of an evaluation split; in the "val" role, reduced to a seeded,
     class-balanced `eval.val_fraction` of it (`eval.val_subset_seed`) when that is < 1."""
     src = sources.config_source(config, split)
     ev = config.eval
     fraction = float(ev.get("val_fraction", 1.0))
-    if split != ev.val_split or fraction >= 1.0:
+    if role != "val" or fraction >= 1.0:
         return src
     rows = few_label_subset(
         source_labels(src),
@@ -483,7 +483,7 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
     ev = config.eval
     feats = {}
     for key, split in (("train", ev.train_split), ("val", ev.val_split), ("test", ev.test_split)):
-        src = split_source(config, split)
+        src = split_source(config, split, key)
         feats[key] = evaluate_sharded.extract_sharded(
             embed_fn,
             state,
@@ -559,10 +559,10 @@ def evaluate_classifier(
     model selection, the test figure is reported, never selected on. A val name of None
     skips the validation split."""
     ev, out = config.eval, {}
-    for key, split in zip(names, (ev.val_split, ev.test_split)):
+    for key, split, role in zip(names, (ev.val_split, ev.test_split), ("val", "test")):
         if key is None:
             continue
-        src = split_source(config, split)
+        src = split_source(config, split, role)
         logits, labels = extract_features(
             predict_fn,
             state,

@@ -66,17 +66,18 @@ def test_seeds_and_provenance():
 
 def test_val_fraction_is_a_seeded_class_balanced_subset():
     c = jc.load_file("barlow_twins", "smoke")
-    whole = evaluate.split_source(c, c.eval.val_split)
+    whole = evaluate.split_source(c, c.eval.val_split, "val")
     assert len(whole) == 500
     c.eval.val_fraction = 0.08
-    a = evaluate.split_source(c, c.eval.val_split)
+    a = evaluate.split_source(c, c.eval.val_split, "val")
     labels = a.read(np.arange(len(a)))[1]
     assert len(a) == 40 and np.bincount(labels, minlength=10).tolist() == [4] * 10
     c.eval.val_subset_seed = 1
-    b = evaluate.split_source(c, c.eval.val_split)
+    b = evaluate.split_source(c, c.eval.val_split, "val")
     assert not np.array_equal(a.indices, b.indices)  # another subset for another seed
-    # The other evaluation splits are untouched.
-    assert len(evaluate.split_source(c, c.eval.test_split)) == 1000
+    # The other evaluation roles are untouched, even on the same split.
+    assert len(evaluate.split_source(c, c.eval.test_split, "test")) == 1000
+    assert len(evaluate.split_source(c, c.eval.val_split, "train")) == 500
     for bad in (0.0, 1.5):
         c.eval.val_fraction = bad
         with pytest.raises(jc.ConfigError, match=r"eval.val_fraction: must be in \(0, 1\]"):

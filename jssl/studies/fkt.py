@@ -21,14 +21,12 @@ images as the cross-entropy. Below 1 the pretext reads the unlabelled rest of th
 
 Tuning, per fraction, on seed `compare.tune_seed` (outside the test seeds) and its own
 labelled subset, scored by the classifier's validation accuracy on a validation set no
-larger than the labelled set (`eval.val_fraction`, docs/studies.md rule 4): every arm gets
-two grids of 3 in turn, 5 runs, the second grid at the first one's choice:
-
-* functional arms: the learning rate (`compare.lrs`, lambda = 1), then lambda
-  (`compare.ssl_weights`);
-* representational: the pretraining learning rate (fine-tuning at the middle of
-  `compare.lrs`), then the fine-tuning learning rate;
-* supervised: the learning rate, then the weight decay (`compare.weight_decays`).
+larger than the labelled set (`eval.val_fraction`, docs/studies.md rule 4), grids of the
+same size for every arm (`tuning_plan`): first the learning rate over `compare.lrs`
+(representational: both stages'); then, when given (all three or none, of one size),
+functional arms lambda (`compare.ssl_weights`), representational the fine-tuning lr
+(`compare.finetune_lrs`), supervised the weight decay (`compare.weight_decays`), each at
+the first grid's choice. A grid of one value runs nothing.
 
 Then every arm at its chosen values for each seed of `compare.seeds`, the labelled subset
 drawn with the seed (`joint.subset_seed = seed`), and the validation subset too. Reported:

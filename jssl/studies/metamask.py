@@ -268,6 +268,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cmp = config.compare
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
+    prov = provenance()  # the code that runs: recorded before anything trains
 
     def label(r):
         return f"{r['arm']} seed {r['seed']}" + (f" ({r['workdir']})" if "value" in r else "")
@@ -440,7 +441,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         },
         "mask_history": {str(s): h for s, h in histories.items()},
         "plots": made,
-        "provenance": provenance(),
+        "provenance": prov,
         "runs": {
             r["workdir"]: {
                 "arm": r["arm"],
