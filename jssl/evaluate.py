@@ -495,22 +495,17 @@ def evaluate_encoder(method, embed_fn, state, config, mesh) -> dict:
         )
     num_classes = src.num_classes
     train, val, test = feats["train"], feats["val"], feats["test"]
+    knn = functools.partial(
+        evaluate_sharded.knn_accuracy_sharded,
+        train,
+        num_classes=num_classes,
+        k=min(ev.knn_k, train.n),
+        temperature=ev.knn_temperature,
+    )
     out = {
-        "knn_accuracy": evaluate_sharded.knn_accuracy_sharded(
-            train,
-            test,
-            num_classes=num_classes,
-            k=min(ev.knn_k, train.n),
-            temperature=ev.knn_temperature,
-        ),
+        "knn_accuracy": knn(test),
         # The same k-NN on the validation split: what studies select hyperparameters on.
-        "knn_val_accuracy": evaluate_sharded.knn_accuracy_sharded(
-            train,
-            val,
-            num_classes=num_classes,
-            k=min(ev.knn_k, train.n),
-            temperature=ev.knn_temperature,
-        ),
+        "knn_val_accuracy": knn(val),
         "knn_k": ev.knn_k,
     }
     path = ev.linear_path

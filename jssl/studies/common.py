@@ -13,6 +13,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 from scipy import stats as scipy_stats
 
 from jssl import train
@@ -28,7 +29,18 @@ __all__ = [
     "provenance",
     "check_seeds",
     "fmt_diff",
+    "run_base",
 ]
+
+
+def run_base(config):
+    """The study config as a plain run's: an unlocked deep copy without the study fields
+    (`study`, `compare`), the random-init evaluation off (arms turn it on where needed)."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    del c["study"]
+    del c["compare"]
+    c.eval.random_init_baseline = False
+    return c
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:

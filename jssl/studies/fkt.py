@@ -55,6 +55,7 @@ from jssl.studies.common import (
     paired,
     provenance,
     run_all,
+    run_base,
     stats,
     verdict,
 )
@@ -92,14 +93,6 @@ def _check(config) -> tuple:
             "must be of the same size (docs/studies.md rule 3), or all empty (not tuned)"
         )
     return seeds
-
-
-def _base(config) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(config.to_dict())  # unlocked deep copy
-    del c["study"]
-    del c["compare"]
-    c.eval.random_init_baseline = False
-    return c
 
 
 def val_fraction(config, fraction: float) -> float:
@@ -165,7 +158,7 @@ def arm_configs(config, workdir, arm, *, seed, fraction, vfrac, values, prefix="
     """The runs of one arm at one seed and fraction with hyperparameters `values` (dict:
     lr, and ssl_weight / pretrain_lr / weight_decay by arm): a list ending with the arm's
     run (representational: its pretraining run first)."""
-    base = _base(config)
+    base = run_base(config)
     n = int(config.total_steps)
     tag = f"{prefix}{arm}_f{fraction:g}_" + "_".join(f"{k}{v:g}" for k, v in values.items())
     kw = dict(arm=arm, seed=seed, fraction=fraction, vfrac=vfrac, lr=values["lr"])

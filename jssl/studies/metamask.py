@@ -47,6 +47,7 @@ from jssl.studies.common import (
     paired,
     provenance,
     run_all,
+    run_base,
     stats,
     verdict,
 )
@@ -83,14 +84,6 @@ def _check(config: ml_collections.ConfigDict) -> tuple:
     return seeds
 
 
-def _base(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    base = ml_collections.ConfigDict(config.to_dict())  # unlocked deep copy
-    del base["study"]
-    del base["compare"]
-    base.eval.random_init_baseline = False
-    return base
-
-
 def _run(base, workdir, name, *, seed, arm, network_lr, mask_lr=None, init_std=0.0, **extra):
     c = ml_collections.ConfigDict(base.to_dict())
     c.seed = int(seed)
@@ -116,7 +109,7 @@ def tuning_configs(config, workdir: str, chosen_network_lr: float | None = None)
     """The tuning runs: the pretext alone over `network_lrs`, then (once its learning rate
     is chosen) MetaMask over `mask_lrs`."""
     _check(config)
-    cmp, base = config.compare, _base(config)
+    cmp, base = config.compare, run_base(config)
     runs = [
         _run(
             base,
@@ -152,7 +145,7 @@ def sub_configs(
     """The test runs at the chosen values: metamask and no_mask per seed, and (once the
     learned logits' spreads {seed: std} are known) random_mask per seed."""
     seeds = _check(config)
-    base = _base(config)
+    base = run_base(config)
     runs = []
     for seed in seeds:
         runs.append(
