@@ -56,6 +56,7 @@ __all__ = [
     "export_torch",
     "feature_mask",
     "load_init_from",
+    "random_encoder",
     "read_state_dict",
     "LAYOUTS",
     "main",
@@ -444,6 +445,27 @@ def load_encoders(
         variables=tuple(variables),
         widths=tuple(widths),
     )
+
+
+def random_encoder(config: ml_collections.ConfigDict, out: str, *, seed: int) -> str:
+    """Write the encoder of `config`'s architecture at a seeded random initialisation to
+    `out`, in `export_encoder`'s format (a random-init control, e.g. among the fusion
+    study's encoders): nothing is trained, and BatchNorm keeps its initial statistics (mean
+    0, variance 1), so in evaluation mode it is the identity times its initial scale.
+    Refuses to overwrite an existing file. Returns `out`."""
+    if paths.exists(out):
+        raise ConfigError(f"{out} exists; choose another path (nothing was overwritten)")
+    module = _encoder_module(config)
+    dummy = jnp.zeros((1, module.size, module.size, 3), jnp.uint8)
+    variables = module.init(jax.random.PRNGKey(int(seed)), dummy)
+    variables = jax.tree_util.tree_map(np.asarray, dict(variables))
+    blob: dict[str, Any] = {
+        "format": FORMAT,
+        "config": json.dumps(_encoder_fields(config)),
+        "variables": variables,
+    }
+    io.write_bytes(out, serialization.msgpack_serialize(blob))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -30,13 +31,15 @@ def encoders(tmp_path_factory, shared_run):
     The SimCLR encoder is the shared smoke run, copied where stage 1 finds it finished."""
     root = str(tmp_path_factory.mktemp("fusion") / "study")
     c = load("fusion", "compare")
+    c.data.name = "mnist_embedded"  # the smoke encoders' data (compare's is mnistm_embedded)
     rot = smoke("rotation", total_steps=3, checkpoint_every=3, log_every=3)
     rot.model.num_filters = 4
     rot.eval.max_examples, rot.eval.linear_max_steps = 128, 5
     sim, sim_dir = shared_run("simclr")
-    shutil.copytree(sim_dir, os.path.join(root, study.ENCODERS_DIR, "simclr"))
+    shutil.copytree(sim_dir, os.path.join(root, study.ENCODERS_DIR, "s0", "simclr"))
+    sim.seed = 0
     c.compare.pretexts = {"rotation": rot, "simclr": sim}
-    info = study.pretrain_encoders(c, root)
+    info = study.pretrain_encoders(c, root, 0)
     return c, root, tuple(info[n]["workdir"] for n in ("rotation", "simclr"))
 
 
@@ -138,6 +141,76 @@ def test_se_gate_is_input_dependent_even_for_one_encoder():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5)), jnp.float32)
     variables = head.init(jax.random.PRNGKey(3), [x])
     assert np.abs(_jacobian(head, variables, x[0]) - _jacobian(head, variables, x[1])).max() > 1e-4
+
+
+def _with_query(variables, mode, seed=1):
+    params = dict(variables["params"])
+    if mode == "task_query":
+        params["query"] = np.random.default_rng(seed).standard_normal(params["query"].shape)
+    else:
+        params["query"] = {
+            **params["query"],
+            "kernel": np.random.default_rng(seed).standard_normal(params["query"]["kernel"].shape),
+        }
+    return {"params": params}
+
+
+@pytest.mark.parametrize("mode", ["task_query", "input_query"])
+def test_tied_projection_makes_the_weights_identifiable(mode):
+    """Tied: one projection for every input, so two identical inputs get exactly equal
+    weights whatever the (learned) query; free projections give the same inputs different
+    weights (their W_k differ), which is why free weights do not show selection."""
+    rng = np.random.default_rng(0)
+    x, y = (jnp.asarray(rng.normal(size=(16, 6)), jnp.float32) for _ in range(2))
+    feats = [x, y, x]  # the third input duplicates the first
+    tied = FusionHead(num_classes=4, mode=mode, dim=8, projection="tied")
+    v = tied.init(jax.random.PRNGKey(0), feats)
+    assert "project" in v["params"] and not any(k.startswith("project_") for k in v["params"])
+    w = np.asarray(tied.apply(_with_query(v, mode), feats)["weights"])
+    np.testing.assert_allclose(w[:, 0], w[:, 2], rtol=1e-6)
+    assert np.abs(w[:, 0] - w[:, 1]).max() > 1e-3  # the query does tell x from y
+    free = FusionHead(num_classes=4, mode=mode, dim=8)
+    vf = free.init(jax.random.PRNGKey(0), feats)
+    wf = np.asarray(free.apply(_with_query(vf, mode), feats)["weights"])
+    assert np.abs(wf[:, 0] - wf[:, 2]).max() > 1e-3
+    with pytest.raises(ValueError, match="one feature width"):
+        tied.init(jax.random.PRNGKey(0), [x, jnp.zeros((16, 5))])
+
+
+def test_normalized_projection_ignores_the_scale_of_an_input():
+    """With `normalize`, every projected input has norm sqrt(d): with zero projection biases
+    (so the projection is linear), scaling one input by a positive constant changes
+    nothing; without it, the weights and logits move."""
+    rng = np.random.default_rng(0)
+    feats = [jnp.asarray(rng.normal(size=(8, 6)), jnp.float32) for _ in range(3)]
+    scaled = [feats[0] * 7.0, feats[1], feats[2]]
+    for normalize in (True, False):
+        head = FusionHead(
+            num_classes=4, mode="task_query", dim=8, projection="tied", normalize=normalize
+        )
+        v = _with_query(head.init(jax.random.PRNGKey(0), feats), "task_query")
+        v["params"]["project"] = {
+            **v["params"]["project"],
+            "bias": np.zeros_like(v["params"]["project"]["bias"]),
+        }
+        a, b = head.apply(v, feats), head.apply(v, scaled)
+        if normalize:
+            np.testing.assert_allclose(a["weights"], b["weights"], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-4, atol=1e-5)
+        else:
+            assert np.abs(np.asarray(a["weights"]) - np.asarray(b["weights"])).max() > 1e-3
+
+
+def test_tied_projection_needs_one_width_in_the_config(encoders):
+    """Encoders of widths 16 and 32: 'tied' is refused with the field named."""
+    _, _, paths = encoders
+    widths = export.load_encoders(paths).widths
+    assert len(set(widths)) == 2
+    c = _config(paths, projection="tied")
+    with pytest.raises(ConfigError, match=r"config\.fusion\.projection: 'tied'.*widths differ"):
+        fusion.setup(c, 10, widths)
+    with pytest.raises(ConfigError, match=r"config\.fusion\.projection: 'shared'"):
+        fusion.validate(_config(paths, projection="shared"))
 
 
 # --- Frozen encoders ---------------------------------------------------------------------
@@ -303,69 +376,194 @@ def test_presets_and_config_errors():
             fusion.validate(_config(["a", "b"], **fields))
 
 
+def _entries():
+    return [
+        {"name": "a", "kind": "pretext", "path": "A", "of": None},
+        {"name": "b", "kind": "pretext", "path": "B", "of": None},
+        {"name": "random_init", "kind": "random_init", "path": "R", "of": None},
+        {"name": "a_copy", "kind": "copy", "path": "A", "of": "a"},
+        {"name": "noise", "kind": "noise", "path": None, "of": None},
+    ]
+
+
+def _study_config():
+    c = load("fusion", "compare_smoke")
+    c.compare.pretexts = {"a": c.compare.pretexts.rotation, "b": c.compare.pretexts.simclr}
+    c.compare.controls.random_init = c.compare.controls.duplicate = "a"
+    return c
+
+
+def test_study_arms_and_config_errors():
+    c = _study_config()
+    arms = study.arms(c, _entries())
+    fused = set(c.compare.variants)
+    singles = {"single_a", "single_b", "single_random_init", "single_noise"}  # no copy
+    loo = {f"loo_{e['name']}" for e in _entries()}
+    assert set(arms) == fused | singles | loo
+    assert arms["loo_a_copy"]["inputs"] == [0, 1, 2, 4]
+    assert arms["loo_a_copy"]["variant"] == arms[c.compare.reference]["variant"]
+    assert arms["task_query_tied"]["variant"]["projection"] == "tied"
+    assert arms["single_noise"] == {"variant": {"mode": "single"}, "inputs": [4]}
+    c.compare.leave_one_out = False
+    assert not any(a.startswith("loo_") for a in study.arms(c, _entries()))
+    for field, value, match in [
+        ("reference", "concat", r"config\.compare\.reference: 'concat' has mode 'concat'"),
+        ("uniform", "task_query", r"config\.compare\.uniform: 'task_query' is not a variant"),
+        ("controls.duplicate", "jigsaw", r"config\.compare\.controls\.duplicate: 'jigsaw'"),
+        ("seeds", (0, 0), r"config\.compare\.seeds: .* repeats"),
+        ("lrs", (0.0,), r"config\.compare\.lrs"),
+    ]:
+        bad = _study_config()
+        group, _, leaf = ("compare." + field).rpartition(".")
+        target = bad
+        for part in group.split("."):
+            target = target[part]
+        target[leaf] = value
+        with pytest.raises(ConfigError, match=match):
+            study._validate(bad)
+    bad = _study_config()
+    bad.compare.variants.loo_x = bad.compare.variants.concat
+    with pytest.raises(ConfigError, match=r"variants\.loo_x: reserved name"):
+        study._validate(bad)
+
+
+def _record(weights_ref, weights_loo_copy, acc):
+    """A (seed, fraction) record with the arms summarize reads."""
+    arms = {a: {"test_accuracy": v, "val_accuracy": v, "inputs": []} for a, v in acc.items()}
+    arms["task_query_tied"]["mean_weights"] = weights_ref
+    arms["loo_a_copy"]["mean_weights"] = weights_loo_copy
+    arms["pretext_matching"]["chosen"] = "a"
+    return {"num_labelled": 10, "num_val": 10, "arms": arms}
+
+
+def test_study_summary_selection_and_verdicts():
+    """Hand-made records: the selection checks and the verdicts follow from the weights."""
+    c = _study_config()
+    acc = {
+        a: 0.5
+        for a in [
+            "task_query_tied",
+            "average_tied",
+            "pretext_matching",
+            "input_query_tied",
+            "task_query",
+            "concat",
+            "loo_a",
+            "loo_b",
+            "loo_random_init",
+            "loo_a_copy",
+            "loo_noise",
+        ]
+    }
+    # The reference: noise down-weighted, random init near 1/K, the duplicate pair (a +
+    # a_copy = 0.5) against a's 0.4 without the copy: R = 1.25 (< 1.5: not double-counted).
+    ref = [
+        [0.25, 0.2, 0.2, 0.25, 0.1],
+        [0.24, 0.21, 0.19, 0.26, 0.1],
+        [0.26, 0.2, 0.21, 0.24, 0.09],
+    ]
+    loo = [[0.4, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1]]
+    runs = {0.1: {}}
+    for s in range(3):
+        a = dict(acc, task_query_tied=0.6 + 0.01 * s, pretext_matching=0.5)
+        runs[0.1][s] = _record(ref[s], loo[s], a)
+    summary = study.summarize(runs, _entries(), c)
+    f = summary["fractions"]["0.1"]
+    assert f["manipulation_check"]["passed"]
+    np.testing.assert_allclose(
+        f["selection"]["noise"]["values"], [0.2 - w[4] for w in ref], rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        f["selection"]["duplicate"]["ratio"]["values"], [(w[0] + w[3]) / 0.4 for w in ref]
+    )
+    lines = study.verdicts(summary)
+    assert all(line.startswith("Verdict: 10% labels: ") for line in lines)
+    assert "beats pretext matching: holds" in lines[0]
+    assert any("gives noise less than 1/K of the weight" in x and ": holds" in x for x in lines)
+    assert any("does not double-count" in x and ": holds" in x for x in lines)
+    # Uniform weights: the manipulation check fails, the selection verdicts are blocked.
+    for s in range(3):
+        runs[0.1][s]["arms"]["task_query_tied"]["mean_weights"] = [0.2] * 5
+    lines = study.verdicts(study.summarize(runs, _entries(), c))
+    blocked = [x for x in lines if "the weights did not move" in x]
+    assert len(blocked) == 3 and all("inconclusive at this scale" in x for x in blocked)
+
+
+def test_noise_control_and_random_encoder(encoders, tmp_path):
+    """The random-init control is the architecture at a seeded initialisation (same seed,
+    same file; other seed, other weights; never overwritten); the noise features are
+    seeded and do not depend on the images."""
+    c, _, paths = encoders
+    pretext = c.compare.pretexts.simclr
+    a = export.random_encoder(pretext, str(tmp_path / "a.msgpack"), seed=3)
+    b = export.random_encoder(pretext, str(tmp_path / "b.msgpack"), seed=3)
+    other = export.random_encoder(pretext, str(tmp_path / "c.msgpack"), seed=4)
+    with open(a, "rb") as fa, open(b, "rb") as fb, open(other, "rb") as fo:
+        ta, tb, to = fa.read(), fb.read(), fo.read()
+    assert ta == tb and ta != to
+    with pytest.raises(ConfigError, match="exists; choose another path"):
+        export.random_encoder(pretext, a, seed=5)
+    enc = export.load_encoders([a, paths[1]])
+    assert enc.widths[0] == enc.widths[1]  # SimCLR's architecture
+    trained = jax.tree_util.tree_leaves(enc.variables[1]["params"])
+    fresh = jax.tree_util.tree_leaves(enc.variables[0]["params"])
+    assert any(np.abs(np.asarray(x) - np.asarray(y)).max() > 1e-3 for x, y in zip(trained, fresh))
+
+
 @pytest.mark.slow
 def test_study_end_to_end(encoders):
-    """Stage 1 reused, every variant and baseline trained on 2 seeds, the report written;
-    pretext matching and the negative-transfer numbers agree with the per-run records."""
+    """Two seeds (each trains its own encoders; seed 0's are reused), the three controls,
+    leave-one-out; every head's learning rate is the best on validation, pretext matching
+    picks among the pretexts only, the duplicate's ratio and the paired differences agree
+    with the per-run records, the report is written, and a rerun reuses everything."""
     c, root, _ = encoders
     c = copy.deepcopy(c)
     c.compare.seeds, c.compare.fractions, c.compare.lrs = (0, 1), (0.1,), (3e-3, 3e-2)
-    c.compare.variants = {k: c.compare.variants[k] for k in ("task_query", "se_gate")}
+    # The fixture's encoders differ in width (16, 32): free projections.
+    c.compare.variants = {
+        "task_query": c.compare.variants.task_query,
+        "average": ml_collections.ConfigDict({"mode": "average"}),
+    }
+    c.compare.reference, c.compare.uniform = "task_query", "average"
     c.total_steps, c.log_every = 8, 4
     results = study.run(c, root)
-    assert all(e["reused"] for e in results["encoders"].values())
+    assert results["encoder_runs"]["0"]["simclr"]["reused"]
     with open(os.path.join(root, "results.json")) as f:
         saved = json.load(f)
+    assert saved["seeds"] == [0, 1] and saved["provenance"]["devices"] == jax.device_count()
+    names = saved["summary"]["inputs"]
+    assert names == ["rotation", "simclr", "random_init", "simclr_copy", "noise"]
     s = saved["summary"]["fractions"]["0.1"]
-    expected = {"task_query", "se_gate", "single_rotation", "single_simclr", "pretext_matching"}
-    assert set(s["accuracy"]) == expected
     for seed in ("0", "1"):
-        run = saved["runs"]["0.1"][seed]["variants"]
-        chosen = max(["rotation", "simclr"], key=lambda n: run[f"single_{n}"]["val_accuracy"])
-        assert run["pretext_matching"]["chosen"] == chosen
-        for r in run.values():  # each variant's learning rate is the best on validation
+        run = saved["runs"]["0.1"][seed]
+        assert run["num_val"] <= run["num_labelled"] + 10  # small_val: as many as labelled
+        arms = run["arms"]
+        pretexts = ["rotation", "simclr"]
+        chosen = max(pretexts, key=lambda n: arms[f"single_{n}"]["val_accuracy"])
+        assert arms["pretext_matching"]["chosen"] == chosen
+        for r in arms.values():
             per_lr = r["val_accuracy_per_lr"]
-            assert r["val_accuracy"] == max(per_lr.values()) == per_lr[str(r["lr"])]
-        assert run["pretext_matching"]["test_accuracy"] == run[f"single_{chosen}"]["test_accuracy"]
-        w = np.asarray(run["task_query"]["class_weights"])
-        np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-5)
-        assert np.asarray(run["se_gate"]["class_weights"]).shape == (10, 2)
+            assert r["val_accuracy"] == max(per_lr.values()) == per_lr[f"{r['lr']:g}"]
+        w = arms["task_query"]["mean_weights"]
+        assert len(w) == 5 and abs(sum(w) - 1) < 1e-5
+        assert arms["loo_noise"]["inputs"] == names[:4]
+    ratio = [
+        (r["arms"]["task_query"]["mean_weights"][1] + r["arms"]["task_query"]["mean_weights"][3])
+        / r["arms"]["loo_simclr_copy"]["mean_weights"][1]
+        for r in saved["runs"]["0.1"].values()
+    ]
+    np.testing.assert_allclose(s["selection"]["duplicate"]["ratio"]["values"], ratio)
     diffs = [
-        saved["runs"]["0.1"][k]["variants"]["task_query"]["test_accuracy"]
-        - saved["runs"]["0.1"][k]["variants"]["pretext_matching"]["test_accuracy"]
-        for k in ("0", "1")
+        r["arms"]["task_query"]["test_accuracy"] - r["arms"]["pretext_matching"]["test_accuracy"]
+        for r in saved["runs"]["0.1"].values()
     ]
-    assert s["negative_transfer"]["task_query"]["diff_mean"] == pytest.approx(np.mean(diffs))
-    assert set(s["attention"]) == {"task_query", "se_gate"}
-    per_class = saved["attention_per_class"]["0.1"]["task_query"]
-    mean_weights = [
-        np.mean(
-            [
-                saved["runs"]["0.1"][k]["variants"]["task_query"]["class_weights"][c]
-                for k in ("0", "1")
-            ],
-            axis=0,
-        )
-        for c in range(10)
-    ]
-    np.testing.assert_allclose(
-        [[row[n] for n in ("rotation", "simclr")] for row in per_class], mean_weights, rtol=1e-6
-    )
+    assert s["vs_pretext_matching"]["task_query"]["mean"] == pytest.approx(np.mean(diffs))
     with open(os.path.join(root, "attention.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(root, "results.md")) as f:
         text = f.read()
-    assert "pretext_matching" in text and "Negative transfer" in text
-    assert len(saved["verdict"]) == 1 and saved["verdict"][0] in text
+    assert len(saved["verdict"]) == 5
+    assert all(v.startswith("Verdict: ") and v in text for v in saved["verdict"])
     # Run again: everything is reused, same numbers.
     again = study.run(c, root)
     assert again["summary"] == results["summary"]
-    # One seed has no spread: the difference is reported, never judged against noise.
-    one_seed = {f: {"0": by_seed["0"]} for f, by_seed in saved["runs"].items()}
-    single, _ = study.summarize(
-        one_seed, ["rotation", "simclr"], ["task_query", "se_gate"], "task_query"
-    )
-    t = single["fractions"]["0.1"]["negative_transfer"]["task_query"]
-    assert t["diff_se"] is None and not t["worse_beyond_noise"] and not t["better_beyond_noise"]
-    assert t["diff_mean"] == pytest.approx(diffs[0])
-    assert "noise unknown: 1 seed" in study.verdict(single)[0]

@@ -29,33 +29,64 @@ def _pretext_config(name: str, preset: str = ""):
     return jc.load_file(name, preset)
 
 
-def _variant(mode: str, entropy_weight: float = 0.0) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"mode": mode, "entropy_weight": entropy_weight})
+def _variant(
+    mode: str, entropy_weight: float = 0.0, projection: str = "free", normalize: bool = False
+) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "mode": mode,
+            "entropy_weight": entropy_weight,
+            "projection": projection,
+            "normalize": normalize,
+        }
+    )
 
 
 def compare_config(
-    pretexts: dict, *, seeds=(0, 1, 2), fractions=(0.01, 0.1), lrs=(1e-3, 3e-3, 1e-2, 3e-2)
+    pretexts: dict,
+    *,
+    seeds=(0, 1, 2, 3, 4),
+    fractions=(0.01, 0.1),
+    lrs=(1e-3, 3e-3, 1e-2),
+    duplicate: str = "simclr",
+    random_init: str = "simclr",
 ):
-    """The `config.compare` group of the fusion study: stage-1 pretext configs (each run in
-    DIR/encoders/<name>, reused when finished), the fused variants (the single-pretext
-    baselines and pretext matching are always added), seeds, labelled fractions, and the
-    learning rates each variant is trained with (the best on validation is kept)."""
+    """The `config.compare` group of the fusion study (jssl/studies/fusion.py): stage-1
+    pretext configs (each seed trains its own, in DIR/encoders/s<seed>/<name>), the
+    controls among the inputs, the fused variants (the single-input baselines, pretext
+    matching and the leave-one-out heads are added by the study), seeds, labelled
+    fractions, and the learning-rate grid every head is tuned on."""
     return ml_collections.ConfigDict(
         {
             "pretexts": ml_collections.ConfigDict(pretexts),
+            # Inputs that make selection visible: a random-init encoder (the named
+            # pretext's architecture, untrained), a duplicate of the named pretext's
+            # encoder, and Gaussian noise features (useless by construction).
+            "controls": ml_collections.ConfigDict(
+                {"random_init": random_init, "duplicate": duplicate, "noise": True}
+            ),
             "variants": ml_collections.ConfigDict(
                 {
+                    # Identifiable weights: one projection shared by every input, each
+                    # projected input rescaled to norm sqrt(d) (jssl/models/fusion.py).
+                    "task_query_tied": _variant("task_query", projection="tied", normalize=True),
+                    "input_query_tied": _variant("input_query", projection="tied", normalize=True),
+                    "average_tied": _variant("average", projection="tied", normalize=True),
+                    # The first study's head: a free projection per input.
                     "task_query": _variant("task_query"),
-                    "task_query_entropy": _variant("task_query", 0.05),
-                    "input_query": _variant("input_query"),
-                    "se_gate": _variant("se_gate"),
-                    "average": _variant("average"),
                     "concat": _variant("concat"),
                 }
             ),
-            # The fused variant whose negative-transfer check is the headline (chosen before
-            # any result; every fused variant is checked in results.json).
-            "reference": "task_query",
+            # The fused variant the verdicts are about (chosen before any result), and
+            # the uniform average it is compared with (the same projections, alpha = 1/K).
+            "reference": "task_query_tied",
+            "uniform": "average_tied",
+            "leave_one_out": True,  # the reference without each input in turn
+            # Validation as large as the labelled subset (docs/studies.md rule 4).
+            "small_val": True,
+            # The manipulation check: std / mean of the reference's mean weights over the
+            # inputs; below it the selection verdicts are inconclusive (docs/studies.md).
+            "min_relative_spread": 0.05,
             "seeds": tuple(seeds),
             "lrs": tuple(lrs),
             "fractions": tuple(fractions),
@@ -72,6 +103,16 @@ def _short(c, steps: int, *, warmup: int = 10):
     c.eval.random_init_baseline = False
     c.progress = False
     return c
+
+
+def _encoder(name: str, steps: int):
+    """A stage-1 pretext at the study's scale: the colour digits, the 4-layer ConvNet at
+    width 32 (128 features), `steps` steps (the scale of the MetaMask and FKT studies)."""
+    c = _pretext_config(name)
+    jc.mnistm_preset(c)
+    c.model.backbone = "convnet"
+    c.model.num_filters = 32
+    return _short(c, steps)
 
 
 def get_config(preset: str = ""):
@@ -114,20 +155,24 @@ def get_config(preset: str = ""):
 
     if preset in ("compare", "compare_smoke"):
         c.study = "fusion"
-        c.fusion.encoders = ()  # stage 1 fills them in: DIR/encoders/<name>
+        c.fusion.encoders = ()  # stage 1 fills them in: DIR/encoders/s<seed>/<name>
         c.fusion.names = ()
         c.fusion.cache_features = True
+    if preset == "compare":
+        jc.mnistm_preset(c)
+        c.total_steps = 200
+        c.log_every = 50
+        c.checkpoint_every = 200
         c.compare = compare_config(
             {
-                "rotation": _short(_pretext_config("rotation"), 200),
-                "jigsaw": _short(_pretext_config("jigsaw"), 200),
-                "simclr": _short(_pretext_config("simclr"), 200),
-                "barlow_twins": _short(_pretext_config("barlow_twins"), 200),
+                "rotation": _encoder("rotation", 100),
+                "simclr": _encoder("simclr", 100),
+                "barlow_twins": _encoder("barlow_twins", 100),
             }
         )
     if preset == "compare_smoke":
         # The same study in about a minute: two pretexts at smoke sizes, one seed, one
-        # fraction, one learning rate (the code path of `compare`).
+        # fraction, one learning rate (the code path of `compare`, controls included).
         c.compare = compare_config(
             {
                 "rotation": _short(_pretext_config("rotation", "smoke"), 4, warmup=0),

@@ -57,7 +57,7 @@ from jssl.methods.common import (
     refuse_unread,
     require_group,
 )
-from jssl.models.fusion import ATTENTION_MODES, MODES, WEIGHTED_MODES, FusionHead
+from jssl.models.fusion import ATTENTION_MODES, MODES, PROJECTIONS, WEIGHTED_MODES, FusionHead
 from jssl.optim import build_optimizer
 
 __all__ = [
@@ -86,6 +86,8 @@ def fusion_config(**overrides) -> ml_collections.ConfigDict:
             mode="task_query",  # one of jssl.models.fusion.MODES
             dim=64,  # common width d of the per-encoder projections
             se_reduction=4,  # se_gate: bottleneck width K*d / se_reduction
+            projection="free",  # "free": W_k per encoder; "tied": one W (identifiable weights)
+            normalize=False,  # rescale every projected h_k to norm sqrt(dim) (norm constraint)
             single_index=0,  # mode "single": the encoder whose features the linear head reads
             entropy_weight=0.0,  # attention modes: + weight * mean entropy of alpha (our choice: 0)
             labelled_fraction=0.1,  # 0.01, 0.1, 1.0: seeded class-balanced subset of train
@@ -120,6 +122,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.fusion.single_index: {f.single_index!r} is not in "
             f"[0, {len(paths)}) (the encoders)"
         )
+    if f.projection not in PROJECTIONS:
+        raise ConfigError(
+            f"config.fusion.projection: {f.projection!r}; choose one of {', '.join(PROJECTIONS)}"
+        )
+    if not isinstance(f.normalize, bool):
+        raise ConfigError(f"config.fusion.normalize: must be True or False, got {f.normalize!r}")
     for field in ("dim", "se_reduction"):
         value = f[field]
         if not (isinstance(value, int) and value >= 1):
@@ -196,8 +204,15 @@ def setup(config: ml_collections.ConfigDict, num_classes: int, widths: Sequence[
         dim=f.dim,
         se_reduction=f.se_reduction,
         single_index=f.single_index,
+        projection=f.projection,
+        normalize=f.normalize,
         dtype=compute_dtype(config),
     )
+    if f.projection == "tied" and f.mode not in ("concat", "single") and len(set(widths)) > 1:
+        raise ConfigError(
+            f"config.fusion.projection: 'tied' shares one projection, but the encoders' "
+            f"feature widths differ ({', '.join(map(str, widths))}); use 'free'"
+        )
     tx, schedule = build_optimizer(
         config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size
     )

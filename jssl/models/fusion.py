@@ -18,6 +18,14 @@ projected to a common width d by its own trainable W_k, h_k = W_k r_k + b_k. Mod
 * "concat": no projection; a linear head on the concatenation of the r_k.
 * "single": a linear head on r_{single_index} alone (a linear probe on one encoder).
 
+Projections (`projection`): "free" gives every encoder its own W_k (above); "tied" gives
+all K encoders one shared W (equal widths needed). With free projections a weight alpha_k
+is not identifiable: W_k can shrink (or blank out) encoder k whatever alpha_k says, so the
+attention weights need not show which encoder the head relies on. Tied, the only
+per-encoder freedom left is alpha_k (Key, Value and W are shared), so a down-weighted
+encoder shows up in alpha. `normalize` rescales every projected h_k to norm sqrt(d) (a norm
+constraint: no encoder can be silenced or amplified through the size of its projection).
+
 Every mode ends with a linear classifier on z. With K = 1, alpha = 1 exactly and the
 attention, average, concat and single modes are affine maps of r_1: a linear probe on that
 encoder (se_gate's gates stay input-dependent, so it is not).
@@ -31,8 +39,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ATTENTION_MODES", "MODES", "WEIGHTED_MODES", "FusionHead"]
+__all__ = ["ATTENTION_MODES", "MODES", "PROJECTIONS", "WEIGHTED_MODES", "FusionHead"]
 
+PROJECTIONS = ("free", "tied")  # per-encoder W_k, or one W shared by all encoders
 MODES = ("task_query", "input_query", "se_gate", "average", "concat", "single")
 ATTENTION_MODES = ("task_query", "input_query")  # softmax weights over the pretexts
 WEIGHTED_MODES = ATTENTION_MODES + ("se_gate", "average")  # modes that report per-pretext weights
@@ -51,6 +60,8 @@ class FusionHead(nn.Module):
     dim: int = 64
     se_reduction: int = 4
     single_index: int = 0
+    projection: str = "free"
+    normalize: bool = False
     dtype: Any = jnp.float32
 
     def _dense(self, width: int, name: str, **kw) -> nn.Dense:
@@ -73,14 +84,32 @@ class FusionHead(nn.Module):
         elif self.mode == "concat":
             z = jnp.concatenate([f.astype(self.dtype) for f in features], axis=-1)
         else:
-            # Per-encoder projections to the common width: (N, K, d).
-            h = jnp.stack(
-                [
-                    self._dense(self.dim, f"project_{i}")(f.astype(self.dtype))
-                    for i, f in enumerate(features)
-                ],
-                axis=1,
-            )
+            # Projections to the common width: (N, K, d).
+            if self.projection == "tied":
+                if len({f.shape[-1] for f in features}) != 1:
+                    raise ValueError(
+                        "FusionHead.projection 'tied' needs encoders of one feature width, "
+                        f"got {[f.shape[-1] for f in features]}"
+                    )
+                shared = self._dense(self.dim, "project")
+                h = jnp.stack([shared(f.astype(self.dtype)) for f in features], axis=1)
+            elif self.projection == "free":
+                h = jnp.stack(
+                    [
+                        self._dense(self.dim, f"project_{i}")(f.astype(self.dtype))
+                        for i, f in enumerate(features)
+                    ],
+                    axis=1,
+                )
+            else:
+                raise ValueError(
+                    f"FusionHead.projection must be one of {', '.join(PROJECTIONS)}, "
+                    f"got {self.projection!r}"
+                )
+            if self.normalize:  # every h_k on the sphere of radius sqrt(d)
+                h32 = h.astype(jnp.float32)
+                norm = jnp.sqrt(jnp.sum(h32 * h32, axis=-1, keepdims=True) + 1e-12)
+                h = (h32 * (jnp.sqrt(float(self.dim)) / norm)).astype(self.dtype)
             if self.mode == "se_gate":
                 c = h.reshape(h.shape[0], k * self.dim)
                 squeeze = self._dense(max(1, (k * self.dim) // self.se_reduction), "squeeze")

@@ -79,20 +79,25 @@ def paired(a: list[float], b: list[float]) -> dict:
     return {**d, "higher": sum(x > 0 for x in d["values"]), "ci": list(t_interval(d["values"]))}
 
 
-def fmt_diff(d: dict, scale: float = 100.0) -> str:
-    """'+1.23 [-0.45, +2.91] points (higher in 3 of 5)' for a `paired` result."""
+def fmt_diff(d: dict, scale: float = 100.0, unit: str = "points") -> str:
+    """'+1.23 [-0.45, +2.91] points (higher in 3 of 5)' for a `paired` result (values times
+    `scale`, then `unit`)."""
     lo, hi = d["ci"]
     ci = f"[{scale * lo:+.2f}, {scale * hi:+.2f}]" if math.isfinite(lo) else "[no interval]"
-    return f"{scale * d['mean']:+.2f} {ci} points (higher in {d['higher']} of {len(d['values'])})"
+    unit = f" {unit}" if unit else ""
+    return f"{scale * d['mean']:+.2f} {ci}{unit} (higher in {d['higher']} of {len(d['values'])})"
 
 
-def verdict(claim: str, d: dict, *, blocked: str | None = None) -> str:
+def verdict(
+    claim: str, d: dict, *, blocked: str | None = None, scale: float = 100.0, unit: str = "points"
+) -> str:
     """The study's line for one claim "A is better than B", from the paired differences
     A - B (`paired`): "holds" when the 95% interval lies above 0, "does not hold" when it lies
     below 0, "inconclusive at this scale" when it contains 0, or when `blocked` (the reason a
-    manipulation check failed) is given."""
+    manipulation check failed) is given. The differences are printed times `scale`, in
+    `unit` (`fmt_diff`)."""
     lo, hi = d["ci"]
-    interval = f"A - B = {fmt_diff(d)}"
+    interval = f"A - B = {fmt_diff(d, scale, unit)}"
     if blocked:
         return f"Verdict: {claim}: inconclusive at this scale ({blocked}; {interval})."
     if not (math.isfinite(lo) and math.isfinite(hi)):
