@@ -399,7 +399,9 @@ def test_study_arms_and_config_errors():
     fused = set(c.compare.variants)
     singles = {"single_a", "single_b", "single_random_init", "single_noise"}  # no copy
     loo = {f"loo_{e['name']}" for e in _entries()}
-    assert set(arms) == fused | singles | loo
+    paper = {f"pretexts_{v}" for v in fused}  # the fused heads over the pretexts alone
+    assert set(arms) == fused | singles | loo | paper
+    assert arms["pretexts_task_query_tied"]["inputs"] == [0, 1]
     assert arms["loo_a_copy"]["inputs"] == [0, 1, 2, 4]
     assert arms["loo_a_copy"]["variant"] == arms[c.compare.reference]["variant"]
     assert arms["task_query_tied"]["variant"]["projection"] == "tied"
@@ -547,6 +549,7 @@ def test_study_end_to_end(encoders):
         w = arms["task_query"]["mean_weights"]
         assert len(w) == 5 and abs(sum(w) - 1) < 1e-5
         assert arms["loo_noise"]["inputs"] == names[:4]
+        assert arms["pretexts_task_query"]["inputs"] == ["rotation", "simclr"]
     ratio = [
         (r["arms"]["task_query"]["mean_weights"][1] + r["arms"]["task_query"]["mean_weights"][3])
         / r["arms"]["loo_simclr_copy"]["mean_weights"][1]
@@ -562,7 +565,10 @@ def test_study_end_to_end(encoders):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(root, "results.md")) as f:
         text = f.read()
-    assert len(saved["verdict"]) == 5
+    # Over the pretexts alone and over every input: vs pretext matching and vs the
+    # average; then noise, random init and the duplicate.
+    assert len(saved["verdict"]) == 7
+    assert "over the pretexts alone (the paper's setting) beats pretext" in saved["verdict"][0]
     assert all(v.startswith("Verdict: ") and v in text for v in saved["verdict"])
     # Run again: everything is reused, same numbers.
     again = study.run(c, root)

@@ -108,7 +108,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             )
     for name, variant in cmp.variants.items():
         where = f"config.compare.variants.{name}"
-        if name.startswith(("single_", "loo_")) or name == "pretext_matching":
+        if name.startswith(("single_", "loo_", "pretexts_")) or name == "pretext_matching":
             raise ConfigError(
                 f"{where}: reserved name (the baselines are added by the study); rename it"
             )
@@ -396,14 +396,19 @@ def _head_config(config, variant) -> ml_collections.ConfigDict:
 
 def arms(config: ml_collections.ConfigDict, entries: list) -> dict:
     """{arm: {"variant": {mode, entropy_weight, projection, normalize}, "inputs": [indices
-    into `entries`]}}: the fused variants over all K inputs, "single_<name>" over each input
-    but a copy, and with `compare.leave_one_out` "loo_<name>": the reference without that
-    input."""
+    into `entries`]}}: the fused variants over all K inputs; when there are controls, each
+    fused variant over the pretexts alone ("pretexts_<variant>", the paper's setting);
+    "single_<name>" over each input but a copy; and with `compare.leave_one_out`
+    "loo_<name>": the reference without that input."""
     cmp = config.compare
     out = {}
     everything = list(range(len(entries)))
     for name, v in cmp.variants.items():
         out[name] = {"variant": _variant_dict(v), "inputs": everything}
+    pretexts = [i for i, e in enumerate(entries) if e["kind"] == "pretext"]
+    if len(pretexts) < len(entries):  # controls among the inputs: also the paper's setting
+        for name, v in cmp.variants.items():
+            out[f"pretexts_{name}"] = {"variant": _variant_dict(v), "inputs": pretexts}
     for i, e in enumerate(entries):
         if e["kind"] != "copy":
             out[f"single_{e['name']}"] = {"variant": {"mode": "single"}, "inputs": [i]}
@@ -506,13 +511,13 @@ def _run_replicate(
     return record, samples
 
 
-def _heads_key(config, feature_keys_: dict) -> str:
+def _heads_key(config, feature_keys_: dict, all_arms: dict) -> str:
     """What a (seed, fraction) record depends on: the study's fields but the seeds and
-    fractions (a record is one of each), and its inputs' features."""
+    fractions (a record is one of each), its inputs' features and its heads."""
     skip = ("compare.pretexts", "compare.seeds", "compare.fractions")
     fields = {k: v for k, v in experiment_fields(config).items() if not k.startswith(skip)}
     return hashlib.sha256(
-        json.dumps([fields, feature_keys_], sort_keys=True, default=str).encode()
+        json.dumps([fields, feature_keys_, all_arms], sort_keys=True, default=str).encode()
     ).hexdigest()
 
 
@@ -553,7 +558,8 @@ def summarize(runs: dict, entries: list, config) -> dict:
             a: {"test": _with_ci(test(a)), "val": stats([r[a]["val_accuracy"] for r in recs])}
             for a in recs[0]
         }
-        vs_matching = {v: paired(test(v), test("pretext_matching")) for v in cmp.variants}
+        fused = [a for a in recs[0] if a in cmp.variants or a.startswith("pretexts_")]
+        vs_matching = {v: paired(test(v), test("pretext_matching")) for v in fused}
         weights = {}
         for a in recs[0]:
             if "mean_weights" in recs[0][a]:
@@ -595,7 +601,13 @@ def summarize(runs: dict, entries: list, config) -> dict:
             "accuracy": acc,
             "pretext_matching_chosen": [r["pretext_matching"]["chosen"] for r in recs],
             "vs_pretext_matching": vs_matching,
-            "reference_vs_uniform": paired(test(ref), test(uniform)) if uniform else None,
+            # {"": over every input, "pretexts_": over the pretexts alone}
+            "reference_vs_uniform": {
+                p: paired(test(p + ref), test(p + uniform))
+                for p in ("", "pretexts_")
+                if uniform and p + ref in recs[0] and p + uniform in recs[0]
+            }
+            or None,
             "weights": weights,
             "manipulation_check": manipulation,
             "selection": selection,
@@ -615,16 +627,21 @@ def verdicts(summary: dict) -> list[str]:
     lines = []
     for f, s in summary["fractions"].items():
         pct = f"{100 * float(f):g}% labels"
-        lines.append(
-            claim_verdict(f"{pct}: {ref} beats pretext matching", s["vs_pretext_matching"][ref])
-        )
-        if s["reference_vs_uniform"] is not None:
+        settings = [("over every input (controls included)", "")]
+        if f"pretexts_{ref}" in s["vs_pretext_matching"]:
+            settings.insert(0, ("over the pretexts alone (the paper's setting)", "pretexts_"))
+        for where, prefix in settings:
             lines.append(
                 claim_verdict(
-                    f"{pct}: {ref} beats the uniform average {uniform}",
-                    s["reference_vs_uniform"],
+                    f"{pct}: {ref} {where} beats pretext matching",
+                    s["vs_pretext_matching"][prefix + ref],
                 )
             )
+            d = s["reference_vs_uniform"].get(prefix) if s["reference_vs_uniform"] else None
+            if d is not None:
+                lines.append(
+                    claim_verdict(f"{pct}: {ref} {where} beats the uniform average {uniform}", d)
+                )
         m = s["manipulation_check"]
         blocked = (
             None
@@ -724,10 +741,10 @@ def write_markdown(path: str, results: dict) -> None:
             + " | ".join(_d(s["fractions"][f]["vs_pretext_matching"][v]) for f in fractions)
             + " |"
         )
-    if s["uniform"]:
+    for p in s["fractions"][fractions[0]]["reference_vs_uniform"] or {}:
         lines.append(
-            f"| {s['reference']} - {s['uniform']} | "
-            + " | ".join(_d(s["fractions"][f]["reference_vs_uniform"]) for f in fractions)
+            f"| {p}{s['reference']} - {p}{s['uniform']} | "
+            + " | ".join(_d(s["fractions"][f]["reference_vs_uniform"][p]) for f in fractions)
             + " |"
         )
     lines += ["", "## Mean weight per input (test split; mean ± sd over seeds)", ""]
@@ -783,8 +800,8 @@ def write_markdown(path: str, results: dict) -> None:
 
 
 def plot_attention(path: str, summary: dict) -> None:
-    """Bar chart: the mean weight of every input for every weighted head with all inputs,
-    one panel per fraction (error bars: sd over seeds)."""
+    """Bar chart: the mean weight of every input for every weighted head over all the
+    inputs, one panel per fraction (error bars: sd over seeds)."""
     if not plots.available():
         return
     names = summary["inputs"]
@@ -792,7 +809,7 @@ def plot_attention(path: str, summary: dict) -> None:
     fig = plots.figure(5.5 * len(fractions), 3.2, dpi=110)
     axes = fig.subplots(1, len(fractions), squeeze=False)[0]
     for ax, f in zip(axes, fractions):
-        heads = [a for a in summary["fractions"][f]["weights"] if not a.startswith("loo_")]
+        heads = [a for a, w in summary["fractions"][f]["weights"].items() if set(w) == set(names)]
         width = 0.8 / max(1, len(heads))
         x = np.arange(len(names))
         for i, a in enumerate(heads):
@@ -866,7 +883,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             num_classes = int(max(int(feats[s][1].max()) for s in feats) + 1)
             trainers = _Trainers(head_config, num_classes, mesh)
         all_arms = arms(config, entries)
-        key = _heads_key(head_config, keys)
+        key = _heads_key(head_config, keys, all_arms)
         for fraction in runs:
             path = os.path.join(workdir, HEADS_DIR, f"seed{seed}_fraction{fraction:g}.json")
             record = None
