@@ -791,7 +791,8 @@ def write_markdown(path: str, results: dict) -> None:
     t = results["timing"]
     lines += [
         "",
-        f"Wall time: encoders {t['stage1_s']:.0f} s, features {t['features_s']:.0f} s, heads "
+        "Wall time of this invocation (a reused stage costs nothing): encoders "
+        f"{t['stage1_s']:.0f} s, features {t['features_s']:.0f} s, heads "
         f"{t['stage2_s']:.0f} s, total {t['total_s']:.0f} s "
         f"({results['provenance']['devices']} {results['provenance']['platform']} device(s)).",
         "",
