@@ -15,8 +15,9 @@ import pytest
 from jssl import checkpoint, methods, parallel, teachers, train
 from jssl import config as jc
 from jssl.data import sources
-from jssl.data.subsets import PseudoLabelSource
+from jssl.data.subsets import PseudoLabelSource, source_labels
 from jssl.methods import transfer
+from jssl.studies import common, layer_probes
 from jssl.studies import transfer as study
 from tests.test_config import load
 
@@ -75,7 +76,9 @@ def _mtimes(root):
     }
 
 
-@pytest.mark.parametrize("preset", ["", "smoke", "cifar10", "compare"])
+@pytest.mark.parametrize(
+    "preset", ["", "smoke", "cifar10", "compare", "compare_mnist", "compare_smoke"]
+)
 def test_presets_are_valid(preset):
     c = load("transfer", preset)
     assert c.study == "transfer" and c.method == "transfer"
@@ -84,11 +87,141 @@ def test_presets_are_valid(preset):
     assert not any(
         k in student for k in ("study", "teachers", "clustering", "baselines", "compare")
     )
-    assert len(c.compare.seeds) == (3 if preset == "compare" else 1)
+    assert len(c.compare.seeds) == (5 if preset in ("compare", "compare_mnist") else 1)
+    assert c.compare.tune_seed not in c.compare.seeds
     assert student.model.backbone.startswith("alexnet")
     for spec in c.teachers.values():  # a student of another architecture than its teacher
         if spec.kind == "config":
             assert spec.run.model.backbone != student.model.backbone
+
+
+def test_compare_runs_on_mnistm_with_its_normalisation_everywhere():
+    """compare and compare_smoke: the student, the teacher's run and both direct baselines
+    read mnistm_embedded normalised with its statistics; a teacher left on MNIST's is
+    refused at start."""
+    for preset in ("compare", "compare_smoke"):
+        c = load("transfer", preset)
+        assert c.data.name == "mnistm_embedded"
+        assert set(c.teachers) == {"jigsaw_pp", "hog"} and c.compare.paper_teacher == "jigsaw_pp"
+        runs = [study.student_config(c), study.teacher_run_config(c, c.teachers.jigsaw_pp)]
+        runs += [
+            study.direct_config(c, "jigsaw_pp", arm, seed=0, lr=0.1) for arm in study.DIRECT_ARMS
+        ]
+        for run in runs:
+            assert run.data.name == "mnistm_embedded"
+            for view in ("view1", "view2"):
+                assert tuple(run.augment[view].mean) == jc.MNISTM_MEAN
+                assert tuple(run.augment[view].std) == jc.MNISTM_STD
+    assert load("transfer", "compare_mnist").data.name == "mnist_embedded"
+    c = load("transfer", "compare")
+    c.teachers.jigsaw_pp.run.augment.view1.mean = jc.MNIST_MEAN
+    with pytest.raises(jc.ConfigError, match=r"teachers\.jigsaw_pp\.run\.augment\.view1: normal"):
+        study._validate(c, num_train=4000, num_devices=8)
+
+
+def test_direct_baselines_at_equal_student_and_equal_total_steps():
+    c = load("transfer", "compare")
+    teacher_steps = c.teachers.jigsaw_pp.run.total_steps
+    same = study.direct_config(c, "jigsaw_pp", "student_steps", seed=3, lr=0.3)
+    total = study.direct_config(c, "jigsaw_pp", "total_steps", seed=3, lr=0.3)
+    assert same.total_steps == c.total_steps
+    assert total.total_steps == teacher_steps + c.total_steps
+    assert same.seed == total.seed == 3 and same.optimizer.lr == total.optimizer.lr == 0.3
+    assert same.model.backbone == total.model.backbone == c.model.backbone
+    assert same.model.num_filters == c.model.num_filters and same.loss.name == "jigsaw_pp"
+    b = study.budgets(c)
+    student = b["student <- jigsaw_pp"]
+    equal_total = b["student on jigsaw_pp pretext, equal total steps"]
+    assert student["updates"] == c.total_steps and student["teacher_updates"] == teacher_steps
+    assert equal_total["updates"] == student["total_updates"] == teacher_steps + c.total_steps
+    assert equal_total["images"] == total.total_steps * total.batch_size
+    assert b["student on jigsaw_pp pretext"]["updates"] == c.total_steps
+    assert b["student <- hog"]["teacher_updates"] == 0  # HOG trains nothing
+    with pytest.raises(jc.ConfigError, match="direct baseline arm 'both'"):
+        study.direct_config(c, "jigsaw_pp", "both", seed=0, lr=0.1)
+
+
+def test_tuning_plan_and_k_sweep(tmp_path):
+    c = load("transfer", "compare")
+    plan = study.tuning_plan(c)
+    assert [a["arm"] for a in plan] == [
+        "student <- hog",
+        "student <- jigsaw_pp",
+        "direct jigsaw_pp student_steps",
+        "direct jigsaw_pp total_steps",
+    ]
+    assert all(a["tuned"] and a["grid"] == [0.03, 0.1, 0.3] for a in plan)  # same size
+    assert study.sweep_ks(c, "jigsaw_pp") == [50, 10, 200]  # the main k first
+    assert study.sweep_ks(c, "hog") == [50]  # the other teacher at the main k only
+    smoke = load("transfer", "compare_smoke")
+    assert not any(a["tuned"] for a in study.tuning_plan(smoke))
+    assert study.sweep_ks(smoke, "jigsaw_pp") == [10, 5]
+    # A grid of one value: the value itself, no run.
+    tuning = study._tune(smoke, str(tmp_path), {}, 0.1, None)
+    assert {t["chosen"] for t in tuning.values()} == {0.1}
+    assert all(t["scores"] == {} for t in tuning.values())
+    assert not os.listdir(tmp_path)
+
+
+def test_compare_config_errors():
+    for field, value, match in (
+        ("tune_seed", 2, "compare.tune_seed: 2 is also a test seed"),
+        ("lrs", (), "compare.lrs: must be positive"),
+        ("paper_teacher", "sift", "compare.paper_teacher: 'sift' is not one of"),
+        ("num_clusters", (1,), r"compare.num_clusters: 1 must be an integer in \[2, 4000\]"),
+        ("probe_fraction", 0.0, "compare.probe_fraction: 0.0 is not in"),
+        ("probe_layers", (), "compare.probe_layers: distinct module paths"),
+        ("probe_layers", ("Conv_9",), "compare.probe_layers: 'Conv_9' is no module of"),
+    ):
+        c = load("transfer", "compare")
+        c.compare[field] = value
+        with pytest.raises(jc.ConfigError, match=match):
+            study._validate(c, num_train=4000, num_devices=8)
+
+
+def test_few_label_probe_subsets():
+    """1% of the training split, class-balanced and drawn with the seed; the validation
+    subset no larger than the labelled set."""
+    c = load("transfer", "compare")
+    train = sources.config_source(c, c.eval.train_split)
+    val = sources.config_source(c, c.eval.val_split)
+    rows = layer_probes.labelled_rows(c, 0.01, seed=0)
+    labels = source_labels(train)[rows]
+    assert len(rows) == pytest.approx(0.01 * len(train), rel=0.2)
+    assert np.bincount(labels, minlength=10).min() >= 1
+    assert not np.array_equal(rows, layer_probes.labelled_rows(c, 0.01, seed=1))
+    vfrac = layer_probes.val_fraction(c, 0.01)
+    for seed in (0, 1):
+        v = layer_probes._val_source(c, vfrac, seed)
+        assert 0 < len(v) <= len(layer_probes.labelled_rows(c, 0.01, seed=seed))
+        assert len(v) < len(val)
+
+
+def test_claims_are_paired_verdict_lines():
+    c = load("transfer", "compare_smoke")
+    c.compare.seeds = (0, 1, 2)
+
+    def row(name, values):
+        return {"run": name, study.METRIC + "_values": values}
+
+    rows = [
+        row("student <- jigsaw_pp", [0.5, 0.6, 0.55]),
+        row("student on jigsaw_pp pretext, equal total steps", [0.4, 0.5, 0.45]),
+        row("student on jigsaw_pp pretext", [0.6, 0.7, 0.65]),
+        row("student random init", [0.5, 0.6, 0.56]),
+        row("student <- hog", [0.3, 0.2, 0.25]),
+    ]
+    diffs, lines = study._claims(rows, c)
+    assert len(lines) == 4 and all(
+        x.startswith("Verdict: student <- jigsaw_pp beats") for x in lines
+    )
+    assert "equal total steps (12 updates)" in lines[0] and ": holds (" in lines[0]
+    assert "equal student steps (6 updates)" in lines[1] and ": does not hold (" in lines[1]
+    assert "random-init" in lines[2] and "inconclusive" in lines[2]
+    assert "student <- hog" in lines[3] and ": holds (" in lines[3]
+    assert diffs["student <- jigsaw_pp - student <- hog"]["values"] == pytest.approx(
+        [0.2, 0.4, 0.3]
+    )
 
 
 def test_study_config_errors():
@@ -220,6 +353,79 @@ def test_study_runs_and_resumes_each_stage(tmp_path):
         _mtimes(wd)[os.path.join(wd, "clusters/hog-k8/labels.npy")]
         == before[os.path.join(wd, "clusters/hog-k8/labels.npy")]
     )
+
+
+@pytest.mark.slow
+def test_compare_smoke_end_to_end(tmp_path):
+    """The compare path at smoke size: teachers, the k sweep, both direct-baseline arms, the
+    random-init student, per-layer few-label probes, budgets, tuning, verdicts."""
+    c = load("transfer", "compare_smoke")
+    wd = str(tmp_path / "cmp")
+    out = study.run(c, wd)
+    with open(os.path.join(wd, "results.json")) as f:
+        saved = json.load(f)
+    assert saved["seeds"] == [0]
+    assert {"command", "devices", "platform", "commit", "uncommitted_changes"} <= set(
+        saved["provenance"]
+    )
+    assert len(saved["verdict"]) == 4 and all(v.startswith("Verdict:") for v in saved["verdict"])
+    rows = {r["run"]: r for r in saved["rows"]}
+    for name in (
+        "student <- jigsaw_pp",
+        "student <- jigsaw_pp (k=5)",
+        "student <- hog",
+        "student on jigsaw_pp pretext",
+        "student on jigsaw_pp pretext, equal total steps",
+        "student random init",
+    ):
+        r = rows[name]
+        assert set(r["probe_layers"]) == {
+            "BatchNorm_0",
+            "BatchNorm_1",
+            "BatchNorm_2",
+            "BatchNorm_3",
+            "BatchNorm_4",
+            "pooled",
+        }
+        assert r["probe_best_layer_values"][0] in r["probe_layers"]
+        assert r["probe_num_val"][0] <= r["probe_num_labelled"][0]
+        assert 0 <= r[study.METRIC] <= 1 and "budget" in r
+    assert rows["student on jigsaw_pp pretext, equal total steps"]["budget"]["updates"] == 12
+    assert set(saved["tuning"]["arms"]) == {
+        "student <- hog",
+        "student <- jigsaw_pp",
+        "direct jigsaw_pp student_steps",
+        "direct jigsaw_pp total_steps",
+    }
+    assert not os.path.exists(os.path.join(wd, "tune"))  # grids of one value: no tuning runs
+    with open(os.path.join(wd, "pretext", "jigsaw_pp-total-s0", "results.json")) as f:
+        assert json.load(f)["final_step"] == 12
+    assert "Verdict:" in open(os.path.join(wd, "results.md")).read()
+    assert out["summary"] == saved["summary"]
+
+
+@pytest.mark.slow
+def test_tuning_chooses_the_lr_on_validation(tmp_path):
+    """A grid of two learning rates: two tuning runs on the tuning seed, scored by the
+    few-label probe's validation accuracy; the seeds then run at the chosen value."""
+    c = _study_config({"hog": _hog_teacher()})
+    c.compare.lrs = (0.05, 0.2)
+    wd = str(tmp_path / "study")
+    out = study.run(c, wd)
+    t = out["tuning"]["arms"]["student <- hog"]
+    assert t["seed"] == c.compare.tune_seed and t["grid"] == [0.05, 0.2]
+    for lr in ("0.05", "0.2"):
+        run_dir = os.path.join(wd, "tune", "students", f"hog-k8-lr{lr}-s{c.compare.tune_seed}")
+        assert os.path.exists(os.path.join(run_dir, "results.json"))
+        with open(
+            os.path.join(wd, "probes", os.path.relpath(run_dir, wd).replace(os.sep, "__") + ".json")
+        ) as f:
+            assert t["scores"][lr] == json.load(f)["probes"]["best_val_accuracy"]
+    assert t["chosen"] == common.choose({"0.05": 0.05, "0.2": 0.2}, t["scores"])[1]
+    row = next(r for r in out["rows"] if r["run"] == "student <- hog")
+    assert row["lr"] == t["chosen"]
+    with open(os.path.join(wd, "students", "hog-k8-s0", "config.json")) as f:
+        assert json.load(f)["optimizer"]["lr"] == t["chosen"]
 
 
 def test_rows_and_verdict_pair_the_seeds():
