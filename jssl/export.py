@@ -57,6 +57,7 @@ __all__ = [
     "feature_mask",
     "load_init_from",
     "random_encoder",
+    "write_encoder",
     "read_state_dict",
     "LAYOUTS",
     "main",
@@ -181,12 +182,12 @@ def load_encoder(path: str, *, step: int | None = None) -> tuple[Encoder, dict]:
     return _encoder_module(config, "feature_mask" in variables["params"]), variables
 
 
-def export_encoder(workdir: str, out: str, *, step: int | None = None) -> str:
-    """Write the encoder of `workdir` (latest checkpoint, or `step`) to the msgpack file
-    `out`; refuses to overwrite an existing file. Returns `out`."""
+def write_encoder(config: ml_collections.ConfigDict, variables: dict, out: str) -> str:
+    """Write an encoder of `config`'s architecture with `variables` ({"params": {"backbone":
+    ...}, optional "batch_stats", optional "params"."feature_mask"}) to the msgpack file
+    `out`, the format `load_encoder` reads; refuses to overwrite an existing file."""
     if paths.exists(out):
-        raise ConfigError(f"--out {out} exists; choose another path (nothing was overwritten)")
-    config, variables = _from_workdir(workdir, step)
+        raise ConfigError(f"{out} exists; choose another path (nothing was overwritten)")
     blob: dict[str, Any] = {
         "format": FORMAT,
         "config": json.dumps(_encoder_fields(config)),
@@ -194,6 +195,15 @@ def export_encoder(workdir: str, out: str, *, step: int | None = None) -> str:
     }
     io.write_bytes(out, serialization.msgpack_serialize(blob))
     return out
+
+
+def export_encoder(workdir: str, out: str, *, step: int | None = None) -> str:
+    """Write the encoder of `workdir` (latest checkpoint, or `step`) to the msgpack file
+    `out`; refuses to overwrite an existing file. Returns `out`."""
+    if paths.exists(out):
+        raise ConfigError(f"--out {out} exists; choose another path (nothing was overwritten)")
+    config, variables = _from_workdir(workdir, step)
+    return write_encoder(config, variables, out)
 
 
 # --- PyTorch: safetensors state dicts of the torchvision / timm twins -----------------------
@@ -458,14 +468,7 @@ def random_encoder(config: ml_collections.ConfigDict, out: str, *, seed: int) ->
     module = _encoder_module(config)
     dummy = jnp.zeros((1, module.size, module.size, 3), jnp.uint8)
     variables = module.init(jax.random.PRNGKey(int(seed)), dummy)
-    variables = jax.tree_util.tree_map(np.asarray, dict(variables))
-    blob: dict[str, Any] = {
-        "format": FORMAT,
-        "config": json.dumps(_encoder_fields(config)),
-        "variables": variables,
-    }
-    io.write_bytes(out, serialization.msgpack_serialize(blob))
-    return out
+    return write_encoder(config, jax.tree_util.tree_map(np.asarray, dict(variables)), out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import serialization
 
 from jssl import evaluate, export, io, methods, parallel, teachers
 from jssl.checkpoint import CHECKPOINT_DIR
@@ -182,17 +181,11 @@ def random_init_encoder(run_config, path: str, mesh) -> str:
     variables = {"params": {"backbone": host.params["backbone"]}}
     if host.batch_stats and host.batch_stats.get("backbone"):
         variables["batch_stats"] = {"backbone": host.batch_stats["backbone"]}
-    blob = {
-        "format": export.FORMAT,
-        # The fields an exported encoder carries (export's own list, a private helper).
-        "config": json.dumps(export._encoder_fields(run_config)),
-        "variables": variables,
-    }
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path):
+        if os.path.exists(path):  # written for another config (the record said so)
             os.remove(path)
-        io.write_bytes(path, serialization.msgpack_serialize(blob))
+        export.write_encoder(run_config, variables, path)
         io.write_json(record, {"config": fields})
     parallel.sync_processes("transfer-random-init")
     return path
