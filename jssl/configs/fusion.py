@@ -47,7 +47,7 @@ def compare_config(
     *,
     seeds=(0, 1, 2, 3, 4),
     fractions=(0.01, 0.1),
-    lrs=(1e-3, 3e-3, 1e-2, 3e-2),
+    lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
     duplicate: str = "simclr",
     random_init: str = "simclr",
 ):
