@@ -12,10 +12,14 @@ docs/methods.md section 4): a fusion head trained on a labelled fraction over K 
 The default preset fuses the embedded-data encoders of the pretext configs, trained first
 with their own commands (`python -m jssl.main --config configs/rotation.py --workdir
 runs/rotation`, and jigsaw, simclr, barlow_twins into runs/jigsaw, runs/simclr, runs/barlow).
-`compare` is a study (jssl/studies/fusion.py): it pretrains (or reuses) K = 4 pretext
-encoders with short budgets into DIR/encoders/<name>, then trains every fusion variant and
-baseline on 1% and 10% of the labels with 3 seeds, and writes DIR/results.json,
-DIR/results.md and DIR/attention.png.
+`compare` is a study (jssl/studies/fusion.py, docs/fusion.md): on mnistm_embedded, each of
+5 seeds pretrains its own rotation, SimCLR and Barlow Twins encoders (100 steps each) into
+DIR/encoders/s<seed>/<name>; the fused heads see them plus three controls (SimCLR at random
+initialisation, a copy of SimCLR, a Gaussian-noise input); every variant, each single input,
+pretext matching and leave-one-out heads are trained on 1% and 10% of the labels with the
+learning rate chosen on a validation subset as large as the labelled set; it writes
+DIR/results.json, DIR/results.md and DIR/attention.png. `compare_smoke` is the same code
+path in about a minute.
 """
 
 import ml_collections

@@ -787,7 +787,9 @@ def write_markdown(path: str, results: dict) -> None:
                     + " | ".join(_d(s["fractions"][f]["leave_one_out"][n]) for f in fractions)
                     + " |"
                 )
-    lines += ["", "## Verdicts", ""] + [f"- {line}" for line in results["verdict"]]
+    lines += ["", "## Verdicts"]
+    for line in results["verdict"]:  # each its own paragraph, beginning with "Verdict:"
+        lines += ["", line]
     t = results["timing"]
     lines += [
         "",

@@ -160,7 +160,8 @@ def write_markdown(path: str, results: dict) -> None:
             "teacher's; in the paper (ImageNet) HOG is the weakest teacher. The claim against "
             "HOG below tests the paper's ranking on a set that favours HOG.",
         ]
-    lines += [""] + results["verdict"]
+    for line in results["verdict"]:  # each its own paragraph, beginning with "Verdict:"
+        lines += ["", line]
     io.write_text(path, "\n".join(lines) + "\n")
 
 
