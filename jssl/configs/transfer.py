@@ -26,8 +26,9 @@ teacher's + the student's steps; the random-init student; a k sweep (10, 50, 200
 Jigsaw++; every arm's lr chosen on validation over (0.03, 0.1, 0.3) on tuning seed 100;
 5 seeds; per-layer linear probes at 1% labels. Fields of `config.compare`: seeds,
 tune_seed, lrs, paper_teacher, num_clusters (the k sweep), probe_fraction, probe_layers.
-Expected cost: about 95 min on the 2-core machine shared with another job
-(the measured per-run times are in jssl/studies/transfer.py), an hour or less alone.
+Expected cost: 36 min alone on the 2-core machine (measured at fb3d5f9: docs/transfer.md),
+about 95 min when it shares the machine with another job (the per-run times are in
+jssl/studies/transfer.py).
 """
 
 import ml_collections

@@ -57,7 +57,9 @@ teacher, 26 student runs, 16 direct-baseline runs, 47 probe sets): per-run times
 per step (200 steps: about 16 min with its evaluation); a student (alexnet_cifar w16, 150
 steps) 83 s with its evaluation; a direct baseline 81 s at 150 steps, about 170 s at 350;
 a probe set 25 s for the first (compilations), about 3-8 s after; so about 95 min there
-(26 x 83 + 8 x 81 + 8 x 170 + 16 min + 47 probe sets), an hour or less alone on 2 cores.
+(26 x 83 + 8 x 81 + 8 x 170 + 16 min + 47 probe sets). Alone on the 2 cores (fb3d5f9):
+the teacher 155 s, a student 23-25 s of training, a direct baseline 38 s at 150 steps and
+78 s at 350, the whole study 2,164 s (36 min).
 `compare_smoke`: 170 s on the same shared machine.
 
 The student's config holds no teacher field: it sees the teacher only through the
