@@ -172,17 +172,27 @@ def test_input_errors():
         cluster.kmeans(x, 2, max_iter=0)
 
 
-def test_bench_kmeans_reports_both_libraries():
+def test_bench_kmeans_reports_both_libraries(monkeypatch):
     """`python -m jssl.bench --method kmeans` at a tiny size: one record with jssl's and
-    scikit-learn's time and inertia from the same initial centres."""
+    scikit-learn's time, rate and inertia from the same initial centres, and scikit-learn's
+    own rounding spread (a shifted copy of the data)."""
     import argparse
 
     from jssl import bench_kmeans
 
+    monkeypatch.setattr(bench_kmeans, "IDLE_S", 0.0)  # the pause only matters for timings
     out = bench_kmeans.bench(argparse.Namespace(n=3000, d=8, k=16, iters=3, seed=0))
     for key in ("s_per_iter", "inertia", "sklearn_s_per_iter", "sklearn_inertia"):
         assert out[key] > 0, key
     assert out["n_iter"] == out["sklearn_n_iter"] == 3
     assert abs(out["inertia_rel_diff_vs_sklearn"]) < 1e-3
+    # 3 passes + the final assignment, 2 N K D flops each.
+    rate = 2 * 3000 * 16 * 8 * 4 / (out["s_per_iter"] * 3) / 1e9
+    assert out["gflop_per_s"] == pytest.approx(rate, rel=0.05, abs=0.06)
+    assert out["idle_s"] == 0.0
+    assert abs(out["sklearn_inertia_shifted"] / out["sklearn_inertia"] - 1) < 1e-3
+    assert out["sklearn_rounding_rel_diff"] == pytest.approx(
+        out["sklearn_inertia_shifted"] / out["sklearn_inertia"] - 1, rel=1e-2, abs=1e-9
+    )
     if "faiss_inertia" in out:
         assert abs(out["faiss_inertia"] / out["sklearn_inertia"] - 1) < 0.05
