@@ -6,9 +6,13 @@ Runs Lloyd's iterations in float64 NumPy from the bench's initial centres
 (`jssl.bench_kmeans.make_data`) and prints, per iteration, the fraction of points that
 Hamerly's test (one upper and one lower bound per point) would skip, the fraction of
 (point, centre) pairs Elkan's bounds (one lower bound per pair) would still have to
-compute, the fraction of points needing at least one of them, and the centre shifts.
-A GEMM-based assignment can only skip whole blocks of points (or of pairs), so these
-fractions are upper bounds on what it could save.
+compute, the fraction of points needing at least one of them, Yinyang's group filter
+(Ding et al., ICML 2015: the centres grouped into k/10 groups by k-means on the initial
+centres, one lower bound per point and group) as the fraction of the distance work left,
+the same with the points in blocks of 256 sorted by cluster (a block computes a group's
+distances when any of its points needs them: what a blocked GEMM could skip), and the
+centre shifts. A GEMM-based assignment can only skip whole blocks of points (or of pairs),
+so these fractions are upper bounds on what it could save.
 """
 
 from __future__ import annotations
@@ -25,6 +29,17 @@ def _dists(x, c):
     return np.sqrt(np.maximum(sq, 0.0))
 
 
+def _groups(c: np.ndarray, t: int, iters: int = 5) -> np.ndarray:
+    """Group index (k,) of each centre: k-means of the centres into t groups (Yinyang)."""
+    rng = np.random.default_rng(0)
+    g = c[rng.choice(len(c), t, replace=False)]
+    for _ in range(iters):
+        a = _dists(c, g).argmin(1)
+        g = np.stack([c[a == j].mean(0) if np.any(a == j) else g[j] for j in range(t)])
+    a = _dists(c, g).argmin(1)
+    return np.unique(a, return_inverse=True)[1]  # no empty group
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=100_000)
@@ -37,7 +52,12 @@ def main() -> None:
     dist = _dists(x, c)
     labels = dist.argmin(1)
     rows = np.arange(args.n)
-    print("iter  hamerly_skips  elkan_pairs  points_with_a_pair  shift_median  shift_max")
+    groups = _groups(c, max(1, args.k // 10))
+    sizes = np.bincount(groups)
+    print(
+        "iter  hamerly_skips  elkan_pairs  points_with_a_pair  yinyang_work  yinyang_blocks"
+        "  shift_median  shift_max"
+    )
     for it in range(args.iters):
         counts = np.bincount(labels, minlength=args.k)
         sums = np.zeros_like(c)
@@ -56,11 +76,26 @@ def main() -> None:
         lower = dist - shift[None, :]
         pairs = lower < upper[:, None]
         pairs[rows, labels] = False
+        # Yinyang: per group, the nearest non-assigned member minus the group's largest shift.
+        other = dist.copy()
+        other[rows, labels] = np.inf
+        group_need = np.stack(
+            [
+                other[:, groups == g].min(1) - shift[groups == g].max() < upper
+                for g in range(len(sizes))
+            ],
+            axis=1,
+        )
+        work = (group_need * sizes[None, :]).sum() / (args.n * args.k)
+        order_x = np.argsort(labels, kind="stable")
+        blocks = np.logical_or.reduceat(group_need[order_x], np.arange(0, args.n, 256), axis=0)
+        block_rows = np.diff(np.append(np.arange(0, args.n, 256), args.n))
+        block_work = (blocks * block_rows[:, None] * sizes[None, :]).sum() / (args.n * args.k)
         dist = _dists(x, c)
         labels = dist.argmin(1)
         print(
             f"{it:4d}  {hamerly.mean():13.3f}  {pairs.mean():11.3f}  {pairs.any(1).mean():18.3f}"
-            f"  {np.median(shift):12.3f}  {shift.max():9.3f}"
+            f"  {work:12.3f}  {block_work:14.3f}  {np.median(shift):12.3f}  {shift.max():9.3f}"
         )
 
 

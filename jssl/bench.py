@@ -382,6 +382,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=1000, help="kmeans: clusters")
     p.add_argument("--iters", type=int, default=10, help="kmeans: Lloyd iterations")
     p.add_argument(
+        "--gemm-size",
+        type=int,
+        default=4096,
+        help="kmeans: side of the square float32 product that measures the GEMM ceiling",
+    )
+    p.add_argument(
         "--cpu-devices",
         type=int,
         default=None,

@@ -75,6 +75,36 @@ def _rel(a: float, b: float) -> float:
     return float(f"{(a - b) / b:.3g}")
 
 
+def _median_time(fn, repeats: int = REPEATS) -> float:
+    fn()  # warm-up (compilation, thread pools)
+    times = []
+    for _ in range(repeats):
+        time.sleep(IDLE_S)
+        times.append(_timed(fn)[0])
+    return statistics.median(times)
+
+
+def gemm_ceiling(size: int) -> dict:
+    """GFLOP/s of a (size, size) @ (size, size) float32 product: NumPy's BLAS, and XLA's dot
+    with the rows sharded over every device (one per core on a CPU host)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    flop = 2.0 * size**3
+    numpy_s = _median_time(lambda: a @ b)
+    mesh = cluster._mesh(None)
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    ja, jb = jax.device_put(a, rows), jax.device_put(b, rep)
+    dot = jax.jit(lambda u, v: u @ v, out_shardings=rows)
+    xla_s = _median_time(lambda: dot(ja, jb).block_until_ready())
+    return {
+        "gemm_size": size,
+        "gemm_numpy_gflop_per_s": round(flop / numpy_s / 1e9, 1),
+        "gemm_xla_gflop_per_s": round(flop / xla_s / 1e9, 1),
+    }
+
+
 def bench(args) -> dict:
     n, d, k, iters = args.n, args.d, args.k, args.iters
     x, init = make_data(n, d, k, args.seed)
@@ -183,4 +213,14 @@ def bench(args) -> dict:
             faiss_gflop_per_s=_rate(n, d, k, iters, statistics.median(times["faiss"])),
             faiss_inertia=inertia(np.asarray(fk.centroids)),
         )
+        out["speedup_vs_faiss"] = round(out["faiss_s_per_iter"] / out["s_per_iter"], 3)
+
+    out.update(gemm_ceiling(args.gemm_size))
+    ceiling = max(out["gemm_numpy_gflop_per_s"], out["gemm_xla_gflop_per_s"])
+    out["gemm_ceiling_gflop_per_s"] = ceiling
+    # jssl's call (n_iter + 1 passes) at the ceiling, per iteration.
+    best_s_per_iter = 2.0 * n * k * d * (ours.n_iter + 1) / (ceiling * 1e9) / ours.n_iter
+    for lib in ("sklearn", "faiss"):
+        if f"{lib}_s_per_iter" in out:
+            out[f"speedup_bound_vs_{lib}"] = round(out[f"{lib}_s_per_iter"] / best_s_per_iter, 3)
     return out

@@ -181,7 +181,7 @@ def test_bench_kmeans_reports_both_libraries(monkeypatch):
     from jssl import bench_kmeans
 
     monkeypatch.setattr(bench_kmeans, "IDLE_S", 0.0)  # the pause only matters for timings
-    out = bench_kmeans.bench(argparse.Namespace(n=3000, d=8, k=16, iters=3, seed=0))
+    out = bench_kmeans.bench(argparse.Namespace(n=3000, d=8, k=16, iters=3, seed=0, gemm_size=256))
     for key in ("s_per_iter", "inertia", "sklearn_s_per_iter", "sklearn_inertia"):
         assert out[key] > 0, key
     assert out["n_iter"] == out["sklearn_n_iter"] == 3
@@ -196,3 +196,17 @@ def test_bench_kmeans_reports_both_libraries(monkeypatch):
     )
     if "faiss_inertia" in out:
         assert abs(out["faiss_inertia"] / out["sklearn_inertia"] - 1) < 0.05
+        assert out["speedup_vs_faiss"] == pytest.approx(
+            out["faiss_s_per_iter"] / out["s_per_iter"], rel=0.01
+        )
+    # The GEMM ceiling: the faster of the two 256^3 products, and jssl's 4 passes at it.
+    assert out["gemm_size"] == 256
+    assert (
+        out["gemm_ceiling_gflop_per_s"]
+        == max(out["gemm_numpy_gflop_per_s"], out["gemm_xla_gflop_per_s"])
+        > 0
+    )
+    best = 2 * 3000 * 16 * 8 * 4 / (out["gemm_ceiling_gflop_per_s"] * 1e9) / 3
+    assert out["speedup_bound_vs_sklearn"] == pytest.approx(
+        out["sklearn_s_per_iter"] / best, rel=0.01
+    )
