@@ -8,6 +8,10 @@ Steps run on device-resident augmented views, as `jssl.bench.bench_pretrain` doe
 
 Keys: `step_s_median` (the exact mode), `base_step_s_median`, `step_s_median_<mode>` for
 every mode, `ratio_<mode>` (mode / base, medians of the same run) and `compile_s_<variant>`.
+`xla_cost_flops_<variant>` is XLA's cost analysis of each compiled step (every dot and
+convolution it runs, the tapped convolution's matmuls included) and `flop_ratio_<mode>`
+the mode's over the base step's: the time ratio a step would have if every FLOP cost the
+same, to read `ratio_<mode>` against.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import jax
 import numpy as np
 
 from jssl import methods, parallel
-from jssl.bench import _time_steps, sized_config
+from jssl.bench import _flops, _time_steps, sized_config
 from jssl.methods import metamask
 
 __all__ = ["bench", "metamask_bench_config"]
@@ -89,6 +93,9 @@ def bench(args) -> dict:
         t = time.perf_counter()
         fn = fn.lower(state, views).compile()
         out[f"compile_s_{name}"] = round(time.perf_counter() - t, 3)
+        flops = _flops(fn)
+        if flops:
+            out[f"xla_cost_flops_{name}"] = flops
         runners[name] = [fn, state, views]
 
     times = {name: [] for name in runners}
@@ -101,6 +108,10 @@ def bench(args) -> dict:
     for m in modes:
         out[f"step_s_median_{m}"] = round(med[m], 4)
         out[f"ratio_{m}"] = round(med[m] / med["base"], 3)
+        if f"xla_cost_flops_{m}" in out and "xla_cost_flops_base" in out:
+            out[f"flop_ratio_{m}"] = round(
+                out[f"xla_cost_flops_{m}"] / out["xla_cost_flops_base"], 3
+            )
     if "exact" in modes:
         out["step_s_median"] = out["step_s_median_exact"]
         out["ratio"] = out["ratio_exact"]

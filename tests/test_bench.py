@@ -87,6 +87,11 @@ def test_metamask_bench_times_every_mode_against_the_base_step(capsys):
         out["step_s_median_first_order"] / out["base_step_s_median"], rel=0.01
     )
     assert "ratio" not in out  # the headline ratio is the exact mode's, not timed here
+    # XLA's FLOP count of each compiled step: the meta update adds work to the base step.
+    assert out["xla_cost_flops_first_order"] > out["xla_cost_flops_base"] > 0
+    assert out["flop_ratio_first_order"] == pytest.approx(
+        out["xla_cost_flops_first_order"] / out["xla_cost_flops_base"], rel=0.01
+    )
     with pytest.raises(SystemExit, match="--modes 'second_order': choose from exact"):
         bench.main(["--method", "metamask", "--modes", "second_order"])
 
