@@ -42,7 +42,7 @@ import time
 import jax
 import numpy as np
 
-from jssl import cluster
+from jssl import cluster, parallel
 
 __all__ = ["bench", "make_data"]
 
@@ -92,9 +92,8 @@ def gemm_ceiling(size: int) -> dict:
     b = rng.standard_normal((size, size), dtype=np.float32)
     flop = 2.0 * size**3
     numpy_s = _median_time(lambda: a @ b)
-    mesh = cluster._mesh(None)
-    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
-    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    mesh = parallel.make_mesh()
+    rows, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     ja, jb = jax.device_put(a, rows), jax.device_put(b, rep)
     dot = jax.jit(lambda u, v: u @ v, out_shardings=rows)
     xla_s = _median_time(lambda: dot(ja, jb).block_until_ready())
