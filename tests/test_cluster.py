@@ -117,6 +117,30 @@ def test_assign_is_nearest_centre():
     np.testing.assert_allclose(dist, brute.min(1), rtol=1e-5, atol=1e-5)
 
 
+def test_assign_over_several_centre_groups_keeps_the_lowest_index_on_ties(monkeypatch):
+    """Centres in groups of at most _GROUP (here 7: groups 0-6, 7-13, 14-19 and one padding
+    centre): the nearest centre over every group, ties to the lowest index within a group
+    and across groups, as np.argmin. Integer data with mean 0 (assign centres the points by
+    their mean): every distance is exact in float32, so the ties are exact."""
+    monkeypatch.setattr(cluster, "_GROUP", 7)
+    cluster._assign_fn.cache_clear()  # the cached programs were built for the real _GROUP
+    monkeypatch.setattr(cluster, "_assign_fn", cluster._assign_fn.__wrapped__)
+    rng = np.random.default_rng(3)
+    half = rng.integers(-4, 5, size=(250, 3)).astype(np.float32)
+    x = np.concatenate([half, -half])
+    centers = rng.integers(-4, 5, size=(20, 3)).astype(np.float32)
+    centers[13] = centers[2]  # a tie across groups
+    centers[5] = centers[4]  # a tie within a group
+    centers[19] = centers[15]  # a tie within the padded last group
+    assert cluster._groups(20) == (3, 7)
+    labels, dist = cluster.assign(x, centers, chunk_size=32)
+    brute = ((x[:, None, :].astype(np.float64) - centers[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, brute.argmin(1))
+    np.testing.assert_array_equal(dist, brute.min(1))
+    hit = set(labels.tolist())
+    assert {2, 4, 15} <= hit and not {13, 5, 19} & hit  # the ties were met and resolved
+
+
 def _max_intermediate(jaxpr) -> int:
     from jax.extend import core
 
