@@ -31,6 +31,18 @@ them: a gap between two libraries below this spread is rounding, not a different
 algorithm. `gflop_per_s` (and the same per library): the assignment's 2 N K D flops per
 pass over the wall time, n_iter + 1 passes for jssl and scikit-learn (both end with an
 assignment to the final centres), `iters` for faiss (which does not).
+
+faiss's `Kmeans.train` returns centres only; `faiss_labels_s_per_iter` times it followed by
+the search for each point's nearest final centre, the labels that jssl's and scikit-learn's
+calls return (their n_iter + 1 passes), and `speedup_vs_faiss_labels` compares with that.
+
+`gemm_ceiling_gflop_per_s` bounds what any of them could do on this machine: the faster of
+NumPy's BLAS sgemm (one thread per core) and XLA's dot sharded over the devices, on a
+square float32 product (`--gemm-size`, 4096 by default; cache-friendly: the best rate a
+GEMM reaches here), measured in the same run after the same pause.
+`speedup_bound_vs_sklearn` (and `_vs_faiss`) is the speedup jssl would have if its whole
+call, n_iter + 1 passes, ran at that ceiling with nothing else: no Lloyd implementation
+doing the same 2 N K D flops per pass goes faster.
 """
 
 from __future__ import annotations
@@ -149,6 +161,12 @@ def bench(args) -> dict:
 
         runners["faiss"] = run_faiss
 
+        def run_faiss_labels():  # what jssl and scikit-learn return: labels of the final centres
+            km = run_faiss()
+            return km, km.index.search(x, 1)
+
+        runners["faiss_labels"] = run_faiss_labels
+
     times: dict[str, list[float]] = {name: [] for name in runners}
     results = {}
     for _ in range(REPEATS):
@@ -213,6 +231,14 @@ def bench(args) -> dict:
             faiss_inertia=inertia(np.asarray(fk.centroids)),
         )
         out["speedup_vs_faiss"] = round(out["faiss_s_per_iter"] / out["s_per_iter"], 3)
+        # faiss then assigning the points to its final centres (one more pass, as jssl's and
+        # scikit-learn's calls end with).
+        _, found = results["faiss_labels"]
+        out["faiss_labels_s_per_iter"] = round(statistics.median(times["faiss_labels"]) / iters, 4)
+        out["faiss_labels_inertia"] = float(np.sum(found[0], dtype=np.float64))
+        out["speedup_vs_faiss_labels"] = round(
+            out["faiss_labels_s_per_iter"] / out["s_per_iter"], 3
+        )
 
     out.update(gemm_ceiling(args.gemm_size))
     ceiling = max(out["gemm_numpy_gflop_per_s"], out["gemm_xla_gflop_per_s"])

@@ -223,6 +223,11 @@ def test_bench_kmeans_reports_both_libraries(monkeypatch):
         assert out["speedup_vs_faiss"] == pytest.approx(
             out["faiss_s_per_iter"] / out["s_per_iter"], rel=0.01
         )
+        # faiss with the labels of its final centres: their distances sum to its inertia.
+        assert out["faiss_labels_inertia"] == pytest.approx(out["faiss_inertia"], rel=1e-4)
+        assert out["speedup_vs_faiss_labels"] == pytest.approx(
+            out["faiss_labels_s_per_iter"] / out["s_per_iter"], rel=0.01
+        )
     # The GEMM ceiling: the faster of the two 256^3 products, and jssl's 4 passes at it.
     assert out["gemm_size"] == 256
     assert (
