@@ -123,7 +123,7 @@ def test_assign_over_several_centre_groups_keeps_the_lowest_index_on_ties(monkey
     and across groups, as np.argmin. Integer data with mean 0 (assign centres the points by
     their mean): every distance is exact in float32, so the ties are exact."""
     monkeypatch.setattr(cluster, "_GROUP", 7)
-    cluster._assign_fn.cache_clear()  # the cached programs were built for the real _GROUP
+    # Uncached, so that no program is built from, or kept for, the real _GROUP.
     monkeypatch.setattr(cluster, "_assign_fn", cluster._assign_fn.__wrapped__)
     rng = np.random.default_rng(3)
     half = rng.integers(-4, 5, size=(250, 3)).astype(np.float32)
