@@ -21,6 +21,7 @@ import argparse
 
 import numpy as np
 
+from jssl import cluster
 from jssl.bench_kmeans import make_data
 
 
@@ -31,13 +32,8 @@ def _dists(x, c):
 
 def _groups(c: np.ndarray, t: int, iters: int = 5) -> np.ndarray:
     """Group index (k,) of each centre: k-means of the centres into t groups (Yinyang)."""
-    rng = np.random.default_rng(0)
-    g = c[rng.choice(len(c), t, replace=False)]
-    for _ in range(iters):
-        a = _dists(c, g).argmin(1)
-        g = np.stack([c[a == j].mean(0) if np.any(a == j) else g[j] for j in range(t)])
-    a = _dists(c, g).argmin(1)
-    return np.unique(a, return_inverse=True)[1]  # no empty group
+    labels = cluster.kmeans(c, t, init="random", max_iter=iters, tol=0.0).labels
+    return np.unique(labels, return_inverse=True)[1]  # no empty group
 
 
 def main() -> None:
@@ -54,6 +50,8 @@ def main() -> None:
     rows = np.arange(args.n)
     groups = _groups(c, max(1, args.k // 10))
     sizes = np.bincount(groups)
+    starts = np.arange(0, args.n, 256)  # the point blocks, after sorting by cluster
+    block_rows = np.diff(np.append(starts, args.n))
     print(
         "iter  hamerly_skips  elkan_pairs  points_with_a_pair  yinyang_work  yinyang_blocks"
         "  shift_median  shift_max"
@@ -88,8 +86,7 @@ def main() -> None:
         )
         work = (group_need * sizes[None, :]).sum() / (args.n * args.k)
         order_x = np.argsort(labels, kind="stable")
-        blocks = np.logical_or.reduceat(group_need[order_x], np.arange(0, args.n, 256), axis=0)
-        block_rows = np.diff(np.append(np.arange(0, args.n, 256), args.n))
+        blocks = np.logical_or.reduceat(group_need[order_x], starts, axis=0)
         block_work = (blocks * block_rows[:, None] * sizes[None, :]).sum() / (args.n * args.k)
         dist = _dists(x, c)
         labels = dist.argmin(1)
