@@ -435,6 +435,8 @@ def main(argv=None) -> int:
         raise SystemExit(
             f"jssl.bench: --cpu-devices {args.cpu_devices}: give a positive number of devices"
         )
+    if args.gemm_size < 1:
+        raise SystemExit(f"jssl.bench: --gemm-size {args.gemm_size}: give a positive matrix side")
     if args.method == "kmeans":
         _cpu_devices(args.cpu_devices or os.cpu_count() or 1)
     result = _resolve(BENCHES[args.method])(args)

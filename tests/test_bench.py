@@ -129,6 +129,8 @@ def test_cpu_devices_asks_xla_for_one_device_per_core_unless_xla_flags_say(monke
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
     with pytest.raises(SystemExit, match="--cpu-devices 0: give a positive number"):
         bench.main(["--method", "kmeans", "--cpu-devices", "0"])
+    with pytest.raises(SystemExit, match="--gemm-size 0: give a positive matrix side"):
+        bench.main(["--method", "kmeans", "--gemm-size", "0"])
 
 
 def test_vit_recipe_bench_times_the_methods_own_step(capsys):
